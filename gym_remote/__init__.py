@@ -1,0 +1,61 @@
+"""gym-remote: run any Gymnasium environment in another process, virtualenv or machine.
+
+``RemoteEnv`` is a ``gymnasium.Env`` whose env lives behind a gym-remote server; importing this
+package registers ``remote/Env-v0`` so ``gym.make("remote/Env-v0", env_id=...)`` works.
+"""
+
+__version__ = "0.1.0"
+
+from gym_remote.errors import (  # noqa: E402
+    AuthenticationFailed,
+    EnvNotAllowed,
+    EnvNotFound,
+    InvalidCall,
+    MessageTooLarge,
+    ProtocolError,
+    RemoteEnvError,
+    RemoteError,
+    RemoteTimeout,
+    ServerBusy,
+    ServerUnavailable,
+    SessionClosed,
+    SessionExpired,
+    UnsupportedValue,
+    VersionMismatch,
+    WorkerCrashed,
+)
+from gym_remote.registration import register_remote  # noqa: E402
+
+register_remote("remote/Env-v0")
+
+
+def __getattr__(name: str):  # type: ignore[no-untyped-def]
+    # The client is imported on first use: simulator interpreters (Python 3.8) import this
+    # package for the worker and must not load client code.
+    if name == "RemoteEnv":
+        from gym_remote.client import RemoteEnv
+
+        return RemoteEnv
+    raise AttributeError("module 'gym_remote' has no attribute {!r}".format(name))
+
+__all__ = [
+    "__version__",
+    "RemoteEnv",
+    "register_remote",
+    "RemoteEnvError",
+    "AuthenticationFailed",
+    "EnvNotAllowed",
+    "EnvNotFound",
+    "InvalidCall",
+    "MessageTooLarge",
+    "ProtocolError",
+    "RemoteError",
+    "RemoteTimeout",
+    "ServerBusy",
+    "ServerUnavailable",
+    "SessionClosed",
+    "SessionExpired",
+    "UnsupportedValue",
+    "VersionMismatch",
+    "WorkerCrashed",
+]

@@ -1,0 +1,291 @@
+"""``RemoteEnv``: a ``gymnasium.Env`` whose environment runs behind a gym-remote server."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+from gymnasium.envs.registration import EnvSpec
+
+from gym_remote.addresses import parse_address
+from gym_remote.config import ClientConfig, resolve
+from gym_remote.connection import Connection
+from gym_remote.embedded import EmbeddedServer
+from gym_remote.errors import RemoteEnvError, ServerUnavailable, SessionClosed
+from gym_remote.registration import REMOTE_ENTRY_POINT
+from gym_remote.spaces import decode_space
+
+__all__ = ["RemoteEnv", "SessionState"]
+
+# Attributes RemoteEnv keeps itself; a lookup of any other public name goes to the remote env.
+_LOCAL_ATTRIBUTES = frozenset(
+    {"env_id", "env_kwargs", "config", "render_mode", "_arguments", "_state", "_connection",
+     "_embedded", "_remote", "_local_spec", "_end_reason"}
+)
+
+
+class SessionState(enum.Enum):
+    """Where a RemoteEnv's session is: not yet connected, active, ended by an error, or closed."""
+
+    NOT_CONNECTED = "not_connected"
+    ACTIVE = "active"
+    BROKEN = "broken"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class _RemoteDescription:
+    observation_space: gym.Space
+    action_space: gym.Space
+    metadata: dict
+    render_mode: str | None
+    spec: dict | None
+
+
+class RemoteEnv(gym.Env):
+    """A Gymnasium env that runs on a gym-remote server, in its own worker process.
+
+    It connects lazily, on first use, so it can be pickled and sent to vector-env workers
+    before that. Without an address (argument or ``GYM_REMOTE_ADDRESS``) it starts a private
+    local server that it owns and stops on :meth:`close` or at interpreter exit.
+
+    Args:
+        env_id: The id the server makes, for example ``"CartPole-v1"``.
+        address: ``tcp://host:port`` or ``unix:///path``; None: ``GYM_REMOTE_ADDRESS`` or a
+            private local server.
+        render_mode: Passed to the remote ``gym.make``.
+        timeout: Seconds any call may take before :class:`~gym_remote.RemoteTimeout`
+            (default ``GYM_REMOTE_TIMEOUT`` or 60).
+        token: The server's shared secret, when it has one (default ``GYM_REMOTE_TOKEN``).
+        allow_pickle: Let values the wire format cannot express travel pickled; the server must
+            opt in too (default ``GYM_REMOTE_ALLOW_PICKLE`` or False).
+        **env_kwargs: Keyword arguments of the remote ``gym.make``.
+
+    Example:
+        >>> env = RemoteEnv("CartPole-v1")  # a private local server
+        >>> observation, info = env.reset(seed=0)
+        >>> env.close()
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        *,
+        address: str | None = None,
+        render_mode: str | None = None,
+        timeout: float | None = None,
+        token: str | None = None,
+        allow_pickle: bool | None = None,
+        **env_kwargs: Any,
+    ) -> None:
+        self.env_id = env_id
+        self.env_kwargs = env_kwargs
+        self.render_mode = render_mode
+        self._arguments = {"address": address, "timeout": timeout, "token": token,
+                           "allow_pickle": allow_pickle}
+        self.config = resolve(ClientConfig, **self._arguments)
+        self._state = SessionState.NOT_CONNECTED
+        self._connection: Connection | None = None
+        self._embedded: EmbeddedServer | None = None
+        self._remote: _RemoteDescription | None = None
+        self._local_spec: EnvSpec | None = None
+        self._end_reason: RemoteEnvError | None = None
+
+    # ----------------------------------------------------------------- the Env API
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Resets the remote env; ``seed`` also seeds this env's ``np_random``, as locally."""
+        super().reset(seed=seed)
+        observation, info = self._request("reset", seed=seed, options=options)
+        return observation, info
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Steps the remote env with ``action``."""
+        observation, reward, terminated, truncated, info = self._request("step", action=action)
+        return observation, reward, terminated, truncated, info
+
+    def render(self) -> Any:
+        """Renders the remote env (an ``rgb_array`` travels as an array)."""
+        return self._request("render")
+
+    def close(self) -> None:
+        """Ends the session (and the private server, if this env owns one). Idempotent."""
+        if self._state is SessionState.ACTIVE and self._connection is not None:
+            try:
+                self._connection.request("close")
+            except RemoteEnvError:
+                pass  # the session is gone either way
+        self._release()
+        self._state = SessionState.CLOSED
+
+    @property
+    def observation_space(self) -> gym.Space:  # type: ignore[override]
+        return self._described().observation_space
+
+    @property
+    def action_space(self) -> gym.Space:  # type: ignore[override]
+        return self._described().action_space
+
+    @property
+    def metadata(self) -> dict[str, Any]:  # type: ignore[override]
+        return self._described().metadata
+
+    @property
+    def spec(self) -> EnvSpec:  # type: ignore[override]
+        """The spec this env was made from, with the remote env's episode limit and flags."""
+        base = self._local_spec or EnvSpec(
+            id="remote/Env-v0",
+            entry_point=REMOTE_ENTRY_POINT,
+            kwargs={"env_id": self.env_id, **self._constructor_kwargs()},
+        )
+        remote_spec = self._described().spec
+        if remote_spec is None:
+            return base
+        return dataclasses.replace(
+            base,
+            max_episode_steps=remote_spec["max_episode_steps"],
+            reward_threshold=remote_spec["reward_threshold"],
+            nondeterministic=remote_spec["nondeterministic"],
+        )
+
+    @spec.setter
+    def spec(self, value: EnvSpec | None) -> None:
+        self._local_spec = value
+
+    def __getattr__(self, name: str) -> Any:
+        """Public attributes and methods of the remote env (``task_description``, ...)."""
+        if name.startswith("__") or name in _LOCAL_ATTRIBUTES:
+            raise AttributeError(name)
+        reply = self._request("getattr", name=name)
+        if not reply["found"]:
+            raise AttributeError(f"the remote env {self.env_id} has no attribute {name!r}")
+        if reply["callable"]:
+            return RemoteMethod(self, name)
+        return reply["value"]
+
+    def set_wrapper_attr(self, name: str, value: Any, *, force: bool = True) -> bool:
+        """Sets ``name`` on the remote env (or on this object, for its own attributes)."""
+        if name in _LOCAL_ATTRIBUTES or name.startswith("__") or hasattr(type(self), name):
+            setattr(self, name, value)
+        else:
+            self._request("setattr", name=name, value=value)
+        return True
+
+    @property
+    def state(self) -> SessionState:
+        """The session's state."""
+        return self._state
+
+    def __repr__(self) -> str:
+        where = self.config.address or "a private local server"
+        return f"<RemoteEnv {self.env_id} at {where} ({self._state.value})>"
+
+    __str__ = __repr__
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy gets its own session: it carries the arguments, never the connection.
+        return {"env_id": self.env_id, "render_mode": self.render_mode,
+                "arguments": self._arguments, "env_kwargs": self.env_kwargs,
+                "local_spec": self._local_spec}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["env_id"], render_mode=state["render_mode"],  # type: ignore[misc]
+                      **state["arguments"], **state["env_kwargs"])
+        self._local_spec = state["local_spec"]
+
+    # ----------------------------------------------------------------- the session
+
+    def _constructor_kwargs(self) -> dict[str, Any]:
+        arguments = {key: value for key, value in self._arguments.items() if value is not None}
+        return {**arguments, **self.env_kwargs}
+
+    def _request(self, op: str, **fields: Any) -> Any:
+        connection = self._connect()
+        try:
+            return connection.request(op, **fields)
+        except RemoteEnvError as error:
+            if connection.closed:
+                self._end_reason = error
+                self._state = SessionState.BROKEN
+                self._release()
+            raise
+
+    def _described(self) -> _RemoteDescription:
+        self._connect()
+        assert self._remote is not None
+        return self._remote
+
+    def _connect(self) -> Connection:
+        if self._state is SessionState.ACTIVE:
+            assert self._connection is not None
+            return self._connection
+        if self._state is SessionState.CLOSED:
+            raise SessionClosed(f"{self!r} is closed; make a new env")
+        if self._state is SessionState.BROKEN:
+            raise SessionClosed(f"the session of {self.env_id} ended earlier: {self._end_reason}")
+        try:
+            self._open_session()
+        except BaseException:
+            self._release()
+            raise
+        self._state = SessionState.ACTIVE
+        assert self._connection is not None
+        return self._connection
+
+    def _open_session(self) -> None:
+        config = self.config
+        address = config.address
+        if not address:
+            self._embedded = EmbeddedServer.start(config.timeout, config.allow_pickle)
+            address = self._embedded.address
+        try:
+            parsed = parse_address(address)
+        except ValueError as error:
+            raise ServerUnavailable(str(error)) from None
+        self._connection = Connection(
+            parsed,
+            timeout=config.timeout,
+            token=config.token,
+            allow_pickle=config.allow_pickle,
+            max_message_size=config.max_message_size,
+        )
+        self._connection.in_session = True
+        description = self._connection.request(
+            "make", env_id=self.env_id, kwargs=self.env_kwargs, render_mode=self.render_mode
+        )
+        allow_pickle = self._connection.allow_pickle
+        self._remote = _RemoteDescription(
+            observation_space=decode_space(description["observation_space"], allow_pickle),
+            action_space=decode_space(description["action_space"], allow_pickle),
+            metadata=dict(description["metadata"]),
+            render_mode=description["render_mode"],
+            spec=description["spec"],
+        )
+        self.render_mode = self._remote.render_mode
+
+    def _release(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        if self._embedded is not None:
+            self._embedded.stop()
+            self._embedded = None
+
+
+class RemoteMethod:
+    """A method of the remote env; calling it runs it remotely and returns its result."""
+
+    def __init__(self, env: RemoteEnv, name: str) -> None:
+        self.env = env
+        self.name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.env._request("call", name=self.name, args=list(args), kwargs=kwargs)
+
+    def __repr__(self) -> str:
+        return f"<remote method {self.name} of {self.env!r}>"

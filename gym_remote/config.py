@@ -1,0 +1,127 @@
+"""Configuration: one dataclass per component, filled from arguments, then ``GYM_REMOTE_*``
+environment variables, then defaults.
+
+A field's metadata carries its help text; the environment variable is ``GYM_REMOTE_`` plus the
+field name in capitals. List fields read comma-separated values from the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+__all__ = ["ServerConfig", "ClientConfig", "resolve", "add_arguments", "env_var"]
+
+ConfigT = TypeVar("ConfigT")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _option(default: Any, help: str, **extra: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class ServerConfig:
+    """How ``gym-remote serve`` runs."""
+
+    address: str = _option("tcp://127.0.0.1:5555", "where to listen: tcp://HOST:PORT or unix:///PATH")
+    allow: list[str] = _option(
+        ["*"], "env ids this server serves, as glob patterns (repeatable)", flag="--allow"
+    )
+    imports: list[str] = _option(
+        [],
+        "module to import at start so its envs register; also allows ids of the form "
+        "MODULE:Env-v0 (repeatable)",
+        flag="--import",
+    )
+    python: list[str] = _option(
+        [],
+        "PATTERN=/path/to/python: run workers for env ids matching PATTERN with that "
+        "interpreter, which needs only gym-remote's core (repeatable)",
+    )
+    max_sessions: int = _option(64, "most sessions (worker processes) at once")
+    idle_timeout: float = _option(600.0, "seconds a session may wait for its next call before it is ended")
+    read_timeout: float = _option(30.0, "seconds a started message may take to arrive in full")
+    max_message_size: int = _option(256 << 20, "largest message accepted, in bytes")
+    allow_pickle: bool = _option(False, "accept and send pickled values (clients must opt in too)")
+    token: str = _option("", "shared secret clients must present; required to listen beyond loopback")
+    watch_stdin: bool = _option(False, "stop when standard input closes (used for private servers)")
+
+
+@dataclass
+class ClientConfig:
+    """How a :class:`~gym_remote.RemoteEnv` reaches its server."""
+
+    address: str = _option("", "server address; empty starts a private local server")
+    timeout: float = _option(60.0, "seconds every call may take before RemoteTimeout")
+    token: str = _option("", "shared secret the server expects")
+    allow_pickle: bool = _option(False, "accept and send pickled values (the server must opt in too)")
+    max_message_size: int = _option(256 << 20, "largest message accepted, in bytes")
+
+
+def env_var(name: str) -> str:
+    """The environment variable that sets field ``name``."""
+    return "GYM_REMOTE_" + name.upper()
+
+
+def resolve(config_type: type[ConfigT], **arguments: Any) -> ConfigT:
+    """Builds ``config_type`` from ``arguments`` (None means unset), then the environment, then defaults.
+
+    Raises:
+        ValueError: an environment variable holds a value of the wrong type; names the variable.
+    """
+    values = {}
+    for option in dataclasses.fields(config_type):  # type: ignore[arg-type]
+        value = arguments.get(option.name)
+        if value is None:
+            text = os.environ.get(env_var(option.name))
+            if text is not None:
+                value = _parse(option, text)
+        if value is not None:
+            values[option.name] = value
+    return config_type(**values)
+
+
+def _parse(option: dataclasses.Field, text: str) -> Any:
+    kind = option.type if isinstance(option.type, str) else option.type.__name__
+    try:
+        if kind.startswith("list"):
+            return [item.strip() for item in text.split(",") if item.strip()]
+        if kind == "bool":
+            lowered = text.strip().lower()
+            if lowered not in _TRUE | _FALSE:
+                raise ValueError(text)
+            return lowered in _TRUE
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        return text
+    except ValueError:
+        raise ValueError(f"{env_var(option.name)}={text!r} is not a valid {kind}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
+    """Adds one command-line option per field of ``config_type``, documenting its variable."""
+    for option in dataclasses.fields(config_type):
+        flag = option.metadata.get("flag", "--" + option.name.replace("_", "-"))
+        default = option.default if option.default is not dataclasses.MISSING else option.default_factory()  # type: ignore[misc]
+        help_text = f"{option.metadata['help']} [env {env_var(option.name)}; default {default!r}]"
+        kind = option.type if isinstance(option.type, str) else option.type.__name__
+        if kind.startswith("list"):
+            parser.add_argument(flag, dest=option.name, action="append", default=None, help=help_text)
+        elif kind == "bool":
+            parser.add_argument(
+                flag, dest=option.name, action="store_const", const=True, default=None, help=help_text
+            )
+        else:
+            parser.add_argument(
+                flag, dest=option.name, type=int if kind == "int" else float if kind == "float" else str,
+                default=None, help=help_text,
+            )

@@ -1,0 +1,132 @@
+"""A client connection: connect, say hello, then request/reply with typed errors."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+from gym_remote import __version__
+from gym_remote.addresses import Address, connect
+from gym_remote.errors import (
+    MessageTooLarge,
+    ProtocolError,
+    RemoteEnvError,
+    RemoteTimeout,
+    ServerUnavailable,
+    SessionExpired,
+    VersionMismatch,
+    WorkerCrashed,
+    error_from_code,
+)
+from gym_remote.protocol import (
+    PROTOCOL_VERSION,
+    MessageReader,
+    PeerClosed,
+    encode_frame,
+    send_buffers,
+)
+
+__all__ = ["Connection"]
+
+# Errors after which the peer has closed (or will close) the connection.
+_FATAL_ERRORS = (SessionExpired, ProtocolError, VersionMismatch, WorkerCrashed)
+
+
+class Connection:
+    """One connection to a gym-remote server, and later to the worker of its session.
+
+    Raises from every method: :class:`ServerUnavailable`, :class:`RemoteTimeout`,
+    :class:`WorkerCrashed` or the typed error the peer replied with.
+    """
+
+    def __init__(
+        self,
+        address: Address,
+        *,
+        timeout: float,
+        token: str = "",
+        allow_pickle: bool = False,
+        max_message_size: int,
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.allow_pickle = allow_pickle
+        self.in_session = False
+        self.closed = False
+        self._sock = connect(address, timeout)
+        timeval = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        self._reader = MessageReader(self._sock, max_message_size)
+        try:
+            reply = self.request(
+                "hello",
+                version=PROTOCOL_VERSION,
+                token=token,
+                allow_pickle=allow_pickle,
+                client=f"gym-remote {__version__}",
+            )
+        except BaseException:
+            self.close()
+            raise
+        self.allow_pickle = bool(reply.get("allow_pickle"))
+        self.server_version = reply.get("server")
+
+    def request(self, op: str, **fields: Any) -> Any:
+        """Sends ``{"op": op, **fields}`` and returns the reply's result, or raises its error."""
+        if self.closed:
+            raise ServerUnavailable(f"the connection to {self.address} is closed")
+        fields["op"] = op
+        buffers = encode_frame(fields, self.allow_pickle)
+        try:
+            send_buffers(self._sock, buffers)
+            reply = self._reader.receive(self.timeout, allow_pickle=self.allow_pickle)
+        except RemoteTimeout:
+            self.close()
+            raise RemoteTimeout(
+                f"{op} got no reply from {self.address} within {self.timeout:g} s; the session is "
+                "closed (raise timeout=... for slow envs)"
+            ) from None
+        except (PeerClosed, ConnectionError) as error:
+            self.close()
+            raise self._gone(op, error) from None
+        except MessageTooLarge as error:
+            self.close()
+            raise MessageTooLarge(f"reply to {op}: {error.message}") from None
+        except OSError as error:
+            self.close()
+            raise self._gone(op, error) from None
+        if not isinstance(reply, dict):
+            self.close()
+            raise ProtocolError(f"reply to {op} is not a map")
+        if "error" in reply:
+            error = _error_from_wire(reply["error"])
+            if isinstance(error, _FATAL_ERRORS):
+                self.close()
+            raise error
+        return reply.get("ok")
+
+    def _gone(self, op: str, error: BaseException) -> RemoteEnvError:
+        if self.in_session:
+            return WorkerCrashed(
+                f"the worker serving this session at {self.address} ended during {op} "
+                f"(crashed, killed or out of memory: see the server's log) [{error}]"
+            )
+        return ServerUnavailable(f"the server at {self.address} closed the connection during {op} [{error}]")
+
+    def close(self) -> None:
+        """Closes the socket; the worker sees end-of-file and ends the session."""
+        if not self.closed:
+            self.closed = True
+            self._sock.close()
+
+
+def _error_from_wire(payload: Any) -> RemoteEnvError:
+    if not isinstance(payload, dict):
+        return ProtocolError(f"malformed error reply {payload!r}")
+    return error_from_code(
+        str(payload.get("code")),
+        str(payload.get("message")),
+        payload.get("type"),
+        payload.get("traceback"),
+    )

@@ -1,0 +1,110 @@
+"""The embedded default: a private local server that a client starts and owns.
+
+It listens on a Unix socket in a fresh private directory, runs in its own process group (so a
+Ctrl-C meant for the training script does not reach it), and watches its standard input: when
+its owner closes the pipe, or dies, the server stops and ends its workers. No process is left.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import selectors
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+
+from gym_remote.errors import ServerUnavailable
+
+__all__ = ["EmbeddedServer"]
+
+_STOP_GRACE_SECONDS = 10.0
+_READY_PREFIX = b"gym-remote serving on "
+_running: weakref.WeakSet[EmbeddedServer] = weakref.WeakSet()
+
+
+class EmbeddedServer:
+    """A private gym-remote server process owned by this process.
+
+    Use :meth:`start`; the server stops on :meth:`stop`, at interpreter exit, or when this
+    process dies.
+    """
+
+    def __init__(self, process: subprocess.Popen, directory: str, address: str) -> None:
+        self.process = process
+        self.directory = directory
+        self.address = address
+        self._owner_pid = os.getpid()
+        _running.add(self)
+
+    @classmethod
+    def start(cls, timeout: float, allow_pickle: bool = False) -> EmbeddedServer:
+        """Starts a private server and waits (at most ``timeout`` seconds) until it listens.
+
+        Raises:
+            ServerUnavailable: the server did not start in time; its error output says why.
+        """
+        directory = tempfile.mkdtemp(prefix="gym-remote-")
+        address = f"unix://{os.path.join(directory, 'server.sock')}"
+        command = [sys.executable, "-m", "gym_remote", "serve", "--address", address,
+                   "--allow", "*", "--idle-timeout", "0", "--watch-stdin"]
+        if allow_pickle:
+            command.append("--allow-pickle")
+        process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
+        )
+        server = cls(process, directory, address)
+        try:
+            server._wait_ready(timeout)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        assert self.process.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            line = b""
+            while not line.endswith(b"\n"):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not selector.select(remaining):
+                    raise ServerUnavailable(
+                        f"the private gym-remote server did not start within {timeout:g} s"
+                    )
+                chunk = os.read(self.process.stdout.fileno(), 4096)
+                if not chunk:
+                    raise ServerUnavailable(
+                        f"the private gym-remote server exited with code {self.process.wait()} "
+                        "before it was ready; its error output above says why"
+                    )
+                line += chunk
+        if not line.startswith(_READY_PREFIX):
+            raise ServerUnavailable(f"the private gym-remote server said {line!r} instead of its address")
+        self.process.stdout.close()
+
+    def stop(self) -> None:
+        """Stops the server and its workers; idempotent. A forked child only lets go of it."""
+        _running.discard(self)
+        if os.getpid() != self._owner_pid:
+            return
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.stdin.close()
+        try:
+            self.process.wait(_STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_running):
+        server.stop()

@@ -1,0 +1,194 @@
+"""The errors gym-remote raises, one hierarchy rooted at :class:`RemoteEnvError`.
+
+Every error has a stable ``code`` that travels on the wire (see ``docs/protocol.md``), and every
+error is picklable, so it survives the trip through ``AsyncVectorEnv``'s worker pipes.
+
+This module runs inside simulator interpreters too: it keeps to Python 3.8.
+"""
+
+from typing import Dict, Optional, Type
+
+__all__ = [
+    "RemoteEnvError",
+    "ProtocolError",
+    "MessageTooLarge",
+    "UnsupportedValue",
+    "VersionMismatch",
+    "AuthenticationFailed",
+    "ServerUnavailable",
+    "ServerBusy",
+    "RemoteTimeout",
+    "EnvNotAllowed",
+    "EnvNotFound",
+    "InvalidCall",
+    "WorkerCrashed",
+    "SessionExpired",
+    "SessionClosed",
+    "RemoteError",
+    "error_from_code",
+]
+
+
+class RemoteEnvError(Exception):
+    """Base of every gym-remote error.
+
+    Attributes:
+        code: The wire code of this error kind, for example ``"env_not_found"``.
+        remote_type: Qualified name of the exception raised on the server, when there was one.
+        remote_traceback: The server-side traceback text, when there was one.
+    """
+
+    code = "remote_env_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        remote_type: Optional[str] = None,
+        remote_traceback: Optional[str] = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        if not self.remote_traceback:
+            return self.message
+        return "{}\n\nRemote traceback:\n{}".format(self.message, self.remote_traceback.rstrip())
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (_rebuild_error, (type(self), self.message, self.remote_type, self.remote_traceback))
+
+
+def _rebuild_error(
+    cls: "Type[RemoteEnvError]",
+    message: str,
+    remote_type: Optional[str],
+    remote_traceback: Optional[str],
+) -> "RemoteEnvError":
+    return cls(message, remote_type=remote_type, remote_traceback=remote_traceback)
+
+
+class ProtocolError(RemoteEnvError):
+    """A peer sent bytes that are not a valid gym-remote message (garbage, truncated frame)."""
+
+    code = "protocol_error"
+
+
+class MessageTooLarge(ProtocolError):
+    """A message is larger than the configured maximum message size."""
+
+    code = "message_too_large"
+
+
+class UnsupportedValue(RemoteEnvError, TypeError):
+    """A value (in an observation, info, argument or space) cannot travel without pickle."""
+
+    code = "unsupported_value"
+
+
+class VersionMismatch(RemoteEnvError):
+    """Client and server speak different protocol versions."""
+
+    code = "version_mismatch"
+
+
+class AuthenticationFailed(RemoteEnvError):
+    """The server requires a token and the client sent a wrong or no token."""
+
+    code = "authentication_failed"
+
+
+class ServerUnavailable(RemoteEnvError, ConnectionError):
+    """No gym-remote server answers at the address."""
+
+    code = "server_unavailable"
+
+
+class ServerBusy(RemoteEnvError):
+    """The server already runs its maximum number of sessions."""
+
+    code = "server_busy"
+
+
+class RemoteTimeout(RemoteEnvError, TimeoutError):
+    """A call did not complete within its deadline; the session is closed."""
+
+    code = "timeout"
+
+
+class EnvNotAllowed(RemoteEnvError):
+    """The server's allowlist does not include the requested env id."""
+
+    code = "env_not_allowed"
+
+
+class EnvNotFound(RemoteEnvError):
+    """The requested env id is not registered on the server."""
+
+    code = "env_not_found"
+
+
+class InvalidCall(RemoteEnvError, ValueError):
+    """A call is malformed or not allowed now (wrong action shape, step before reset, ...)."""
+
+    code = "invalid_call"
+
+
+class WorkerCrashed(RemoteEnvError):
+    """The worker process that owned this session ended (crash, kill, out of memory)."""
+
+    code = "worker_crashed"
+
+
+class SessionExpired(RemoteEnvError):
+    """The server ended this session because it was idle for longer than its idle timeout."""
+
+    code = "session_expired"
+
+
+class SessionClosed(RemoteEnvError):
+    """The session was closed (by ``close()`` or after an earlier fatal error)."""
+
+    code = "session_closed"
+
+
+class RemoteError(RemoteEnvError):
+    """The remote environment raised an exception; ``remote_type`` and ``remote_traceback`` say which."""
+
+    code = "remote_error"
+
+
+_ERRORS_BY_CODE: Dict[str, "Type[RemoteEnvError]"] = {
+    cls.code: cls
+    for cls in (
+        RemoteEnvError,
+        ProtocolError,
+        MessageTooLarge,
+        UnsupportedValue,
+        VersionMismatch,
+        AuthenticationFailed,
+        ServerUnavailable,
+        ServerBusy,
+        RemoteTimeout,
+        EnvNotAllowed,
+        EnvNotFound,
+        InvalidCall,
+        WorkerCrashed,
+        SessionExpired,
+        SessionClosed,
+        RemoteError,
+    )
+}
+
+
+def error_from_code(
+    code: str,
+    message: str,
+    remote_type: Optional[str] = None,
+    remote_traceback: Optional[str] = None,
+) -> RemoteEnvError:
+    """Builds the error for a wire ``code``; an unknown code gives a plain :class:`RemoteEnvError`."""
+    cls = _ERRORS_BY_CODE.get(code, RemoteEnvError)
+    return cls(message, remote_type=remote_type, remote_traceback=remote_traceback)

@@ -1,0 +1,389 @@
+"""The wire format: framing, and the codec for values (numpy arrays travel as raw buffers).
+
+A frame is a 16-byte prefix, a msgpack header, then a data section::
+
+    prefix  = magic b"GYMR" | header_length: uint32 LE | data_length: uint64 LE
+    header  = msgpack value, arrays and other non-msgpack values as extension types
+    data    = the raw bytes of every array in the header, each at an 8-byte aligned offset
+
+See ``docs/protocol.md`` for the full specification. This module runs inside simulator
+interpreters too: it keeps to Python 3.8 and gymnasium 0.29.
+"""
+
+import socket
+import struct
+import time
+from typing import Any, List, Optional, Tuple
+
+import msgpack
+import numpy as np
+from gymnasium.spaces import GraphInstance
+
+from gym_remote.errors import (
+    MessageTooLarge,
+    ProtocolError,
+    RemoteTimeout,
+    UnsupportedValue,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "PeerClosed",
+    "IdleTimeout",
+    "encode_frame",
+    "decode_frame",
+    "send_message",
+    "MessageReader",
+]
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_MESSAGE_SIZE = 1 << 30
+MAGIC = b"GYMR"
+PREFIX = struct.Struct("<4sIQ")
+DATA_ALIGNMENT = 8
+
+EXT_NDARRAY = 1
+EXT_TUPLE = 2
+EXT_NUMPY_SCALAR = 3
+EXT_PICKLE = 4
+EXT_GRAPH_INSTANCE = 5
+
+# Linux refuses sendmsg with more buffers than IOV_MAX (1024); past this many, the data is joined.
+_MAX_SEND_BUFFERS = 512
+_RECEIVE_CHUNK = 1 << 16
+_NATIVE_TYPES = frozenset([type(None), bool, int, float, str, bytes])
+_ZERO_PADDING = bytes(DATA_ALIGNMENT)
+
+
+class PeerClosed(ProtocolError):
+    """The peer closed the connection cleanly between two messages."""
+
+    code = "peer_closed"
+
+
+class IdleTimeout(RemoteTimeout):
+    """No byte of a new message arrived within the wait."""
+
+
+class _Unsupported(Exception):
+    """Raised inside the encoder; carries the path to the bad value out of the recursion."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
+        self.value = value
+        self.path: List[str] = []
+
+
+class _Encoder:
+    """Turns a value into msgpack-ready objects, moving array bytes into a data section."""
+
+    def __init__(self, allow_pickle: bool) -> None:
+        self.allow_pickle = allow_pickle
+        self.chunks: List[Any] = []
+        self.size = 0
+
+    def convert(self, value: Any) -> Any:
+        kind = type(value)
+        if kind in _NATIVE_TYPES:
+            if kind is int and not -(1 << 63) <= value < (1 << 64):
+                return self._fallback(value)
+            return value
+        if kind is np.ndarray:
+            return self._array(value)
+        if kind is dict:
+            converted = {}
+            for key, item in value.items():
+                try:
+                    converted[self._key(key)] = self.convert(item)
+                except _Unsupported as unsupported:
+                    unsupported.path.append("[{!r}]".format(key))
+                    raise
+            return converted
+        if kind is list or kind is tuple:
+            items = []
+            for index, item in enumerate(value):
+                try:
+                    items.append(self.convert(item))
+                except _Unsupported as unsupported:
+                    unsupported.path.append("[{}]".format(index))
+                    raise
+            if kind is list:
+                return items
+            return msgpack.ExtType(EXT_TUPLE, msgpack.packb(items, use_bin_type=True))
+        if kind is GraphInstance:
+            items = [self.convert(part) for part in value]
+            return msgpack.ExtType(EXT_GRAPH_INSTANCE, msgpack.packb(items, use_bin_type=True))
+        if isinstance(value, np.generic) and not value.dtype.hasobject:
+            scalar = np.asarray(value)
+            payload = [scalar.dtype.str, scalar.tobytes()]
+            return msgpack.ExtType(EXT_NUMPY_SCALAR, msgpack.packb(payload, use_bin_type=True))
+        return self._fallback(value)
+
+    def _key(self, key: Any) -> Any:
+        if type(key) in _NATIVE_TYPES or type(key) is tuple:
+            return self.convert(key)
+        return self._fallback(key)
+
+    def _array(self, array: np.ndarray) -> Any:
+        if array.dtype.hasobject or array.dtype.fields is not None:
+            return self._fallback(array)
+        flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        padding = -self.size % DATA_ALIGNMENT
+        if padding:
+            self.chunks.append(_ZERO_PADDING[:padding])
+            self.size += padding
+        offset = self.size
+        if flat.nbytes:
+            self.chunks.append(flat)
+            self.size += flat.nbytes
+        payload = [array.dtype.str, list(array.shape), offset, flat.nbytes]
+        return msgpack.ExtType(EXT_NDARRAY, msgpack.packb(payload, use_bin_type=True))
+
+    def _fallback(self, value: Any) -> Any:
+        if not self.allow_pickle:
+            raise _Unsupported(value)
+        import cloudpickle
+
+        return msgpack.ExtType(EXT_PICKLE, cloudpickle.dumps(value))
+
+
+def encode_frame(value: Any, allow_pickle: bool = False) -> List[Any]:
+    """Encodes ``value`` as one frame, returned as a list of buffers to send in order.
+
+    Raises:
+        UnsupportedValue: ``value`` holds something the format cannot express and
+            ``allow_pickle`` is false; the message names where it is.
+    """
+    encoder = _Encoder(allow_pickle)
+    try:
+        header = msgpack.packb(encoder.convert(value), use_bin_type=True)
+    except _Unsupported as unsupported:
+        where = "".join(reversed(unsupported.path)) or "the value itself"
+        raise UnsupportedValue(
+            "cannot send {} at {} without pickle: gym-remote sends numpy arrays, numpy "
+            "scalars, Python scalars, str, bytes, None and dicts, lists and tuples of them. "
+            "Convert it, or enable allow_pickle=True on both client and server.".format(
+                type(unsupported.value).__name__, where
+            )
+        ) from None
+    prefix = PREFIX.pack(MAGIC, len(header), encoder.size)
+    return [prefix, header] + encoder.chunks
+
+
+def decode_frame(header: Any, data: Any, allow_pickle: bool = False) -> Any:
+    """Decodes a frame's header and data section (a writable buffer) back into a value.
+
+    Raises:
+        ProtocolError: the header is not valid msgpack or points outside the data section.
+        UnsupportedValue: the frame holds a pickled value and ``allow_pickle`` is false.
+    """
+    data_view = memoryview(data)
+
+    def ext_hook(code: int, payload: bytes) -> Any:
+        if code == EXT_NDARRAY:
+            return _decode_array(msgpack.unpackb(payload, raw=False), data_view)
+        if code == EXT_TUPLE:
+            return tuple(_unpack(payload, ext_hook))
+        if code == EXT_GRAPH_INSTANCE:
+            parts = _unpack(payload, ext_hook)
+            if not isinstance(parts, list) or len(parts) != 3:
+                raise ProtocolError("malformed graph instance")
+            return GraphInstance(*parts)
+        if code == EXT_NUMPY_SCALAR:
+            dtype_text, raw = msgpack.unpackb(payload, raw=False)
+            dtype = _safe_dtype(dtype_text)
+            if len(raw) != dtype.itemsize:
+                raise ProtocolError("numpy scalar of {} has {} bytes".format(dtype, len(raw)))
+            return np.frombuffer(raw, dtype=dtype)[0]
+        if code == EXT_PICKLE:
+            if not allow_pickle:
+                raise UnsupportedValue(
+                    "the peer sent a pickled value, but pickle is not enabled here: pass "
+                    "allow_pickle=True on both client and server to accept it"
+                )
+            import cloudpickle
+
+            return cloudpickle.loads(payload)
+        raise ProtocolError("unknown extension type {}".format(code))
+
+    return _unpack(header, ext_hook)
+
+
+def _unpack(payload: Any, ext_hook: Any) -> Any:
+    try:
+        return msgpack.unpackb(payload, raw=False, strict_map_key=False, ext_hook=ext_hook)
+    except (UnsupportedValue, ProtocolError):
+        raise
+    except Exception as error:
+        raise ProtocolError("malformed message header: {}".format(error)) from None
+
+
+def _safe_dtype(text: Any) -> np.dtype:
+    try:
+        dtype = np.dtype(text)
+    except Exception:
+        raise ProtocolError("invalid dtype {!r}".format(text)) from None
+    if dtype.hasobject:
+        raise ProtocolError("object dtype {!r} is not allowed on the wire".format(text))
+    return dtype
+
+
+def _decode_array(payload: Any, data: memoryview) -> np.ndarray:
+    try:
+        dtype_text, shape, offset, nbytes = payload
+        shape = tuple(int(dimension) for dimension in shape)
+    except (TypeError, ValueError):
+        raise ProtocolError("malformed array descriptor {!r}".format(payload)) from None
+    dtype = _safe_dtype(dtype_text)
+    count = 1
+    for dimension in shape:
+        if dimension < 0:
+            raise ProtocolError("negative array dimension in {!r}".format(shape))
+        count *= dimension
+    if count * dtype.itemsize != nbytes or offset < 0 or offset + nbytes > len(data):
+        raise ProtocolError(
+            "array {} {} claims bytes {}..{} of a {}-byte data section".format(
+                dtype, shape, offset, offset + nbytes, len(data)
+            )
+        )
+    if nbytes == 0:
+        return np.empty(shape, dtype=dtype)
+    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
+def send_message(sock: socket.socket, value: Any, allow_pickle: bool = False) -> None:
+    """Encodes ``value`` and sends it as one frame with as few system calls as possible."""
+    send_buffers(sock, encode_frame(value, allow_pickle))
+
+
+def send_buffers(sock: socket.socket, buffers: List[Any]) -> None:
+    """Sends ``buffers`` in order, handling partial sends; timeouts raise :class:`RemoteTimeout`."""
+    if len(buffers) > _MAX_SEND_BUFFERS:
+        buffers = buffers[:2] + [b"".join(bytes(chunk) for chunk in buffers[2:])]
+    try:
+        sent = sock.sendmsg(buffers)
+        remaining = sum(memoryview(chunk).nbytes for chunk in buffers) - sent
+        if remaining:
+            rest = memoryview(b"".join(bytes(chunk) for chunk in buffers))[sent:]
+            sock.sendall(rest)
+    except (BlockingIOError, socket.timeout):
+        raise RemoteTimeout("sending a message timed out") from None
+
+
+class MessageReader:
+    """Reads frames from a blocking socket, with a size limit and deadlines.
+
+    The first wait (for the first byte of a message) and the rest of the message have separate
+    time limits, so a peer can be idle for long between messages but never dribble a frame.
+    Timeouts are the kernel's (``SO_RCVTIMEO``): no extra ``poll`` per read.
+    """
+
+    def __init__(self, sock: socket.socket, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE):
+        self.sock = sock
+        self.max_message_size = max_message_size
+        self._pending = b""
+        self._receive_timeout: Optional[float] = None
+
+    def receive(
+        self,
+        wait: Optional[float],
+        read_timeout: Optional[float] = None,
+        allow_pickle: bool = False,
+    ) -> Any:
+        """Receives and decodes one message.
+
+        Args:
+            wait: Seconds to wait for the message to start (None: forever).
+            read_timeout: Seconds for the rest of the message once it started (default ``wait``).
+            allow_pickle: Accept pickled values in the message.
+
+        Raises:
+            PeerClosed: the peer closed the connection before a new message started.
+            IdleTimeout: no message started within ``wait``.
+            RemoteTimeout: a started message did not complete in time.
+            ProtocolError / MessageTooLarge: the bytes are not a valid frame.
+        """
+        header, data = self.receive_frame(wait, read_timeout)
+        return decode_frame(header, data, allow_pickle)
+
+    def receive_frame(
+        self, wait: Optional[float], read_timeout: Optional[float] = None
+    ) -> Tuple[memoryview, Any]:
+        """Receives one frame without decoding it: returns its header and its data section."""
+        if read_timeout is None:
+            read_timeout = wait
+        buffer = self._pending
+        if not buffer:
+            self._set_timeout(wait)
+            buffer = self._recv_chunk(started=False)
+        deadline = None if read_timeout is None else time.monotonic() + read_timeout
+        if len(buffer) < PREFIX.size:
+            self._set_timeout(read_timeout)
+            while len(buffer) < PREFIX.size:
+                buffer += self._recv_chunk(started=True, deadline=deadline)
+        magic, header_length, data_length = PREFIX.unpack_from(buffer)
+        if magic != MAGIC:
+            raise ProtocolError("not a gym-remote frame (bad magic {!r})".format(bytes(magic)))
+        body_length = header_length + data_length
+        if body_length > self.max_message_size:
+            raise MessageTooLarge(
+                "a {}-byte message exceeds the maximum message size of {} bytes".format(
+                    body_length, self.max_message_size
+                )
+            )
+        end = PREFIX.size + body_length
+        # The body starts `padding` bytes into its buffer so that the data section (and so
+        # every array in it) is 8-byte aligned in memory.
+        padding = -header_length % DATA_ALIGNMENT
+        body = bytearray(padding + body_length)
+        view = memoryview(body)[padding:]
+        have = min(len(buffer), end) - PREFIX.size
+        view[:have] = buffer[PREFIX.size : PREFIX.size + have]
+        self._pending = buffer[end:]
+        if have < body_length:
+            self._set_timeout(read_timeout)
+            self._recv_into(view[have:], deadline)
+        return view[:header_length], view[header_length:]
+
+    def _set_timeout(self, seconds: Optional[float]) -> None:
+        if seconds != self._receive_timeout:
+            # SO_RCVTIMEO of zero means "no timeout"; the smallest real one is a microsecond.
+            seconds_value = 0.0 if seconds is None else max(seconds, 1e-6)
+            whole = int(seconds_value)
+            micros = int((seconds_value - whole) * 1e6)
+            self.sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micros)
+            )
+            self._receive_timeout = seconds
+
+    def _recv_chunk(self, started: bool, deadline: Optional[float] = None) -> bytes:
+        try:
+            chunk = self.sock.recv(_RECEIVE_CHUNK)
+        except (BlockingIOError, socket.timeout):
+            if started:
+                raise RemoteTimeout("the rest of a message did not arrive in time") from None
+            raise IdleTimeout("no message arrived in time") from None
+        if not chunk:
+            if started:
+                raise ProtocolError("connection closed in the middle of a frame")
+            raise PeerClosed("the peer closed the connection")
+        _check_deadline(deadline)
+        return chunk
+
+    def _recv_into(self, view: memoryview, deadline: Optional[float]) -> None:
+        while view.nbytes:
+            try:
+                received = self.sock.recv_into(view)
+            except (BlockingIOError, socket.timeout):
+                raise RemoteTimeout("the rest of a message did not arrive in time") from None
+            if not received:
+                raise ProtocolError("connection closed in the middle of a frame")
+            view = view[received:]
+            if view.nbytes:
+                _check_deadline(deadline)
+
+
+def _check_deadline(deadline: Optional[float]) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise RemoteTimeout("the rest of a message did not arrive in time")

@@ -1,0 +1,334 @@
+"""The server: accepts connections, checks them, and hands each session to its own worker process.
+
+The server process never touches an env. It reads a connection's ``hello`` (version, token) and
+its first request: ``list`` and ``ping`` it answers itself; ``make`` it checks against the
+allowlist and session limit, then starts a worker process and passes it the connected socket.
+From then on the client talks to that worker directly, so a slow or crashing env affects only
+its own session.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hmac
+import importlib
+import logging
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import gymnasium as gym
+
+from gym_remote import __version__
+from gym_remote.addresses import Address, listen, parse_address
+from gym_remote.config import ServerConfig
+from gym_remote.errors import (
+    AuthenticationFailed,
+    EnvNotAllowed,
+    InvalidCall,
+    ProtocolError,
+    RemoteEnvError,
+    ServerBusy,
+    VersionMismatch,
+    WorkerCrashed,
+)
+from gym_remote.protocol import PROTOCOL_VERSION, MessageReader, PeerClosed, send_message
+from gym_remote.worker import error_to_wire
+
+__all__ = ["Server"]
+
+logger = logging.getLogger("gym_remote.server")
+
+# Messages before a session starts are small; a peer that has not said hello gets no more.
+_HANDSHAKE_MAX_MESSAGE_SIZE = 1 << 20
+_WORKER_STOP_GRACE_SECONDS = 5.0
+REMOTE_NAMESPACE = "remote/"
+
+
+@dataclass
+class _Worker:
+    session_id: int
+    env_id: str
+    process: subprocess.Popen
+    control: socket.socket
+
+
+class Server:
+    """A gym-remote server; :meth:`serve_forever` runs it until :meth:`stop`.
+
+    Args:
+        config: The server's settings (see :class:`~gym_remote.config.ServerConfig`).
+
+    Raises:
+        ValueError: the settings are inconsistent, for example a non-loopback address
+            without a token.
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.address: Address = parse_address(config.address)
+        if not self.address.is_loopback and not config.token:
+            raise ValueError(
+                f"refusing to listen on {self.address} without a token: anyone who can reach it "
+                "could run environments. Set --token (or GYM_REMOTE_TOKEN) on server and clients."
+            )
+        self.python_routes = [_parse_python_route(route) for route in config.python]
+        for module in config.imports:
+            importlib.import_module(module)
+        self._workers: dict[int, _Worker] = {}
+        self._lock = threading.Lock()
+        self._next_session_id = 1
+        self._stopping = threading.Event()
+        self._wakeup_reader, self._wakeup_writer = socket.socketpair()
+        self._listener: socket.socket | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def serve_forever(self, on_ready: Callable[[Address], None] | None = None) -> None:
+        """Listens and serves until :meth:`stop`; then ends every worker before returning."""
+        self._listener = listen(self.address)
+        if self.address.scheme == "tcp" and self.address.port == 0:
+            host, port = self._listener.getsockname()[:2]
+            self.address = Address("tcp", host=host, port=port)
+        if self.config.watch_stdin:
+            threading.Thread(target=self._stop_when_stdin_closes, daemon=True).start()
+        selector = selectors.DefaultSelector()
+        selector.register(self._listener, selectors.EVENT_READ)
+        selector.register(self._wakeup_reader, selectors.EVENT_READ)
+        logger.info("serving on %s (allow %s)", self.address, ", ".join(self.config.allow))
+        if on_ready is not None:
+            on_ready(self.address)
+        try:
+            while not self._stopping.is_set():
+                for key, _ in selector.select():
+                    if key.fileobj is self._listener:
+                        self._accept()
+        finally:
+            selector.close()
+            self._shutdown()
+
+    def stop(self) -> None:
+        """Asks :meth:`serve_forever` to stop; safe from signal handlers and other threads."""
+        self._stopping.set()
+        try:
+            self._wakeup_writer.send(b"\0")
+        except OSError:
+            pass
+
+    def _stop_when_stdin_closes(self) -> None:
+        try:
+            while sys.stdin.buffer.read1(4096):
+                pass
+        except (OSError, ValueError):
+            pass
+        self.stop()
+
+    def _accept(self) -> None:
+        try:
+            connection, _ = self._listener.accept()  # type: ignore[union-attr]
+        except OSError:
+            return
+        connection.settimeout(None)
+        if connection.family != socket.AF_UNIX:
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=self._handle_connection, args=(connection,), daemon=True).start()
+
+    def _shutdown(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            if self.address.scheme == "unix" and os.path.exists(self.address.path):
+                os.unlink(self.address.path)
+        with self._lock:
+            workers = list(self._workers.values())
+        for worker in workers:
+            if worker.process.poll() is None:
+                worker.process.terminate()
+        for worker in workers:
+            try:
+                worker.process.wait(_WORKER_STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+        logger.info("stopped")
+
+    # ----------------------------------------------------------------- connections
+
+    def _handle_connection(self, connection: socket.socket) -> None:
+        reader = MessageReader(connection, _HANDSHAKE_MAX_MESSAGE_SIZE)
+        handed_off = False
+        try:
+            allow_pickle = self._handshake(connection, reader)
+            reader.max_message_size = self.config.max_message_size
+            while not handed_off:
+                request = reader.receive(self.config.read_timeout, allow_pickle=allow_pickle)
+                op = request.get("op") if isinstance(request, dict) else None
+                if op == "ping":
+                    send_message(connection, {"ok": None})
+                elif op == "list":
+                    send_message(connection, {"ok": self.list_env_ids()})
+                elif op == "make":
+                    self._start_session(connection, request, allow_pickle)
+                    handed_off = True
+                else:
+                    raise InvalidCall(f"unknown operation {op!r}; expected ping, list or make")
+        except PeerClosed:
+            pass
+        except (RemoteEnvError, OSError) as error:
+            _try_send_error(connection, error)
+        finally:
+            connection.close()
+
+    def _handshake(self, connection: socket.socket, reader: MessageReader) -> bool:
+        hello = reader.receive(self.config.read_timeout)
+        if not isinstance(hello, dict) or hello.get("op") != "hello":
+            raise ProtocolError("the first message must be a hello")
+        if hello.get("version") != PROTOCOL_VERSION:
+            raise VersionMismatch(
+                f"client speaks protocol version {hello.get('version')!r}, this server "
+                f"(gym-remote {__version__}) speaks {PROTOCOL_VERSION}: install the same "
+                "gym-remote version on both sides"
+            )
+        token = hello.get("token") or ""
+        if self.config.token and not hmac.compare_digest(
+            str(token).encode(), self.config.token.encode()
+        ):
+            raise AuthenticationFailed(
+                "wrong or missing token: pass token=... (or set GYM_REMOTE_TOKEN) to match the server's"
+            )
+        allow_pickle = bool(self.config.allow_pickle and hello.get("allow_pickle"))
+        send_message(
+            connection,
+            {
+                "ok": {
+                    "version": PROTOCOL_VERSION,
+                    "server": f"gym-remote {__version__}",
+                    "allow_pickle": allow_pickle,
+                }
+            },
+        )
+        return allow_pickle
+
+    # ----------------------------------------------------------------- sessions
+
+    def list_env_ids(self) -> list[str]:
+        """The ids of the registered envs this server serves, sorted."""
+        return sorted(env_id for env_id in gym.registry if self._allowed_reason(env_id) is None)
+
+    def _allowed_reason(self, env_id: str) -> str | None:
+        """Why ``env_id`` may not be served, or None when it may."""
+        module, separator, name = env_id.rpartition(":")
+        if separator and module not in self.config.imports:
+            return (
+                f"{env_id!r} would make the server import module {module!r}; the operator must "
+                f"start the server with --import {module} to allow that"
+            )
+        if name.startswith(REMOTE_NAMESPACE):
+            return f"{env_id!r} is a client-side remote id; ask for the env it points to instead"
+        if not any(fnmatch.fnmatchcase(candidate, pattern)
+                   for pattern in self.config.allow for candidate in {env_id, name}):
+            return (
+                f"{env_id!r} is not in this server's allowlist ({', '.join(self.config.allow)}); "
+                "the operator can add it with --allow PATTERN"
+            )
+        return None
+
+    def _start_session(self, connection: socket.socket, request: dict, allow_pickle: bool) -> None:
+        env_id = request.get("env_id")
+        if not isinstance(env_id, str):
+            raise InvalidCall(f"make needs a string env_id, got {env_id!r}")
+        reason = self._allowed_reason(env_id)
+        if reason is not None:
+            raise EnvNotAllowed(reason)
+        python = self._python_for(env_id)
+        parent_control, child_control = socket.socketpair()
+        with self._lock:
+            if self._stopping.is_set():
+                raise ServerBusy("the server is shutting down")
+            if len(self._workers) >= self.config.max_sessions:
+                raise ServerBusy(
+                    f"the server already runs its maximum of {self.config.max_sessions} sessions; "
+                    "close other sessions or raise --max-sessions"
+                )
+            session_id = self._next_session_id
+            self._next_session_id += 1
+            fds = (connection.fileno(), child_control.fileno())
+            try:
+                process = subprocess.Popen(
+                    [python, "-m", "gym_remote.worker",
+                     "--client-fd", str(fds[0]), "--control-fd", str(fds[1])],
+                    pass_fds=fds,
+                )
+            except OSError as error:
+                parent_control.close()
+                raise WorkerCrashed(f"could not start a worker with {python}: {error}") from None
+            finally:
+                child_control.close()
+            worker = _Worker(session_id, env_id, process, parent_control)
+            self._workers[session_id] = worker
+        send_message(
+            parent_control,
+            {
+                "allow_pickle": allow_pickle,
+                "idle_timeout": self.config.idle_timeout,
+                "read_timeout": self.config.read_timeout,
+                "max_message_size": self.config.max_message_size,
+                "imports": self.config.imports,
+                "request": request,
+            },
+            allow_pickle=allow_pickle,
+        )
+        logger.info("session %d: %s in worker pid %d", session_id, env_id, process.pid)
+        threading.Thread(target=self._watch_worker, args=(worker,), daemon=True).start()
+
+    def _watch_worker(self, worker: _Worker) -> None:
+        code = worker.process.wait()
+        with self._lock:
+            self._workers.pop(worker.session_id, None)
+        worker.control.close()
+        if code != 0 and not self._stopping.is_set():
+            logger.warning("session %d (%s): worker ended with exit code %d",
+                           worker.session_id, worker.env_id, code)
+        else:
+            logger.info("session %d ended", worker.session_id)
+
+    def _python_for(self, env_id: str) -> str:
+        for pattern, python in self.python_routes:
+            if fnmatch.fnmatchcase(env_id, pattern):
+                return python
+        return sys.executable
+
+    @property
+    def session_count(self) -> int:
+        """How many sessions (worker processes) are alive."""
+        with self._lock:
+            return len(self._workers)
+
+
+def _parse_python_route(route: str) -> tuple[str, str]:
+    pattern, separator, python = route.partition("=")
+    if not separator or not pattern or not python:
+        raise ValueError(f"--python {route!r}: expected PATTERN=/path/to/python")
+    return pattern, python
+
+
+def _try_send_error(connection: socket.socket, error: BaseException) -> None:
+    try:
+        send_message(connection, {"error": error_to_wire(error)})
+    except (OSError, RemoteEnvError):
+        pass
+
+
+def run_server(config: ServerConfig, on_ready: Callable[[Address], None] | None = None) -> Any:
+    """Runs a server in this process until SIGINT or SIGTERM."""
+    import signal
+
+    server = Server(config)
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, lambda *_: server.stop())
+    server.serve_forever(on_ready)
+    return server

@@ -1,0 +1,351 @@
+"""The worker: a process that owns one env and serves its one client over a connected socket.
+
+The server accepts a connection, checks it, and starts ``python -m gym_remote.worker`` with the
+connected socket (``--client-fd``) and a control socket (``--control-fd``) that carries the
+session's settings and whose closing means the server is gone. From then on client and worker
+talk directly, with blocking I/O and no proxy hop.
+
+This module runs inside simulator interpreters: it keeps to Python 3.8 and gymnasium 0.29.
+"""
+
+import argparse
+import enum
+import importlib
+import os
+import signal
+import socket
+import sys
+import threading
+import traceback
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from gym_remote.errors import (
+    EnvNotFound,
+    InvalidCall,
+    ProtocolError,
+    RemoteEnvError,
+    RemoteError,
+    RemoteTimeout,
+    SessionExpired,
+    UnsupportedValue,
+)
+from gym_remote.protocol import IdleTimeout, MessageReader, PeerClosed, encode_frame, send_buffers
+from gym_remote.spaces import encode_space
+
+__all__ = ["WorkerState", "WorkerSession", "main"]
+
+_ENV_NOT_FOUND_ERRORS = tuple(
+    getattr(gym.error, name)
+    for name in ("NameNotFound", "NamespaceNotFound", "VersionNotFound", "UnregisteredEnv")
+    if hasattr(gym.error, name)
+)
+
+
+class WorkerState(enum.Enum):
+    """Where a session is in its life: env made, reset at least once, or closed."""
+
+    MADE = "made"
+    RUNNING = "running"
+    CLOSED = "closed"
+
+
+class WorkerSession:
+    """Serves one client: makes its env, then answers its calls until close, EOF or idleness."""
+
+    def __init__(self, sock: socket.socket, settings: Mapping[str, Any]) -> None:
+        self.sock = sock
+        self.allow_pickle = bool(settings["allow_pickle"])
+        # An idle timeout of zero or less means "never" (private servers owned by their client).
+        idle_timeout = float(settings["idle_timeout"])
+        self.idle_timeout = idle_timeout if idle_timeout > 0 else None
+        self.read_timeout = float(settings["read_timeout"])
+        self.reader = MessageReader(sock, int(settings["max_message_size"]))
+        self.request = settings["request"]
+        self.imports = list(settings.get("imports", []))
+        self.state = WorkerState.MADE
+        self.env: Optional[gym.Env] = None
+        self._handlers: Dict[str, Callable[[Dict[str, Any]], Any]] = {
+            "reset": self._reset,
+            "step": self._step,
+            "render": self._render,
+            "getattr": self._getattr,
+            "call": self._call,
+            "setattr": self._setattr,
+            "ping": lambda request: None,
+            "close": self._close,
+        }
+
+    def run(self) -> None:
+        """Makes the env and serves calls; returns when the session is over."""
+        try:
+            description = self._make()
+        except Exception as error:
+            self._reply_error(error)
+            return
+        self._reply(description)
+        while self.state is not WorkerState.CLOSED:
+            try:
+                request = self.reader.receive(self.idle_timeout, self.read_timeout, self.allow_pickle)
+            except PeerClosed:
+                break
+            except IdleTimeout:
+                self._reply_error(
+                    SessionExpired(
+                        "session ended after {:g} s without a call (the server's idle "
+                        "timeout)".format(self.idle_timeout or 0)
+                    )
+                )
+                break
+            except UnsupportedValue as error:
+                self._reply_error(error)
+                continue
+            except (ProtocolError, RemoteTimeout, OSError) as error:
+                self._reply_error(error)
+                break
+            try:
+                result = self._dispatch(request)
+            except Exception as error:
+                self._reply_error(error)
+                continue
+            self._reply(result)
+        self._close_env()
+
+    def _dispatch(self, request: Any) -> Any:
+        if not isinstance(request, dict):
+            raise InvalidCall("a request must be a map, got {}".format(type(request).__name__))
+        handler = self._handlers.get(request.get("op"))  # type: ignore[arg-type]
+        if handler is None:
+            raise InvalidCall(
+                "unknown operation {!r}; expected one of {}".format(
+                    request.get("op"), ", ".join(sorted(self._handlers))
+                )
+            )
+        return handler(request)
+
+    def _make(self) -> Dict[str, Any]:
+        for module in self.imports:
+            importlib.import_module(module)
+        env_id = self.request["env_id"]
+        kwargs = dict(self.request.get("kwargs") or {})
+        if self.request.get("render_mode") is not None:
+            kwargs["render_mode"] = self.request["render_mode"]
+        try:
+            self.env = gym.make(env_id, **kwargs)
+        except _ENV_NOT_FOUND_ERRORS as error:
+            raise EnvNotFound("{} (env id {!r})".format(error, env_id)) from None
+        return describe_env(self.env, self.allow_pickle)
+
+    def _reset(self, request: Dict[str, Any]) -> Any:
+        env = self._require_env()
+        observation, info = env.reset(seed=request.get("seed"), options=request.get("options"))
+        self.state = WorkerState.RUNNING
+        return [observation, info]
+
+    def _step(self, request: Dict[str, Any]) -> Any:
+        env = self._require_env()
+        if self.state is not WorkerState.RUNNING:
+            raise InvalidCall("call reset() before step()")
+        action = request.get("action")
+        mismatch = describe_action_mismatch(env.action_space, action, "action")
+        if mismatch is not None:
+            raise InvalidCall("{} does not fit action_space {}".format(mismatch, env.action_space))
+        return list(env.step(action))
+
+    def _render(self, request: Dict[str, Any]) -> Any:
+        return self._require_env().render()
+
+    def _getattr(self, request: Dict[str, Any]) -> Any:
+        name = _attribute_name(request)
+        try:
+            value = _get_attribute(self._require_env(), name)
+        except AttributeError:
+            return {"found": False}
+        if callable(value):
+            return {"found": True, "callable": True}
+        return {"found": True, "callable": False, "value": value}
+
+    def _call(self, request: Dict[str, Any]) -> Any:
+        name = _attribute_name(request)
+        value = _get_attribute(self._require_env(), name)
+        if not callable(value):
+            return value
+        return value(*request.get("args", ()), **request.get("kwargs", {}))
+
+    def _setattr(self, request: Dict[str, Any]) -> Any:
+        name = _attribute_name(request)
+        env = self._require_env()
+        if hasattr(env, "set_wrapper_attr"):
+            env.set_wrapper_attr(name, request.get("value"))
+        else:
+            setattr(env.unwrapped, name, request.get("value"))
+        return None
+
+    def _close(self, request: Dict[str, Any]) -> Any:
+        self._close_env()
+        return None
+
+    def _require_env(self) -> gym.Env:
+        if self.env is None or self.state is WorkerState.CLOSED:
+            raise InvalidCall("the env of this session is closed")
+        return self.env
+
+    def _close_env(self) -> None:
+        if self.env is not None and self.state is not WorkerState.CLOSED:
+            self.state = WorkerState.CLOSED
+            try:
+                self.env.close()
+            except Exception:
+                traceback.print_exc()
+
+    def _reply(self, result: Any) -> None:
+        try:
+            buffers = encode_frame({"ok": result}, self.allow_pickle)
+        except UnsupportedValue as error:
+            self._reply_error(error)
+            return
+        self._send(buffers)
+
+    def _reply_error(self, error: BaseException) -> None:
+        self._send(encode_frame({"error": error_to_wire(error)}))
+
+    def _send(self, buffers: Any) -> None:
+        try:
+            send_buffers(self.sock, buffers)
+        except (OSError, RemoteTimeout):
+            # The client is gone: nobody is left to serve.
+            self.state = WorkerState.CLOSED
+
+
+def error_to_wire(error: BaseException) -> Dict[str, Any]:
+    """The wire form of an error: gym-remote errors keep their code, others become remote_error."""
+    if isinstance(error, RemoteEnvError):
+        return {
+            "code": error.code,
+            "message": error.message,
+            "type": error.remote_type,
+            "traceback": error.remote_traceback,
+        }
+    remote_type = "{}.{}".format(type(error).__module__, type(error).__qualname__)
+    return {
+        "code": RemoteError.code,
+        "message": "the remote env raised {}: {}".format(type(error).__name__, error),
+        "type": remote_type,
+        "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+    }
+
+
+def describe_env(env: gym.Env, allow_pickle: bool) -> Dict[str, Any]:
+    """What a client needs to mirror ``env``: spaces, metadata, render mode and spec."""
+    spec = env.spec
+    return {
+        "observation_space": encode_space(env.observation_space, allow_pickle),
+        "action_space": encode_space(env.action_space, allow_pickle),
+        "metadata": _wire_safe_items(env.metadata, allow_pickle),
+        "render_mode": env.render_mode,
+        "spec": None
+        if spec is None
+        else {
+            "id": spec.id,
+            "max_episode_steps": spec.max_episode_steps,
+            "reward_threshold": spec.reward_threshold,
+            "nondeterministic": spec.nondeterministic,
+        },
+    }
+
+
+def _wire_safe_items(mapping: Mapping[str, Any], allow_pickle: bool) -> Dict[str, Any]:
+    """The entries of ``mapping`` that can travel; metadata is informative, so others are dropped."""
+    safe = {}
+    for key, value in mapping.items():
+        try:
+            encode_frame(value, allow_pickle)
+        except UnsupportedValue:
+            continue
+        safe[key] = value
+    return safe
+
+
+def describe_action_mismatch(space: spaces.Space, action: Any, where: str) -> Optional[str]:
+    """Says how ``action`` fails to have the structure of ``space`` (shape, kind), or None.
+
+    Values are left to the env (many envs clip), as they would be locally.
+    """
+    if isinstance(space, (spaces.Box, spaces.MultiDiscrete, spaces.MultiBinary)):
+        array = np.asarray(action)
+        allowed_kinds = "biuf" if isinstance(space, spaces.Box) else "biu"
+        if array.dtype.kind not in allowed_kinds:
+            return "{} has dtype {}".format(where, array.dtype)
+        if array.shape != space.shape:
+            return "{} has shape {}, expected {}".format(where, array.shape, space.shape)
+    elif isinstance(space, spaces.Discrete):
+        if np.ndim(action) != 0 or np.asarray(action).dtype.kind not in "iu":
+            return "{} is {!r}, expected an integer".format(where, action)
+    elif isinstance(space, spaces.Dict):
+        if not isinstance(action, Mapping):
+            return "{} is a {}, expected a dict".format(where, type(action).__name__)
+        if set(action) != set(space.spaces):
+            return "{} has keys {}, expected {}".format(
+                where, sorted(map(str, action)), sorted(map(str, space.spaces))
+            )
+        for key, subspace in space.spaces.items():
+            mismatch = describe_action_mismatch(subspace, action[key], "{}[{!r}]".format(where, key))
+            if mismatch is not None:
+                return mismatch
+    elif isinstance(space, spaces.Tuple):
+        if not isinstance(action, (tuple, list)) or len(action) != len(space.spaces):
+            return "{} is not a tuple of {} items".format(where, len(space.spaces))
+        for index, (subspace, item) in enumerate(zip(space.spaces, action)):
+            mismatch = describe_action_mismatch(subspace, item, "{}[{}]".format(where, index))
+            if mismatch is not None:
+                return mismatch
+    return None
+
+
+def _attribute_name(request: Dict[str, Any]) -> str:
+    name = request.get("name")
+    if not isinstance(name, str) or not name or name.startswith("__"):
+        raise InvalidCall("attribute name {!r} is not allowed".format(name))
+    return name
+
+
+def _get_attribute(env: gym.Env, name: str) -> Any:
+    if hasattr(env, "get_wrapper_attr"):
+        return env.get_wrapper_attr(name)
+    return getattr(env.unwrapped, name)
+
+
+def _exit_when_server_goes(control: socket.socket) -> None:
+    """Ends this process as soon as the server's end of the control socket closes."""
+    try:
+        while control.recv(4096):
+            pass
+    except OSError:
+        pass
+    os._exit(0)
+
+
+def main(argv: Optional[list] = None) -> None:
+    """Entry point of ``python -m gym_remote.worker --client-fd N --control-fd M``."""
+    parser = argparse.ArgumentParser(description="gym-remote worker (started by the server)")
+    parser.add_argument("--client-fd", type=int, required=True)
+    parser.add_argument("--control-fd", type=int, required=True)
+    arguments = parser.parse_args(argv)
+    # Ctrl-C in a terminal reaches the whole process group; the server decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    control = socket.socket(fileno=arguments.control_fd)
+    settings = MessageReader(control).receive(wait=30.0)
+    threading.Thread(target=_exit_when_server_goes, args=(control,), daemon=True).start()
+    client = socket.socket(fileno=arguments.client_fd)
+    try:
+        WorkerSession(client, settings).run()
+    finally:
+        client.close()
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
