@@ -55,8 +55,10 @@ def main(argv: list[str] | None = None) -> None:
 def _serve(arguments: argparse.Namespace, options: dict) -> None:
     from gym_remote.server import run_server
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s gym-remote %(levelname)s %(message)s")
     config = resolve(ServerConfig, **options)
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s gym-remote %(levelname)s %(message)s"
+    )
     run_server(config, on_ready=lambda address: print(f"gym-remote serving on {address}", flush=True))
 
 

@@ -52,6 +52,7 @@ class ServerConfig:
     allow_pickle: bool = _option(False, "accept and send pickled values (clients must opt in too)")
     token: str = _option("", "shared secret clients must present; required to listen beyond loopback")
     watch_stdin: bool = _option(False, "stop when standard input closes (used for private servers)")
+    log_level: str = _option("info", "log level: debug, info, warning or error")
 
 
 @dataclass

@@ -1,0 +1,176 @@
+"""Small envs for tests, benchmarks and demos; importing this module registers them.
+
+Serve them with ``gym-remote serve --import gym_remote.testing``. The ids:
+
+- ``gym_remote_testing/ImageEnv-v0``: two 256x256x3 uint8 images and a 9-float state (393 KB
+  per observation), like a two-camera robot env;
+- ``gym_remote_testing/RichSpaces-v0``: Dict, Tuple, Text, MultiBinary and Sequence spaces;
+- ``gym_remote_testing/Faulty-v0``: misbehaves on request (``options={"fault": ...}`` on reset,
+  or the action that names the fault), to test crashes, exceptions and slow calls.
+
+This module runs inside simulator interpreters too: it keeps to Python 3.8.
+"""
+
+import ctypes
+import os
+import time
+from typing import Any, Dict, Optional, Tuple
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+__all__ = ["ImageEnv", "RichSpacesEnv", "FaultyEnv", "FAULTS"]
+
+IMAGE_SHAPE = (256, 256, 3)
+
+
+class ImageEnv(gym.Env):
+    """Two uint8 camera images and a robot state; the pixels depend on the step count."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(self, render_mode: Optional[str] = None, episode_length: int = 50) -> None:
+        self.render_mode = render_mode
+        self.episode_length = episode_length
+        self.task_description = "look at the two cameras"
+        self.observation_space = spaces.Dict(
+            {
+                "pixels": spaces.Dict(
+                    {
+                        "image": spaces.Box(0, 255, IMAGE_SHAPE, np.uint8),
+                        "image2": spaces.Box(0, 255, IMAGE_SHAPE, np.uint8),
+                    }
+                ),
+                "state": spaces.Box(-np.inf, np.inf, (9,), np.float32),
+            }
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
+        self._steps = 0
+
+    def _observation(self) -> Dict[str, Any]:
+        value = self._steps % 256
+        state = self.np_random.standard_normal(9).astype(np.float32)
+        return {
+            "pixels": {
+                "image": np.full(IMAGE_SHAPE, value, dtype=np.uint8),
+                "image2": np.full(IMAGE_SHAPE, 255 - value, dtype=np.uint8),
+            },
+            "state": state,
+        }
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> Tuple[Any, dict]:
+        super().reset(seed=seed)
+        self._steps = 0
+        return self._observation(), {}
+
+    def step(self, action: Any) -> Tuple[Any, float, bool, bool, dict]:
+        self._steps += 1
+        reward = float(np.sum(action))
+        truncated = self._steps >= self.episode_length
+        return self._observation(), reward, False, truncated, {"is_success": False}
+
+    def render(self) -> np.ndarray:
+        return np.full(IMAGE_SHAPE, self._steps % 256, dtype=np.uint8)
+
+
+class RichSpacesEnv(gym.Env):
+    """An env whose spaces use Dict, Tuple, Text, MultiBinary and Sequence, with a uint8 image."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, render_mode: Optional[str] = None) -> None:
+        self.render_mode = render_mode
+        self.observation_space = spaces.Dict(
+            {
+                "image": spaces.Box(0, 255, (16, 16, 3), np.uint8),
+                "pair": spaces.Tuple((spaces.Discrete(5, start=-2), spaces.MultiBinary(4))),
+                "text": spaces.Text(12, min_length=1),
+                "trail": spaces.Sequence(spaces.Box(-1.0, 1.0, (2,), np.float32), stack=True),
+                "flags": spaces.MultiBinary((2, 3)),
+                "levels": spaces.MultiDiscrete([3, 4], start=[1, -1]),
+            }
+        )
+        self.action_space = spaces.Dict(
+            {"move": spaces.Discrete(4), "force": spaces.Box(-1.0, 1.0, (2,), np.float32)}
+        )
+        self._steps = 0
+
+    def _observation(self) -> Dict[str, Any]:
+        space = self.observation_space
+        space.seed(int(self.np_random.integers(2**31)))
+        return space.sample()
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> Tuple[Any, dict]:
+        super().reset(seed=seed)
+        self._steps = 0
+        return self._observation(), {"note": "reset", "options": options}
+
+    def step(self, action: Any) -> Tuple[Any, float, bool, bool, dict]:
+        self._steps += 1
+        reward = np.float32(action["force"].sum())
+        terminated = self._steps >= 20
+        info = {"steps": np.int64(self._steps), "pair": (1, "two"), "nothing": None, "raw": b"\x00\x01"}
+        return self._observation(), reward, terminated, False, info
+
+    def render(self) -> np.ndarray:
+        return np.zeros((16, 16, 3), dtype=np.uint8)
+
+
+FAULTS = ("raise", "exit", "segfault", "sleep", "custom_info", "allocate")
+
+
+class _NotWireSafe:
+    """A custom object, which only travels when both ends allow pickle."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _NotWireSafe)
+
+
+class FaultyEnv(gym.Env):
+    """An env that misbehaves when asked: the action is an index into :data:`FAULTS`, or -1 for none.
+
+    ``sleep`` sleeps ``sleep_seconds``; ``allocate`` returns an observation of
+    ``allocate_bytes`` bytes; ``custom_info`` puts an unpicklable-by-default object in info.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, sleep_seconds: float = 5.0, allocate_bytes: int = 1 << 20) -> None:
+        self.sleep_seconds = sleep_seconds
+        self.allocate_bytes = allocate_bytes
+        self.observation_space = spaces.Box(0, 255, (allocate_bytes,), np.uint8)
+        self.action_space = spaces.Discrete(len(FAULTS) + 1, start=-1)
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> Tuple[Any, dict]:
+        super().reset(seed=seed)
+        return np.zeros(self.allocate_bytes, np.uint8), {}
+
+    def step(self, action: Any) -> Tuple[Any, float, bool, bool, dict]:
+        fault = FAULTS[int(action)] if int(action) >= 0 else None
+        info: Dict[str, Any] = {}
+        if fault == "raise":
+            raise RuntimeError("the simulator exploded")
+        if fault == "exit":
+            os._exit(3)
+        if fault == "segfault":
+            ctypes.string_at(0)
+        if fault == "sleep":
+            time.sleep(self.sleep_seconds)
+        if fault == "custom_info":
+            info["custom"] = _NotWireSafe()
+        return np.zeros(self.allocate_bytes, np.uint8), 0.0, False, False, info
+
+    def describe(self, prefix: str, *, suffix: str = "") -> str:
+        """A plain method, for remote calls."""
+        return "{}:{}{}".format(prefix, type(self).__name__, suffix)
+
+
+def _register(env_id: str, entry_point: str, **kwargs: Any) -> None:
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point=entry_point, **kwargs)
+
+
+_register("gym_remote_testing/ImageEnv-v0", "gym_remote.testing:ImageEnv")
+_register("gym_remote_testing/RichSpaces-v0", "gym_remote.testing:RichSpacesEnv", max_episode_steps=100)
+_register("gym_remote_testing/Faulty-v0", "gym_remote.testing:FaultyEnv")
