@@ -5,38 +5,10 @@ from __future__ import annotations
 import datetime
 import pathlib
 import platform
-import re
-import subprocess
-import sys
 
 import numpy as np
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-
-
-class ServerProcess:
-    """A real ``gym-remote serve`` process on a free loopback port (a context manager)."""
-
-    def __init__(self, *extra_arguments: str, address: str = "tcp://127.0.0.1:0") -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gym_remote", "serve", "--address", address,
-             "--log-level", "warning", *extra_arguments],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        line = self.process.stdout.readline()  # type: ignore[union-attr]
-        match = re.search(r"serving on (\S+)", line)
-        if match is None:
-            self.process.kill()
-            raise RuntimeError(f"server did not start: {line!r}")
-        self.address = match.group(1)
-
-    def __enter__(self) -> ServerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.terminate()
-        self.process.wait(30)
 
 
 def machine_line() -> str:

@@ -20,7 +20,8 @@ import numpy as np
 
 import gym_remote
 import gym_remote.testing  # noqa: F401  (registers the image env)
-from benchmarks.common import ServerProcess, machine_line, record
+from benchmarks.common import machine_line, record
+from gym_remote.testing import ServerProcess
 
 WORKLOADS = {
     "CartPole-v1": "CartPole-v1",

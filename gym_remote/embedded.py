@@ -65,27 +65,10 @@ class EmbeddedServer:
         return server
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        assert self.process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            line = b""
-            while not line.endswith(b"\n"):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not selector.select(remaining):
-                    raise ServerUnavailable(
-                        f"the private gym-remote server did not start within {timeout:g} s"
-                    )
-                chunk = os.read(self.process.stdout.fileno(), 4096)
-                if not chunk:
-                    raise ServerUnavailable(
-                        f"the private gym-remote server exited with code {self.process.wait()} "
-                        "before it was ready; its error output above says why"
-                    )
-                line += chunk
-        if not line.startswith(_READY_PREFIX):
-            raise ServerUnavailable(f"the private gym-remote server said {line!r} instead of its address")
-        self.process.stdout.close()
+        try:
+            wait_until_serving(self.process, timeout)
+        except RuntimeError as error:
+            raise ServerUnavailable(f"the private gym-remote server failed: {error}") from None
 
     def stop(self) -> None:
         """Stops the server and its workers; idempotent. A forked child only lets go of it."""
@@ -99,9 +82,39 @@ class EmbeddedServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def wait_until_serving(process: subprocess.Popen, timeout: float) -> str:
+    """Waits for a ``gym-remote serve`` process to print its address; returns the address.
+
+    The process must have been started with ``stdout=subprocess.PIPE``; its stdout is closed
+    afterwards (the server prints nothing else there).
+
+    Raises:
+        RuntimeError: the server exited, or said nothing within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    descriptor = process.stdout.fileno()
+    line = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(descriptor, selectors.EVENT_READ)
+        while not line.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                raise RuntimeError(f"the server did not start within {timeout:g} s")
+            chunk = os.read(descriptor, 4096)
+            if not chunk:
+                raise RuntimeError(
+                    f"the server exited with code {process.wait()} before it was ready; "
+                    "its error output says why"
+                )
+            line += chunk
+    process.stdout.close()
+    if not line.startswith(_READY_PREFIX):
+        raise RuntimeError(f"the server said {line!r} instead of its address")
+    return line[len(_READY_PREFIX) :].decode().strip()
 
 
 @atexit.register

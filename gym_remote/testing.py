@@ -174,3 +174,54 @@ def _register(env_id: str, entry_point: str, **kwargs: Any) -> None:
 _register("gym_remote_testing/ImageEnv-v0", "gym_remote.testing:ImageEnv")
 _register("gym_remote_testing/RichSpaces-v0", "gym_remote.testing:RichSpacesEnv", max_episode_steps=100)
 _register("gym_remote_testing/Faulty-v0", "gym_remote.testing:FaultyEnv")
+
+
+class ServerProcess:
+    """A real ``gym-remote serve`` process, for tests and benchmarks (a context manager).
+
+    Args:
+        *arguments: Extra ``serve`` options, for example ``"--allow", "CartPole-*"``.
+        address: Where to listen; the default picks a free loopback port.
+        timeout: Seconds to wait for the server to listen.
+        env: Environment variables of the server process (default: this process's).
+    """
+
+    def __init__(
+        self,
+        *arguments: str,
+        address: str = "tcp://127.0.0.1:0",
+        timeout: float = 60.0,
+        env: Optional[Dict[str, str]] = None,
+    ) -> None:
+        import subprocess
+        import sys
+
+        from gym_remote.embedded import wait_until_serving
+
+        command = [sys.executable, "-m", "gym_remote", "serve", "--address", address]
+        command += ["--log-level", "warning"] + list(arguments)
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env)
+        try:
+            self.address = wait_until_serving(self.process, timeout)
+        except BaseException:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """Sends SIGTERM and waits for the server to end; returns its exit code."""
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.wait(timeout)
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()

@@ -1,0 +1,195 @@
+"""The wire format: values round-trip exactly, bad frames give typed errors."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import msgpack
+import numpy as np
+import pytest
+
+from gym_remote.errors import MessageTooLarge, ProtocolError, UnsupportedValue
+from gym_remote.protocol import (
+    EXT_NDARRAY,
+    PREFIX,
+    MessageReader,
+    PeerClosed,
+    decode_frame,
+    encode_frame,
+    send_message,
+)
+from gymnasium.spaces import GraphInstance
+
+
+def round_trip(value, allow_pickle=False):
+    buffers = encode_frame(value, allow_pickle)
+    frame = b"".join(bytes(memoryview(chunk).cast("B")) for chunk in buffers)
+    left, right = socket.socketpair()
+    with left, right:
+        left.sendall(frame)
+        return MessageReader(right).receive(5.0, allow_pickle=allow_pickle)
+
+
+DTYPES = ["bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+          "float16", "float32", "float64", "complex64", "complex128", ">f8", "<U5", "S3",
+          "datetime64[ns]"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(), (0,), (3,), (2, 3, 4), (1, 0, 2)])
+def test_arrays_keep_dtype_shape_and_values(dtype, shape):
+    array = np.zeros(shape, dtype=dtype)
+    if array.size:
+        array.reshape(-1)[:] = np.arange(array.size).astype(dtype)
+    decoded = round_trip(array)
+    assert type(decoded) is np.ndarray
+    assert decoded.dtype == array.dtype and decoded.shape == array.shape
+    assert np.array_equal(decoded, array)
+    assert decoded.flags.writeable
+
+
+def test_arrays_are_aligned_and_writable_in_nested_values():
+    value = {"a": np.arange(3, dtype=np.uint8), "b": np.arange(5, dtype=np.float64),
+             "c": [np.ones((2, 2), np.int32)]}
+    decoded = round_trip(value)
+    for array in (decoded["a"], decoded["b"], decoded["c"][0]):
+        assert array.flags.aligned and array.flags.writeable
+    decoded["b"][0] = 42.0
+    assert decoded["b"][0] == 42.0
+
+
+def test_non_contiguous_arrays_round_trip():
+    array = np.arange(24, dtype=np.int16).reshape(4, 6)[::2, ::3]
+    assert np.array_equal(round_trip(array), array)
+
+
+def test_nested_containers_keep_their_types():
+    value = {
+        "tuple": (1, 2.5, "three", b"four", None, True),
+        "list": [np.float32(1.5), np.int64(-3), np.bool_(True), np.uint8(7)],
+        "nested": {"deeper": ({"x": np.zeros(2)},)},
+        7: "int key",
+        (1, 2): "tuple key",
+        "empty": {},
+        "empty_tuple": (),
+        "graph": GraphInstance(np.zeros((2, 3)), None, np.zeros((0, 2), np.int64)),
+        "big": 2**63 + 5,
+        "negative": -(2**63),
+    }
+    decoded = round_trip(value)
+    assert decoded.keys() == value.keys()
+    assert decoded["tuple"] == value["tuple"] and type(decoded["tuple"]) is tuple
+    for original, copy in zip(value["list"], decoded["list"]):
+        assert type(copy) is type(original) and copy == original
+    assert type(decoded["nested"]["deeper"]) is tuple
+    assert np.array_equal(decoded["nested"]["deeper"][0]["x"], np.zeros(2))
+    assert decoded[7] == "int key" and decoded[(1, 2)] == "tuple key"
+    assert type(decoded["graph"]) is GraphInstance and decoded["graph"].edges is None
+    assert decoded["big"] == 2**63 + 5 and decoded["negative"] == -(2**63)
+
+
+def test_python_scalars_keep_their_types():
+    for value in (0, -1, 1.5, float("inf"), True, False, None, "", "text", b"", b"\x00\xff"):
+        decoded = round_trip(value)
+        assert type(decoded) is type(value) and decoded == value
+
+
+def test_unsupported_value_names_its_key():
+    with pytest.raises(UnsupportedValue, match=r"set at \['info'\]\['custom'\]\[1\]"):
+        encode_frame({"info": {"custom": [1, {3}]}})
+
+
+def test_oversized_integer_is_unsupported_without_pickle():
+    with pytest.raises(UnsupportedValue, match="int"):
+        encode_frame({"n": 2**70})
+
+
+def test_pickle_only_when_allowed():
+    value = {"set": {1, 2}, "array": np.arange(3)}
+    decoded = round_trip(value, allow_pickle=True)
+    assert decoded["set"] == {1, 2} and np.array_equal(decoded["array"], np.arange(3))
+    buffers = encode_frame(value, allow_pickle=True)
+    header, data = bytes(buffers[1]), bytearray(b"".join(bytes(chunk) for chunk in buffers[2:]))
+    with pytest.raises(UnsupportedValue, match="pickle"):
+        decode_frame(header, data, allow_pickle=False)
+
+
+def test_object_arrays_never_travel_raw():
+    with pytest.raises(UnsupportedValue):
+        encode_frame(np.array([object()], dtype=object))
+
+
+def _frame(header: bytes, data: bytes = b"") -> bytes:
+    return PREFIX.pack(b"GYMR", len(header), len(data)) + header + data
+
+
+def _receive_raw(frame: bytes, max_message_size: int = 1 << 20, close: bool = True):
+    left, right = socket.socketpair()
+    with left, right:
+        left.sendall(frame)
+        if close:
+            left.shutdown(socket.SHUT_WR)
+        return MessageReader(right, max_message_size).receive(2.0)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\x00" * 64,
+        _frame(b"\xc1"),  # msgpack's never-used byte
+        _frame(msgpack.packb(msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["<f8", [4], 0, 32])))),
+        _frame(msgpack.packb(msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["|O", [1], 0, 8]))), bytes(8)),
+        _frame(msgpack.packb(msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["<f8", [-1], 0, 8]))), bytes(8)),
+        _frame(msgpack.packb(msgpack.ExtType(EXT_NDARRAY, msgpack.packb("nonsense")))),
+        _frame(msgpack.packb(msgpack.ExtType(99, b""))),
+    ],
+    ids=["http", "zeros", "bad-msgpack", "array-outside-data", "object-dtype", "negative-shape",
+         "bad-descriptor", "unknown-extension"],
+)
+def test_garbage_gives_protocol_error(frame):
+    with pytest.raises(ProtocolError):
+        _receive_raw(frame)
+
+
+def test_truncated_frame_gives_protocol_error():
+    frame = b"".join(bytes(chunk) for chunk in encode_frame({"x": np.zeros(1000)}))
+    for cut in (3, 20, len(frame) - 1):
+        with pytest.raises(ProtocolError, match="middle of a frame"):
+            _receive_raw(frame[:cut])
+
+
+def test_clean_close_between_messages_is_peer_closed():
+    with pytest.raises(PeerClosed):
+        _receive_raw(b"")
+
+
+def test_oversized_message_is_refused_before_it_is_read():
+    header = struct.pack("<4sIQ", b"GYMR", 10, 1 << 40)
+    with pytest.raises(MessageTooLarge, match="exceeds the maximum"):
+        _receive_raw(header, max_message_size=1 << 20, close=False)
+
+
+def test_a_dribbling_peer_hits_the_read_deadline():
+    from gym_remote.errors import RemoteTimeout
+
+    left, right = socket.socketpair()
+    with left, right:
+        left.sendall(PREFIX.pack(b"GYMR", 100, 0))
+        with pytest.raises(RemoteTimeout):
+            MessageReader(right).receive(wait=2.0, read_timeout=0.2)
+
+
+def test_large_message_arrives_whole_through_a_socket():
+    images = {"image": np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8),
+              "image2": np.zeros((256, 256, 3), np.uint8)}
+    left, right = socket.socketpair()
+    with left, right:
+        import threading
+
+        sender = threading.Thread(target=send_message, args=(left, images))
+        sender.start()
+        decoded = MessageReader(right).receive(5.0)
+        sender.join(5)
+    assert np.array_equal(decoded["image"], images["image"])
