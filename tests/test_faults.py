@@ -1,0 +1,352 @@
+"""Faults and bad input: each gets a clear typed error, and the server keeps serving the others."""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import gym_remote
+from gym_remote import errors
+from gym_remote.config import ServerConfig
+from gym_remote.protocol import PREFIX, MessageReader, send_message
+from gym_remote.server import Server
+from gym_remote.testing import FAULTS
+from tests.helpers import all_gone, wait_for, worker_pids
+
+FAULTY = "gym_remote_testing/Faulty-v0"
+
+
+def fault(name: str) -> int:
+    return FAULTS.index(name)
+
+
+def remote(server, env_id=FAULTY, **kwargs):
+    return gym_remote.RemoteEnv(env_id, address=server.address, **kwargs)
+
+
+def assert_serves(server):
+    """The server still makes sessions that work."""
+    env = remote(server, "CartPole-v1")
+    try:
+        env.reset(seed=0)
+        assert env.step(1)[0].shape == (4,)
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("kind", ["exit", "segfault"])
+def test_worker_crash_ends_only_its_session(server, kind):
+    victim, bystander = remote(server), remote(server, "CartPole-v1")
+    try:
+        victim.reset()
+        bystander.reset(seed=1)
+        with pytest.raises(errors.WorkerCrashed, match="ended during step"):
+            victim.step(fault(kind))
+        with pytest.raises(errors.SessionClosed, match="ended earlier"):
+            victim.step(-1)
+        for _ in range(10):
+            bystander.step(0)
+        assert_serves(server)
+    finally:
+        victim.close()
+        bystander.close()
+
+
+def test_env_exception_carries_the_remote_traceback_and_the_session_goes_on(server):
+    env = remote(server)
+    try:
+        env.reset()
+        with pytest.raises(errors.RemoteError) as caught:
+            env.step(fault("raise"))
+        assert caught.value.remote_type == "builtins.RuntimeError"
+        assert "the simulator exploded" in caught.value.remote_traceback
+        assert "Traceback" in str(caught.value) and "testing.py" in str(caught.value)
+        assert env.step(-1)[1] == 0.0
+    finally:
+        env.close()
+
+
+def test_unknown_env(server):
+    env = remote(server, "NoSuchEnv-v9")
+    with pytest.raises(errors.EnvNotFound, match="NoSuchEnv"):
+        env.reset()
+    env.close()
+
+
+def test_allowlist_and_module_ids(start_server):
+    server = start_server("--allow", "CartPole-*")
+    with pytest.raises(errors.EnvNotAllowed, match="allowlist"):
+        remote(server, "Pendulum-v1").reset()
+    with pytest.raises(errors.EnvNotAllowed, match="--import gym_remote.testing"):
+        remote(server, "gym_remote.testing:CartPole-v1").reset()
+    with pytest.raises(errors.EnvNotAllowed, match="client-side remote id"):
+        remote(server, "remote/Env-v0").reset()
+    assert_serves(server)
+    connection = _client_connection(server)
+    assert connection.request("list") == ["CartPole-v0", "CartPole-v1"]
+    connection.close()
+
+    importing = start_server("--import", "gym_remote.testing", "--allow", "*ImageEnv*")
+    env = remote(importing, "gym_remote.testing:gym_remote_testing/ImageEnv-v0")
+    assert env.reset(seed=0)[0]["state"].shape == (9,)
+    env.close()
+
+
+@pytest.mark.parametrize(
+    "env_id, action, message",
+    [
+        ("CartPole-v1", np.array([1, 0]), "expected an integer"),
+        ("CartPole-v1", 1.5, "expected an integer"),
+        ("CartPole-v1", "left", "expected an integer"),
+        ("Pendulum-v1", np.zeros(3), r"shape \(3,\), expected \(1,\)"),
+        ("Pendulum-v1", np.array(["x"]), "dtype <U1"),
+        ("gym_remote_testing/RichSpaces-v0", {"move": 1}, "keys"),
+        ("gym_remote_testing/RichSpaces-v0", {"move": 1, "force": np.zeros(5)}, r"action\['force'\]"),
+    ],
+)
+def test_wrong_actions_are_invalid_calls_and_the_session_goes_on(server, env_id, action, message):
+    env = remote(server, env_id)
+    try:
+        env.reset(seed=0)
+        with pytest.raises(errors.InvalidCall, match=message):
+            env.step(action)
+        env.step(env.action_space.sample())
+    finally:
+        env.close()
+
+
+def test_step_before_reset_is_an_invalid_call(server):
+    env = remote(server, "CartPole-v1")
+    with pytest.raises(errors.InvalidCall, match="reset"):
+        env.step(0)
+    env.close()
+
+
+def test_unsupported_info_value_names_the_key_and_pickle_is_opt_in(server, start_server):
+    env = remote(server)
+    try:
+        env.reset()
+        with pytest.raises(errors.UnsupportedValue, match=r"\['custom'\]"):
+            env.step(fault("custom_info"))
+        env.step(-1)
+    finally:
+        env.close()
+    pickling = start_server("--import", "gym_remote.testing", "--allow-pickle")
+    refusing = remote(pickling)  # the client has not opted in
+    refusing.reset()
+    with pytest.raises(errors.UnsupportedValue):
+        refusing.step(fault("custom_info"))
+    refusing.close()
+    accepting = remote(pickling, allow_pickle=True)
+    accepting.reset()
+    info = accepting.step(fault("custom_info"))[4]
+    assert type(info["custom"]).__name__ == "_NotWireSafe"
+    accepting.close()
+
+
+def _client_connection(server, **options):
+    from gym_remote.addresses import parse_address
+    from gym_remote.connection import Connection
+
+    return Connection(parse_address(server.address), timeout=10.0, max_message_size=1 << 26, **options)
+
+
+def _raw_socket(server) -> socket.socket:
+    host, port = server.address.removeprefix("tcp://").rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x00" * 100,
+        b"GET / HTTP/1.1\r\n\r\n",
+        PREFIX.pack(b"GYMR", 50, 0) + b"\x01\x02",  # a truncated frame, then silence
+        PREFIX.pack(b"GYMR", 10, 1 << 40),  # oversized before hello
+        PREFIX.pack(b"GYMR", 1, 0) + b"\xc1",  # malformed msgpack
+    ],
+    ids=["zeros", "http", "truncated", "oversized", "malformed"],
+)
+def test_garbage_to_the_server_is_dropped_and_others_are_served(start_server, payload):
+    server = start_server("--read-timeout", "1")
+    bystander = remote(server, "CartPole-v1")
+    bystander.reset(seed=0)
+    with _raw_socket(server) as attacker:
+        attacker.sendall(payload)
+        attacker.shutdown(socket.SHUT_WR) if payload.startswith(b"GET") else None
+        reply = MessageReader(attacker).receive(10.0)
+    assert reply["error"]["code"] in {"protocol_error", "message_too_large", "timeout"}
+    bystander.step(0)
+    assert_serves(server)
+    bystander.close()
+
+
+def test_garbage_inside_a_session_ends_only_that_session(server):
+    env, bystander = remote(server, "CartPole-v1"), remote(server, "CartPole-v1")
+    env.reset()
+    bystander.reset()
+    env._connection._sock.sendall(b"\xff" * 64)
+    reply = env._connection._reader.receive(10.0)
+    assert reply["error"]["code"] == "protocol_error" and "bad magic" in reply["error"]["message"]
+    with pytest.raises(errors.WorkerCrashed):  # the worker closed this session
+        env.step(0)
+    bystander.step(0)
+    env.close()
+    bystander.close()
+
+
+def test_oversized_message_inside_a_session(start_server):
+    server = start_server("--max-message-size", "100000")
+    env = remote(server, "Pendulum-v1")
+    env.reset()
+    with pytest.raises(errors.MessageTooLarge, match="maximum message size of 100000"):
+        env.unwrapped.set_wrapper_attr("blob", np.zeros(50_000, np.float64))
+    assert_serves(server)
+    env.close()
+
+
+def test_version_mismatch(server):
+    with _raw_socket(server) as sock:
+        send_message(sock, {"op": "hello", "version": 999})
+        reply = MessageReader(sock).receive(10.0)
+    assert reply["error"]["code"] == "version_mismatch"
+    error = errors.error_from_code(reply["error"]["code"], reply["error"]["message"])
+    assert isinstance(error, errors.VersionMismatch) and "999" in str(error)
+
+
+def test_token_is_required_when_set(start_server):
+    server = start_server("--token", "s3cret")
+    with pytest.raises(errors.AuthenticationFailed, match="token"):
+        remote(server, "CartPole-v1").reset()
+    with pytest.raises(errors.AuthenticationFailed):
+        remote(server, "CartPole-v1", token="wrong").reset()
+    env = remote(server, "CartPole-v1", token="s3cret")
+    env.reset()
+    env.close()
+
+
+def test_listening_beyond_loopback_needs_a_token():
+    with pytest.raises(ValueError, match="without a token"):
+        Server(ServerConfig(address="tcp://0.0.0.0:0"))
+
+
+def test_server_unavailable_names_the_address_quickly():
+    probe = socket.create_server(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    start = time.monotonic()
+    env = gym_remote.RemoteEnv("CartPole-v1", address=f"tcp://127.0.0.1:{port}", timeout=2)
+    with pytest.raises(errors.ServerUnavailable, match=f"127.0.0.1:{port}"):
+        env.reset()
+    assert time.monotonic() - start < 2
+    with pytest.raises(errors.ServerUnavailable, match="unix:///nonexistent"):
+        gym_remote.RemoteEnv("CartPole-v1", address="unix:///nonexistent/gym.sock").reset()
+
+
+def test_a_slow_call_times_out_and_closes_the_session(server):
+    env = remote(server, timeout=0.5, sleep_seconds=30)
+    env.reset()
+    start = time.monotonic()
+    with pytest.raises(errors.RemoteTimeout, match="within 0.5 s"):
+        env.step(fault("sleep"))
+    assert time.monotonic() - start < 5
+    with pytest.raises(errors.SessionClosed):
+        env.step(-1)
+    env.close()
+
+
+def test_a_slow_env_never_delays_another_session(server):
+    slow, fast = remote(server, sleep_seconds=3), remote(server, "CartPole-v1")
+    slow.reset()
+    fast.reset(seed=0)
+    slow_call = threading.Thread(target=slow.step, args=(fault("sleep"),))
+    slow_call.start()
+    for _ in range(50):
+        fast.step(0) if not fast.step(1)[2] else fast.reset()
+    assert slow_call.is_alive(), "50 fast steps finished while the slow step still runs"
+    slow_call.join(10)
+    slow.close()
+    fast.close()
+
+
+def test_many_clients_at_once(server):
+    local = gym.make("CartPole-v1")
+    local.reset(seed=9)
+    expected = [local.step(step % 2)[0] for step in range(15)]
+    results: dict[int, list] = {}
+
+    def client(index: int) -> None:
+        env = remote(server, "CartPole-v1")
+        env.reset(seed=9)
+        results[index] = [env.step(step % 2)[0] for step in range(15)]
+        env.close()
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(results) == list(range(16))
+    for observations in results.values():
+        assert all(np.array_equal(a, b) for a, b in zip(observations, expected))
+
+
+CLIENT_THAT_VANISHES = """
+import os, sys, gym_remote
+env = gym_remote.RemoteEnv("CartPole-v1", address=sys.argv[1])
+env.reset(seed=0)
+env.step(0)
+print("stepping", flush=True)
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_a_client_that_vanishes_mid_episode_is_reaped(start_server):
+    server = start_server()
+    result = subprocess.run([sys.executable, "-c", CLIENT_THAT_VANISHES, server.address],
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "stepping" and result.returncode == -9
+    wait_for(lambda: not worker_pids(server.pid), what="the worker of the vanished client to end")
+    assert_serves(server)
+
+
+def test_idle_sessions_are_reaped_and_the_client_is_told(start_server):
+    server = start_server("--idle-timeout", "0.5")
+    env = remote(server, "CartPole-v1")
+    env.reset()
+    pids = worker_pids(server.pid)
+    assert len(pids) == 1
+    assert all_gone(pids, timeout=15), "the idle worker must end"
+    with pytest.raises(errors.SessionExpired, match="idle timeout"):
+        env.step(0)
+    env.close()
+
+
+def test_max_sessions(start_server):
+    server = start_server("--max-sessions", "1")
+    first = remote(server, "CartPole-v1")
+    first.reset()
+    with pytest.raises(errors.ServerBusy, match="maximum of 1"):
+        remote(server, "CartPole-v1").reset()
+    first.close()
+    wait_for(lambda: not worker_pids(server.pid), what="the closed session's worker to end")
+    assert_serves(server)
+
+
+@pytest.mark.parametrize("error_type", [getattr(errors, name) for name in errors.__all__
+                                        if isinstance(getattr(errors, name), type)])
+def test_every_error_is_picklable(error_type):
+    error = error_type("what went wrong", remote_type="builtins.ValueError", remote_traceback="Traceback...")
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is error_type and isinstance(copy, errors.RemoteEnvError)
+    assert (copy.message, copy.remote_type, copy.remote_traceback) == (
+        "what went wrong", "builtins.ValueError", "Traceback...")
+    assert str(copy) == str(error)
