@@ -1,0 +1,154 @@
+"""The embedded default leaves no process behind; the CLI serves, lists, pings and shuts down cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+import gym_remote
+from gym_remote.testing import ServerProcess
+from tests.helpers import all_gone, wait_for, worker_pids
+
+
+def descendants() -> set[int]:
+    return {child.pid for child in psutil.Process().children(recursive=True)}
+
+
+def test_embedded_server_starts_by_itself_and_leaves_nothing_after_close(monkeypatch):
+    monkeypatch.delenv("GYM_REMOTE_ADDRESS", raising=False)
+    before = descendants()
+    env = gym_remote.RemoteEnv("CartPole-v1")
+    env.reset(seed=0)
+    started = descendants() - before
+    assert len(started) == 2, "a private server and its worker"
+    directory = env._embedded.directory
+    assert os.path.exists(os.path.join(directory, "server.sock"))
+    env.close()
+    assert all_gone(started), "close() must end the private server and its worker"
+    assert not os.path.exists(directory)
+
+
+EMBEDDED_CLIENT = """
+import os, gym_remote, psutil
+env = gym_remote.RemoteEnv("CartPole-v1")
+env.reset(seed=0)
+print(" ".join(str(child.pid) for child in psutil.Process().children(recursive=True)), flush=True)
+if os.environ.get("EXIT_NORMALLY"):
+    raise SystemExit(0)  # no close(): interpreter exit must clean up
+os.kill(os.getpid(), 9)
+"""
+
+
+@pytest.mark.parametrize("how", ["killed", "exits-without-close"])
+def test_embedded_server_ends_with_its_client(how):
+    environment = dict(os.environ)
+    environment.pop("GYM_REMOTE_ADDRESS", None)
+    if how == "exits-without-close":
+        environment["EXIT_NORMALLY"] = "1"
+    result = subprocess.run([sys.executable, "-c", EMBEDDED_CLIENT], capture_output=True, text=True,
+                            timeout=60, env=environment)
+    pids = {int(pid) for pid in result.stdout.split()}
+    assert len(pids) == 2, result.stderr
+    assert all_gone(pids, timeout=20), f"processes left behind after the client {how}"
+
+
+def test_env_var_address_is_used(server, monkeypatch):
+    monkeypatch.setenv("GYM_REMOTE_ADDRESS", server.address)
+    env = gym_remote.RemoteEnv("CartPole-v1")
+    env.reset()
+    assert env._embedded is None and env.config.address == server.address
+    env.close()
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_serve_shuts_down_cleanly_with_no_orphans(signal_number):
+    with ServerProcess() as server:
+        envs = [gym_remote.RemoteEnv("CartPole-v1", address=server.address) for _ in range(2)]
+        for env in envs:
+            env.reset()
+        workers = worker_pids(server.pid)
+        assert len(workers) == 2
+        server.process.send_signal(signal_number)
+        assert server.process.wait(30) == 0
+        assert all_gone(workers), "workers must end with the server"
+        for env in envs:
+            with pytest.raises(gym_remote.RemoteEnvError):
+                env.step(0)
+            env.close()
+
+
+def test_workers_end_even_if_the_server_is_killed():
+    with ServerProcess() as server:
+        env = gym_remote.RemoteEnv("CartPole-v1", address=server.address)
+        env.reset()
+        workers = worker_pids(server.pid)
+        server.process.kill()
+        server.process.wait(10)
+        assert all_gone(workers), "a worker must notice its server died"
+        env.close()
+
+
+def run_cli(*arguments: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gym_remote", *arguments], capture_output=True,
+                          text=True, timeout=60, **kwargs)
+
+
+def test_cli_list_and_ping(start_server, tmp_path):
+    socket_path = tmp_path / "gym.sock"
+    server = start_server("--allow", "CartPole-*", "--allow", "Pendulum-v1",
+                          address=f"unix://{socket_path}")
+    listed = run_cli("list", "--address", server.address)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == ["CartPole-v0", "CartPole-v1", "Pendulum-v1"]
+    pinged = run_cli("ping", "--address", server.address, "--count", "20")
+    assert pinged.returncode == 0 and "20 round trips" in pinged.stdout and "median" in pinged.stdout
+
+
+def test_cli_reports_a_missing_server_clearly():
+    result = run_cli("list", "--address", "unix:///nonexistent/gym.sock", "--timeout", "2")
+    assert result.returncode == 1
+    assert "no gym-remote server at unix:///nonexistent/gym.sock" in result.stderr
+
+
+def test_serve_help_documents_every_option_and_its_variable():
+    from gym_remote.config import ServerConfig, env_var
+
+    result = run_cli("serve", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for field in ServerConfig.__dataclass_fields__:
+        assert env_var(field) in text, field
+
+
+def test_options_come_from_environment_variables(tmp_path):
+    environment = dict(os.environ, GYM_REMOTE_ALLOW="Pendulum-*", GYM_REMOTE_MAX_SESSIONS="3")
+    with ServerProcess(address=f"unix://{tmp_path / 's.sock'}", env=environment) as server:
+        listed = run_cli("list", "--address", server.address)
+        assert listed.stdout.split() == ["Pendulum-v1"]
+
+
+def test_python_module_entry_point_and_version():
+    result = run_cli("--version")
+    assert result.stdout.strip() == f"gym-remote {gym_remote.__version__}"
+
+
+def test_a_worker_can_run_under_another_interpreter(start_server, tmp_path):
+    """--python routes an env id to another interpreter (here a wrapper that marks its workers)."""
+    marker = tmp_path / "used"
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"#!/bin/sh\ntouch {marker}\nexec {sys.executable} \"$@\"\n")
+    wrapper.chmod(0o755)
+    server = start_server("--python", f"Pendulum-*={wrapper}")
+    env = gym_remote.RemoteEnv("Pendulum-v1", address=server.address)
+    env.reset(seed=0)
+    env.close()
+    assert marker.exists()
+    broken = start_server("--python", "Pendulum-*=/nonexistent/python")
+    with pytest.raises(gym_remote.WorkerCrashed, match="/nonexistent/python"):
+        gym_remote.RemoteEnv("Pendulum-v1", address=broken.address).reset()
+    wait_for(lambda: not worker_pids(broken.pid), what="no worker")
