@@ -36,7 +36,8 @@ def __getattr__(name: str):  # type: ignore[no-untyped-def]
         from gym_remote.client import RemoteEnv
 
         return RemoteEnv
-    raise AttributeError("module 'gym_remote' has no attribute {!r}".format(name))
+    raise AttributeError(f"module 'gym_remote' has no attribute {name!r}")
+
 
 __all__ = [
     "__version__",

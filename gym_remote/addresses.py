@@ -65,9 +65,7 @@ def parse_address(text: str) -> Address:
     except ValueError:
         port = -1
     if not 0 <= port <= 65535:
-        raise ValueError(
-            f"invalid address {original!r}: use tcp://HOST:PORT, HOST:PORT or unix:///PATH"
-        )
+        raise ValueError(f"invalid address {original!r}: use tcp://HOST:PORT, HOST:PORT or unix:///PATH")
     return Address("tcp", host=host, port=port)
 
 

@@ -22,8 +22,19 @@ __all__ = ["RemoteEnv", "SessionState"]
 
 # Attributes RemoteEnv keeps itself; a lookup of any other public name goes to the remote env.
 _LOCAL_ATTRIBUTES = frozenset(
-    {"env_id", "env_kwargs", "config", "render_mode", "_arguments", "_state", "_connection",
-     "_embedded", "_remote", "_local_spec", "_end_reason"}
+    {
+        "env_id",
+        "env_kwargs",
+        "config",
+        "render_mode",
+        "_arguments",
+        "_state",
+        "_connection",
+        "_embedded",
+        "_remote",
+        "_local_spec",
+        "_end_reason",
+    }
 )
 
 
@@ -84,8 +95,12 @@ class RemoteEnv(gym.Env):
         self.env_id = env_id
         self.env_kwargs = env_kwargs
         self.render_mode = render_mode
-        self._arguments = {"address": address, "timeout": timeout, "token": token,
-                           "allow_pickle": allow_pickle}
+        self._arguments = {
+            "address": address,
+            "timeout": timeout,
+            "token": token,
+            "allow_pickle": allow_pickle,
+        }
         self.config = resolve(ClientConfig, **self._arguments)
         self._state = SessionState.NOT_CONNECTED
         self._connection: Connection | None = None
@@ -189,13 +204,21 @@ class RemoteEnv(gym.Env):
 
     def __getstate__(self) -> dict[str, Any]:
         # A copy gets its own session: it carries the arguments, never the connection.
-        return {"env_id": self.env_id, "render_mode": self.render_mode,
-                "arguments": self._arguments, "env_kwargs": self.env_kwargs,
-                "local_spec": self._local_spec}
+        return {
+            "env_id": self.env_id,
+            "render_mode": self.render_mode,
+            "arguments": self._arguments,
+            "env_kwargs": self.env_kwargs,
+            "local_spec": self._local_spec,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["env_id"], render_mode=state["render_mode"],  # type: ignore[misc]
-                      **state["arguments"], **state["env_kwargs"])
+        self.__init__(
+            state["env_id"],
+            render_mode=state["render_mode"],  # type: ignore[misc]
+            **state["arguments"],
+            **state["env_kwargs"],
+        )
         self._local_spec = state["local_spec"]
 
     # ----------------------------------------------------------------- the session

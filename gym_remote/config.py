@@ -123,6 +123,9 @@ def add_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
             )
         else:
             parser.add_argument(
-                flag, dest=option.name, type=int if kind == "int" else float if kind == "float" else str,
-                default=None, help=help_text,
+                flag,
+                dest=option.name,
+                type=int if kind == "int" else float if kind == "float" else str,
+                default=None,
+                help=help_text,
             )

@@ -49,8 +49,21 @@ class EmbeddedServer:
         """
         directory = tempfile.mkdtemp(prefix="gym-remote-")
         address = f"unix://{os.path.join(directory, 'server.sock')}"
-        command = [sys.executable, "-m", "gym_remote", "serve", "--address", address,
-                   "--allow", "*", "--idle-timeout", "0", "--watch-stdin", "--log-level", "warning"]
+        command = [
+            sys.executable,
+            "-m",
+            "gym_remote",
+            "serve",
+            "--address",
+            address,
+            "--allow",
+            "*",
+            "--idle-timeout",
+            "0",
+            "--watch-stdin",
+            "--log-level",
+            "warning",
+        ]
         if allow_pickle:
             command.append("--allow-pickle")
         process = subprocess.Popen(

@@ -55,7 +55,7 @@ class RemoteEnvError(Exception):
     def __str__(self) -> str:
         if not self.remote_traceback:
             return self.message
-        return "{}\n\nRemote traceback:\n{}".format(self.message, self.remote_traceback.rstrip())
+        return f"{self.message}\n\nRemote traceback:\n{self.remote_traceback.rstrip()}"
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (_rebuild_error, (type(self), self.message, self.remote_type, self.remote_traceback))

@@ -97,7 +97,7 @@ class _Encoder:
                 try:
                     converted[self._key(key)] = self.convert(item)
                 except _Unsupported as unsupported:
-                    unsupported.path.append("[{!r}]".format(key))
+                    unsupported.path.append(f"[{key!r}]")
                     raise
             return converted
         if kind is list or kind is tuple:
@@ -106,7 +106,7 @@ class _Encoder:
                 try:
                     items.append(self.convert(item))
                 except _Unsupported as unsupported:
-                    unsupported.path.append("[{}]".format(index))
+                    unsupported.path.append(f"[{index}]")
                     raise
             if kind is list:
                 return items
@@ -161,11 +161,10 @@ def encode_frame(value: Any, allow_pickle: bool = False) -> List[Any]:
     except _Unsupported as unsupported:
         where = "".join(reversed(unsupported.path)) or "the value itself"
         raise UnsupportedValue(
-            "cannot send {} at {} without pickle: gym-remote sends numpy arrays, numpy "
-            "scalars, Python scalars, str, bytes, None and dicts, lists and tuples of them. "
-            "Convert it, or enable allow_pickle=True on both client and server.".format(
-                type(unsupported.value).__name__, where
-            )
+            f"cannot send {type(unsupported.value).__name__} at {where} without pickle: "
+            "gym-remote sends numpy arrays, numpy scalars, Python scalars, str, bytes, None "
+            "and dicts, lists and tuples of them. "
+            "Convert it, or enable allow_pickle=True on both client and server."
         ) from None
     prefix = PREFIX.pack(MAGIC, len(header), encoder.size)
     return [prefix, header] + encoder.chunks
@@ -194,7 +193,7 @@ def decode_frame(header: Any, data: Any, allow_pickle: bool = False) -> Any:
             dtype_text, raw = msgpack.unpackb(payload, raw=False)
             dtype = _safe_dtype(dtype_text)
             if len(raw) != dtype.itemsize:
-                raise ProtocolError("numpy scalar of {} has {} bytes".format(dtype, len(raw)))
+                raise ProtocolError(f"numpy scalar of {dtype} has {len(raw)} bytes")
             return np.frombuffer(raw, dtype=dtype)[0]
         if code == EXT_PICKLE:
             if not allow_pickle:
@@ -205,7 +204,7 @@ def decode_frame(header: Any, data: Any, allow_pickle: bool = False) -> Any:
             import cloudpickle
 
             return cloudpickle.loads(payload)
-        raise ProtocolError("unknown extension type {}".format(code))
+        raise ProtocolError(f"unknown extension type {code}")
 
     return _unpack(header, ext_hook)
 
@@ -216,16 +215,16 @@ def _unpack(payload: Any, ext_hook: Any) -> Any:
     except (UnsupportedValue, ProtocolError):
         raise
     except Exception as error:
-        raise ProtocolError("malformed message header: {}".format(error)) from None
+        raise ProtocolError(f"malformed message header: {error}") from None
 
 
 def _safe_dtype(text: Any) -> np.dtype:
     try:
         dtype = np.dtype(text)
     except Exception:
-        raise ProtocolError("invalid dtype {!r}".format(text)) from None
+        raise ProtocolError(f"invalid dtype {text!r}") from None
     if dtype.hasobject:
-        raise ProtocolError("object dtype {!r} is not allowed on the wire".format(text))
+        raise ProtocolError(f"object dtype {text!r} is not allowed on the wire")
     return dtype
 
 
@@ -234,18 +233,17 @@ def _decode_array(payload: Any, data: memoryview) -> np.ndarray:
         dtype_text, shape, offset, nbytes = payload
         shape = tuple(int(dimension) for dimension in shape)
     except (TypeError, ValueError):
-        raise ProtocolError("malformed array descriptor {!r}".format(payload)) from None
+        raise ProtocolError(f"malformed array descriptor {payload!r}") from None
     dtype = _safe_dtype(dtype_text)
     count = 1
     for dimension in shape:
         if dimension < 0:
-            raise ProtocolError("negative array dimension in {!r}".format(shape))
+            raise ProtocolError(f"negative array dimension in {shape!r}")
         count *= dimension
     if count * dtype.itemsize != nbytes or offset < 0 or offset + nbytes > len(data):
         raise ProtocolError(
-            "array {} {} claims bytes {}..{} of a {}-byte data section".format(
-                dtype, shape, offset, offset + nbytes, len(data)
-            )
+            f"array {dtype} {shape} claims bytes {offset}..{offset + nbytes} "
+            f"of a {len(data)}-byte data section"
         )
     if nbytes == 0:
         return np.empty(shape, dtype=dtype)
@@ -324,13 +322,12 @@ class MessageReader:
                 buffer += self._recv_chunk(started=True, deadline=deadline)
         magic, header_length, data_length = PREFIX.unpack_from(buffer)
         if magic != MAGIC:
-            raise ProtocolError("not a gym-remote frame (bad magic {!r})".format(bytes(magic)))
+            raise ProtocolError(f"not a gym-remote frame (bad magic {bytes(magic)!r})")
         body_length = header_length + data_length
         if body_length > self.max_message_size:
             raise MessageTooLarge(
-                "a {}-byte message exceeds the maximum message size of {} bytes".format(
-                    body_length, self.max_message_size
-                )
+                f"a {body_length}-byte message exceeds the maximum message size "
+                f"of {self.max_message_size} bytes"
             )
         end = PREFIX.size + body_length
         # The body starts `padding` bytes into its buffer so that the data section (and so
@@ -352,9 +349,7 @@ class MessageReader:
             seconds_value = 0.0 if seconds is None else max(seconds, 1e-6)
             whole = int(seconds_value)
             micros = int((seconds_value - whole) * 1e6)
-            self.sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micros)
-            )
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micros))
             self._receive_timeout = seconds
 
     def _recv_chunk(self, started: bool, deadline: Optional[float] = None) -> bytes:

@@ -194,9 +194,7 @@ class Server:
                 "gym-remote version on both sides"
             )
         token = hello.get("token") or ""
-        if self.config.token and not hmac.compare_digest(
-            str(token).encode(), self.config.token.encode()
-        ):
+        if self.config.token and not hmac.compare_digest(str(token).encode(), self.config.token.encode()):
             raise AuthenticationFailed(
                 "wrong or missing token: pass token=... (or set GYM_REMOTE_TOKEN) to match the server's"
             )
@@ -229,8 +227,11 @@ class Server:
             )
         if name.startswith(REMOTE_NAMESPACE):
             return f"{env_id!r} is a client-side remote id; ask for the env it points to instead"
-        if not any(fnmatch.fnmatchcase(candidate, pattern)
-                   for pattern in self.config.allow for candidate in {env_id, name}):
+        if not any(
+            fnmatch.fnmatchcase(candidate, pattern)
+            for pattern in self.config.allow
+            for candidate in {env_id, name}
+        ):
             return (
                 f"{env_id!r} is not in this server's allowlist ({', '.join(self.config.allow)}); "
                 "the operator can add it with --allow PATTERN"
@@ -259,8 +260,15 @@ class Server:
             fds = (connection.fileno(), child_control.fileno())
             try:
                 process = subprocess.Popen(
-                    [python, "-m", "gym_remote.worker",
-                     "--client-fd", str(fds[0]), "--control-fd", str(fds[1])],
+                    [
+                        python,
+                        "-m",
+                        "gym_remote.worker",
+                        "--client-fd",
+                        str(fds[0]),
+                        "--control-fd",
+                        str(fds[1]),
+                    ],
                     pass_fds=fds,
                 )
             except OSError as error:
@@ -291,8 +299,9 @@ class Server:
             self._workers.pop(worker.session_id, None)
         worker.control.close()
         if code != 0 and not self._stopping.is_set():
-            logger.warning("session %d (%s): worker ended with exit code %d",
-                           worker.session_id, worker.env_id, code)
+            logger.warning(
+                "session %d (%s): worker ended with exit code %d", worker.session_id, worker.env_id, code
+            )
         else:
             logger.info("session %d ended", worker.session_id)
 

@@ -35,6 +35,7 @@ def _codec(space_type: Type[spaces.Space]) -> Callable[[_Encoder], _Encoder]:
 
 def _decoder(name: str) -> Callable[[_Decoder], _Decoder]:
     """Registers the decoder of the encoded ``"type"`` called ``name``."""
+
     def register(decoder: _Decoder) -> _Decoder:
         _DECODERS[name] = decoder
         return decoder
@@ -55,10 +56,8 @@ def encode_space(space: Any, allow_pickle: bool = False) -> Dict[str, Any]:
     if allow_pickle:
         return {"type": "pickle", "space": space}
     raise UnsupportedValue(
-        "cannot send the space {!r} ({}) without pickle: only Gymnasium's built-in spaces "
-        "travel by default. Enable allow_pickle=True on both client and server.".format(
-            space, type(space).__name__
-        )
+        f"cannot send the space {space!r} ({type(space).__name__}) without pickle: only "
+        "Gymnasium's built-in spaces travel by default. Enable allow_pickle=True on both client and server."
     )
 
 
@@ -69,22 +68,22 @@ def decode_space(encoded: Any, allow_pickle: bool = False) -> spaces.Space:
         ProtocolError: the encoded value is not a space this codec knows.
     """
     if not isinstance(encoded, dict) or "type" not in encoded:
-        raise ProtocolError("malformed space {!r}".format(encoded))
+        raise ProtocolError(f"malformed space {encoded!r}")
     kind = encoded["type"]
     if kind == "pickle":
         space = encoded.get("space")
         if not isinstance(space, spaces.Space):
-            raise ProtocolError("pickled space is a {}".format(type(space).__name__))
+            raise ProtocolError(f"pickled space is a {type(space).__name__}")
         return space
     decoder = _DECODERS.get(kind)
     if decoder is None:
-        raise ProtocolError("unknown space type {!r}".format(kind))
+        raise ProtocolError(f"unknown space type {kind!r}")
     try:
         return decoder(encoded, allow_pickle)
     except (ProtocolError, UnsupportedValue):
         raise
     except Exception as error:
-        raise ProtocolError("malformed {} space: {}".format(kind, error)) from None
+        raise ProtocolError(f"malformed {kind} space: {error}") from None
 
 
 @_codec(spaces.Box)
@@ -139,9 +138,7 @@ def _encode_multi_discrete(space: spaces.MultiDiscrete, allow_pickle: bool) -> D
 
 @_decoder("MultiDiscrete")
 def _decode_multi_discrete(encoded: Dict[str, Any], allow_pickle: bool) -> spaces.MultiDiscrete:
-    return spaces.MultiDiscrete(
-        encoded["nvec"], dtype=np.dtype(encoded["dtype"]), start=encoded["start"]
-    )
+    return spaces.MultiDiscrete(encoded["nvec"], dtype=np.dtype(encoded["dtype"]), start=encoded["start"])
 
 
 @_codec(spaces.MultiBinary)
@@ -169,9 +166,7 @@ def _encode_text(space: spaces.Text, allow_pickle: bool) -> Dict[str, Any]:
 
 @_decoder("Text")
 def _decode_text(encoded: Dict[str, Any], allow_pickle: bool) -> spaces.Text:
-    return spaces.Text(
-        encoded["max_length"], min_length=encoded["min_length"], charset=encoded["charset"]
-    )
+    return spaces.Text(encoded["max_length"], min_length=encoded["min_length"], charset=encoded["charset"])
 
 
 @_codec(spaces.Dict)
@@ -182,9 +177,7 @@ def _encode_dict(space: spaces.Dict, allow_pickle: bool) -> Dict[str, Any]:
 
 @_decoder("Dict")
 def _decode_dict(encoded: Dict[str, Any], allow_pickle: bool) -> spaces.Dict:
-    return spaces.Dict(
-        [(key, decode_space(sub, allow_pickle)) for key, sub in encoded["spaces"]]
-    )
+    return spaces.Dict([(key, decode_space(sub, allow_pickle)) for key, sub in encoded["spaces"]])
 
 
 @_codec(spaces.Tuple)
@@ -221,9 +214,7 @@ def _encode_graph(space: spaces.Graph, allow_pickle: bool) -> Dict[str, Any]:
     return {
         "type": "Graph",
         "node_space": _encode_child(space.node_space, allow_pickle, "node_space"),
-        "edge_space": None
-        if edge_space is None
-        else _encode_child(edge_space, allow_pickle, "edge_space"),
+        "edge_space": None if edge_space is None else _encode_child(edge_space, allow_pickle, "edge_space"),
     }
 
 
@@ -253,4 +244,4 @@ def _encode_child(space: Any, allow_pickle: bool, where: Any) -> Dict[str, Any]:
     try:
         return encode_space(space, allow_pickle)
     except UnsupportedValue as error:
-        raise UnsupportedValue("in sub-space {!r}: {}".format(where, error.message)) from None
+        raise UnsupportedValue(f"in sub-space {where!r}: {error.message}") from None

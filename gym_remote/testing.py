@@ -163,7 +163,7 @@ class FaultyEnv(gym.Env):
 
     def describe(self, prefix: str, *, suffix: str = "") -> str:
         """A plain method, for remote calls."""
-        return "{}:{}{}".format(prefix, type(self).__name__, suffix)
+        return f"{prefix}:{type(self).__name__}{suffix}"
 
 
 def _register(env_id: str, entry_point: str, **kwargs: Any) -> None:

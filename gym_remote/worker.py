@@ -95,8 +95,8 @@ class WorkerSession:
             except IdleTimeout:
                 self._reply_error(
                     SessionExpired(
-                        "session ended after {:g} s without a call (the server's idle "
-                        "timeout)".format(self.idle_timeout or 0)
+                        f"session ended after {self.idle_timeout or 0:g} s without a call (the server's idle "
+                        "timeout)"
                     )
                 )
                 break
@@ -116,7 +116,7 @@ class WorkerSession:
 
     def _dispatch(self, request: Any) -> Any:
         if not isinstance(request, dict):
-            raise InvalidCall("a request must be a map, got {}".format(type(request).__name__))
+            raise InvalidCall(f"a request must be a map, got {type(request).__name__}")
         handler = self._handlers.get(request.get("op"))  # type: ignore[arg-type]
         if handler is None:
             raise InvalidCall(
@@ -136,7 +136,7 @@ class WorkerSession:
         try:
             self.env = gym.make(env_id, **kwargs)
         except _ENV_NOT_FOUND_ERRORS as error:
-            raise EnvNotFound("{} (env id {!r})".format(error, env_id)) from None
+            raise EnvNotFound(f"{error} (env id {env_id!r})") from None
         return describe_env(self.env, self.allow_pickle)
 
     def _reset(self, request: Dict[str, Any]) -> Any:
@@ -152,7 +152,7 @@ class WorkerSession:
         action = request.get("action")
         mismatch = describe_action_mismatch(env.action_space, action, "action")
         if mismatch is not None:
-            raise InvalidCall("{} does not fit action_space {}".format(mismatch, env.action_space))
+            raise InvalidCall(f"{mismatch} does not fit action_space {env.action_space}")
         return list(env.step(action))
 
     def _render(self, request: Dict[str, Any]) -> Any:
@@ -229,10 +229,10 @@ def error_to_wire(error: BaseException) -> Dict[str, Any]:
             "type": error.remote_type,
             "traceback": error.remote_traceback,
         }
-    remote_type = "{}.{}".format(type(error).__module__, type(error).__qualname__)
+    remote_type = f"{type(error).__module__}.{type(error).__qualname__}"
     return {
         "code": RemoteError.code,
-        "message": "the remote env raised {}: {}".format(type(error).__name__, error),
+        "message": f"the remote env raised {type(error).__name__}: {error}",
         "type": remote_type,
         "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
     }
@@ -278,28 +278,26 @@ def describe_action_mismatch(space: spaces.Space, action: Any, where: str) -> Op
         array = np.asarray(action)
         allowed_kinds = "biuf" if isinstance(space, spaces.Box) else "biu"
         if array.dtype.kind not in allowed_kinds:
-            return "{} has dtype {}".format(where, array.dtype)
+            return f"{where} has dtype {array.dtype}"
         if array.shape != space.shape:
-            return "{} has shape {}, expected {}".format(where, array.shape, space.shape)
+            return f"{where} has shape {array.shape}, expected {space.shape}"
     elif isinstance(space, spaces.Discrete):
         if np.ndim(action) != 0 or np.asarray(action).dtype.kind not in "iu":
-            return "{} is {!r}, expected an integer".format(where, action)
+            return f"{where} is {action!r}, expected an integer"
     elif isinstance(space, spaces.Dict):
         if not isinstance(action, Mapping):
-            return "{} is a {}, expected a dict".format(where, type(action).__name__)
+            return f"{where} is a {type(action).__name__}, expected a dict"
         if set(action) != set(space.spaces):
-            return "{} has keys {}, expected {}".format(
-                where, sorted(map(str, action)), sorted(map(str, space.spaces))
-            )
+            return f"{where} has keys {sorted(map(str, action))}, expected {sorted(map(str, space.spaces))}"
         for key, subspace in space.spaces.items():
-            mismatch = describe_action_mismatch(subspace, action[key], "{}[{!r}]".format(where, key))
+            mismatch = describe_action_mismatch(subspace, action[key], f"{where}[{key!r}]")
             if mismatch is not None:
                 return mismatch
     elif isinstance(space, spaces.Tuple):
         if not isinstance(action, (tuple, list)) or len(action) != len(space.spaces):
-            return "{} is not a tuple of {} items".format(where, len(space.spaces))
+            return f"{where} is not a tuple of {len(space.spaces)} items"
         for index, (subspace, item) in enumerate(zip(space.spaces, action)):
-            mismatch = describe_action_mismatch(subspace, item, "{}[{}]".format(where, index))
+            mismatch = describe_action_mismatch(subspace, item, f"{where}[{index}]")
             if mismatch is not None:
                 return mismatch
     return None
@@ -308,7 +306,7 @@ def describe_action_mismatch(space: spaces.Space, action: Any, where: str) -> Op
 def _attribute_name(request: Dict[str, Any]) -> str:
     name = request.get("name")
     if not isinstance(name, str) or not name or name.startswith("__"):
-        raise InvalidCall("attribute name {!r} is not allowed".format(name))
+        raise InvalidCall(f"attribute name {name!r} is not allowed")
     return name
 
 

@@ -50,8 +50,9 @@ def test_embedded_server_ends_with_its_client(how):
     environment.pop("GYM_REMOTE_ADDRESS", None)
     if how == "exits-without-close":
         environment["EXIT_NORMALLY"] = "1"
-    result = subprocess.run([sys.executable, "-c", EMBEDDED_CLIENT], capture_output=True, text=True,
-                            timeout=60, env=environment)
+    result = subprocess.run(
+        [sys.executable, "-c", EMBEDDED_CLIENT], capture_output=True, text=True, timeout=60, env=environment
+    )
     pids = {int(pid) for pid in result.stdout.split()}
     assert len(pids) == 2, result.stderr
     assert all_gone(pids, timeout=20), f"processes left behind after the client {how}"
@@ -94,14 +95,14 @@ def test_workers_end_even_if_the_server_is_killed():
 
 
 def run_cli(*arguments: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gym_remote", *arguments], capture_output=True,
-                          text=True, timeout=60, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "gym_remote", *arguments], capture_output=True, text=True, timeout=60, **kwargs
+    )
 
 
 def test_cli_list_and_ping(start_server, tmp_path):
     socket_path = tmp_path / "gym.sock"
-    server = start_server("--allow", "CartPole-*", "--allow", "Pendulum-v1",
-                          address=f"unix://{socket_path}")
+    server = start_server("--allow", "CartPole-*", "--allow", "Pendulum-v1", address=f"unix://{socket_path}")
     listed = run_cli("list", "--address", server.address)
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.split() == ["CartPole-v0", "CartPole-v1", "Pendulum-v1"]
@@ -141,7 +142,7 @@ def test_a_worker_can_run_under_another_interpreter(start_server, tmp_path):
     """--python routes an env id to another interpreter (here a wrapper that marks its workers)."""
     marker = tmp_path / "used"
     wrapper = tmp_path / "python"
-    wrapper.write_text(f"#!/bin/sh\ntouch {marker}\nexec {sys.executable} \"$@\"\n")
+    wrapper.write_text(f'#!/bin/sh\ntouch {marker}\nexec {sys.executable} "$@"\n')
     wrapper.chmod(0o755)
     server = start_server("--python", f"Pendulum-*={wrapper}")
     env = gym_remote.RemoteEnv("Pendulum-v1", address=server.address)

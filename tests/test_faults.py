@@ -311,8 +311,12 @@ os.kill(os.getpid(), 9)
 
 def test_a_client_that_vanishes_mid_episode_is_reaped(start_server):
     server = start_server()
-    result = subprocess.run([sys.executable, "-c", CLIENT_THAT_VANISHES, server.address],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", CLIENT_THAT_VANISHES, server.address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.stdout.strip() == "stepping" and result.returncode == -9
     wait_for(lambda: not worker_pids(server.pid), what="the worker of the vanished client to end")
     assert_serves(server)
@@ -341,12 +345,17 @@ def test_max_sessions(start_server):
     assert_serves(server)
 
 
-@pytest.mark.parametrize("error_type", [getattr(errors, name) for name in errors.__all__
-                                        if isinstance(getattr(errors, name), type)])
+@pytest.mark.parametrize(
+    "error_type",
+    [getattr(errors, name) for name in errors.__all__ if isinstance(getattr(errors, name), type)],
+)
 def test_every_error_is_picklable(error_type):
     error = error_type("what went wrong", remote_type="builtins.ValueError", remote_traceback="Traceback...")
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is error_type and isinstance(copy, errors.RemoteEnvError)
     assert (copy.message, copy.remote_type, copy.remote_traceback) == (
-        "what went wrong", "builtins.ValueError", "Traceback...")
+        "what went wrong",
+        "builtins.ValueError",
+        "Traceback...",
+    )
     assert str(copy) == str(error)

@@ -8,6 +8,7 @@ import struct
 import msgpack
 import numpy as np
 import pytest
+from gymnasium.spaces import GraphInstance
 
 from gym_remote.errors import MessageTooLarge, ProtocolError, UnsupportedValue
 from gym_remote.protocol import (
@@ -19,7 +20,6 @@ from gym_remote.protocol import (
     encode_frame,
     send_message,
 )
-from gymnasium.spaces import GraphInstance
 
 
 def round_trip(value, allow_pickle=False):
@@ -31,9 +31,26 @@ def round_trip(value, allow_pickle=False):
         return MessageReader(right).receive(5.0, allow_pickle=allow_pickle)
 
 
-DTYPES = ["bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
-          "float16", "float32", "float64", "complex64", "complex128", ">f8", "<U5", "S3",
-          "datetime64[ns]"]
+DTYPES = [
+    "bool",
+    "int8",
+    "uint8",
+    "int16",
+    "uint16",
+    "int32",
+    "uint32",
+    "int64",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+    "complex64",
+    "complex128",
+    ">f8",
+    "<U5",
+    "S3",
+    "datetime64[ns]",
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -50,8 +67,11 @@ def test_arrays_keep_dtype_shape_and_values(dtype, shape):
 
 
 def test_arrays_are_aligned_and_writable_in_nested_values():
-    value = {"a": np.arange(3, dtype=np.uint8), "b": np.arange(5, dtype=np.float64),
-             "c": [np.ones((2, 2), np.int32)]}
+    value = {
+        "a": np.arange(3, dtype=np.uint8),
+        "b": np.arange(5, dtype=np.float64),
+        "c": [np.ones((2, 2), np.int32)],
+    }
     decoded = round_trip(value)
     for array in (decoded["a"], decoded["b"], decoded["c"][0]):
         assert array.flags.aligned and array.flags.writeable
@@ -145,8 +165,16 @@ def _receive_raw(frame: bytes, max_message_size: int = 1 << 20, close: bool = Tr
         _frame(msgpack.packb(msgpack.ExtType(EXT_NDARRAY, msgpack.packb("nonsense")))),
         _frame(msgpack.packb(msgpack.ExtType(99, b""))),
     ],
-    ids=["http", "zeros", "bad-msgpack", "array-outside-data", "object-dtype", "negative-shape",
-         "bad-descriptor", "unknown-extension"],
+    ids=[
+        "http",
+        "zeros",
+        "bad-msgpack",
+        "array-outside-data",
+        "object-dtype",
+        "negative-shape",
+        "bad-descriptor",
+        "unknown-extension",
+    ],
 )
 def test_garbage_gives_protocol_error(frame):
     with pytest.raises(ProtocolError):
@@ -182,8 +210,10 @@ def test_a_dribbling_peer_hits_the_read_deadline():
 
 
 def test_large_message_arrives_whole_through_a_socket():
-    images = {"image": np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8),
-              "image2": np.zeros((256, 256, 3), np.uint8)}
+    images = {
+        "image": np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8),
+        "image2": np.zeros((256, 256, 3), np.uint8),
+    }
     left, right = socket.socketpair()
     with left, right:
         import threading

@@ -45,8 +45,17 @@ def test_spaces_metadata_and_spec_mirror_the_remote_env(server):
 
 
 # Each crosses episode boundaries within the run (by termination or by its time limit).
-EQUIVALENCE_IDS = ["CartPole-v1", "Pendulum-v1", "MountainCar-v0", "MountainCarContinuous-v0",
-                   "Acrobot-v1", "FrozenLake-v1", "FrozenLake8x8-v1", "Blackjack-v1", "Taxi-v4"]
+EQUIVALENCE_IDS = [
+    "CartPole-v1",
+    "Pendulum-v1",
+    "MountainCar-v0",
+    "MountainCarContinuous-v0",
+    "Acrobot-v1",
+    "FrozenLake-v1",
+    "FrozenLake8x8-v1",
+    "Blackjack-v1",
+    "Taxi-v4",
+]
 
 
 @pytest.mark.parametrize("env_id", EQUIVALENCE_IDS)

@@ -101,8 +101,13 @@ def boxes(draw):
     shape = draw(shapes)
     if dtype.kind == "f":
         values = st.one_of(st.floats(-1e3, 1e3, width=16), st.just(np.inf))
-        low = np.array(draw(st.lists(values, min_size=int(np.prod(shape)), max_size=int(np.prod(shape)))),
-                       dtype=dtype).reshape(shape) * -1
+        low = (
+            np.array(
+                draw(st.lists(values, min_size=int(np.prod(shape)), max_size=int(np.prod(shape)))),
+                dtype=dtype,
+            ).reshape(shape)
+            * -1
+        )
         high = np.maximum(low, np.array(0, dtype)) + 1
         high = np.where(draw(st.booleans()), np.inf, high).astype(dtype)
     else:
@@ -115,19 +120,25 @@ def boxes(draw):
 leaves = st.one_of(
     boxes(),
     st.builds(spaces.Discrete, st.integers(1, 100), start=st.integers(-50, 50)),
-    st.builds(lambda nvec, start: spaces.MultiDiscrete(nvec, start=start),
-              st.lists(st.integers(1, 9), min_size=1, max_size=4).map(np.array),
-              st.just(None)),
+    st.builds(
+        lambda nvec, start: spaces.MultiDiscrete(nvec, start=start),
+        st.lists(st.integers(1, 9), min_size=1, max_size=4).map(np.array),
+        st.just(None),
+    ),
     st.builds(spaces.MultiBinary, st.integers(1, 8)),
-    st.builds(lambda low, extra, charset: spaces.Text(low + extra, min_length=low, charset=charset),
-              st.integers(0, 5), st.integers(0, 5),
-              st.text(alphabet="abcxyz0129!", min_size=1, max_size=6).map(lambda t: "".join(dict.fromkeys(t)))),
+    st.builds(
+        lambda low, extra, charset: spaces.Text(low + extra, min_length=low, charset=charset),
+        st.integers(0, 5),
+        st.integers(0, 5),
+        st.text(alphabet="abcxyz0129!", min_size=1, max_size=6).map(lambda t: "".join(dict.fromkeys(t))),
+    ),
 )
 space_trees = st.recursive(
     leaves,
     lambda children: st.one_of(
-        st.dictionaries(st.text("abcdefgh", min_size=1, max_size=4), children, min_size=1, max_size=3)
-        .map(spaces.Dict),
+        st.dictionaries(st.text("abcdefgh", min_size=1, max_size=4), children, min_size=1, max_size=3).map(
+            spaces.Dict
+        ),
         st.lists(children, min_size=1, max_size=3).map(spaces.Tuple),
         st.builds(spaces.Sequence, children, stack=st.just(False)),
         st.lists(children, min_size=1, max_size=3).map(spaces.OneOf),

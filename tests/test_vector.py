@@ -114,7 +114,9 @@ def test_lambda_factories_in_a_script(server, tmp_path, context):
     script.write_text(textwrap.dedent(LAMBDA_SCRIPT))
     result = subprocess.run(
         [sys.executable, str(script), server.address, context],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"OK {context}"
