@@ -114,6 +114,10 @@ class _Encoder:
         if kind is GraphInstance:
             items = [self.convert(part) for part in value]
             return msgpack.ExtType(EXT_GRAPH_INSTANCE, msgpack.packb(items, use_bin_type=True))
+        if isinstance(value, dict):
+            # OrderedDict (gymnasium 0.29's Dict samples) and other dict subclasses travel as
+            # plain dicts, which keep insertion order.
+            return self.convert(dict(value))
         if isinstance(value, np.generic) and not value.dtype.hasobject:
             scalar = np.asarray(value)
             payload = [scalar.dtype.str, scalar.tobytes()]

@@ -1,0 +1,67 @@
+"""Workers under an old simulator-side stack (gymnasium 0.29, numpy 1.x), as LIBERO installs have.
+
+`make test` builds that interpreter and points GYM_REMOTE_COMPAT_PYTHON at it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env, data_equivalence
+
+import gym_remote
+
+COMPAT_PYTHON = os.environ.get("GYM_REMOTE_COMPAT_PYTHON", "")
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(COMPAT_PYTHON),
+    reason="set GYM_REMOTE_COMPAT_PYTHON to a gymnasium 0.29 interpreter (`make test` does)",
+)
+
+
+@pytest.fixture(scope="module")
+def compat_server():
+    from gym_remote.testing import ServerProcess
+
+    with ServerProcess("--import", "gym_remote.testing", "--python", f"*={COMPAT_PYTHON}") as server:
+        yield server
+
+
+def test_the_compat_interpreter_is_old():
+    versions = subprocess.run(
+        [COMPAT_PYTHON, "-c", "import gymnasium, numpy; print(gymnasium.__version__, numpy.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert versions[0].startswith("0.29") and versions[1].startswith("1.")
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "gym_remote_testing/RichSpaces-v0"])
+def test_check_env_on_an_old_worker(compat_server, env_id):
+    env = gym.make("remote/Env-v0", env_id=env_id, address=compat_server.address)
+    try:
+        check_env(env.unwrapped, skip_render_check=True)
+    finally:
+        env.close()
+
+
+def test_old_worker_matches_a_local_env(compat_server):
+    local = gym.make("Pendulum-v1")
+    remote = gym_remote.RemoteEnv("Pendulum-v1", address=compat_server.address)
+    try:
+        assert data_equivalence(local.reset(seed=3), remote.reset(seed=3), exact=True)
+        for step in range(250):
+            action = np.array([np.sin(step)], dtype=np.float32)
+            local_result, remote_result = local.step(action), remote.step(action)
+            # Another numpy and gymnasium may round the last bits differently.
+            assert np.allclose(local_result[0], remote_result[0], atol=1e-5)
+            assert np.isclose(local_result[1], remote_result[1])
+            assert local_result[2:] == remote_result[2:]
+        assert remote.get_wrapper_attr("max_speed") == 8
+    finally:
+        local.close()
+        remote.close()
