@@ -47,6 +47,12 @@ class RemoteEnvError(Exception):
         remote_type: Optional[str] = None,
         remote_traceback: Optional[str] = None,
     ) -> None:
+        if isinstance(message, RemoteEnvError):
+            # `type(error)(error)`, which is how AsyncVectorEnv re-raises a worker's error.
+            remote_type = remote_type or message.remote_type
+            remote_traceback = remote_traceback or message.remote_traceback
+            message = message.message
+        message = str(message)
         super().__init__(message)
         self.message = message
         self.remote_type = remote_type

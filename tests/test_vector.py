@@ -120,3 +120,21 @@ def test_lambda_factories_in_a_script(server, tmp_path, context):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"OK {context}"
+
+
+def test_remote_errors_cross_async_vector_env_intact(server):
+    import gym_remote.testing  # noqa: F401
+    from gym_remote import RemoteError
+    from gym_remote.testing import FAULTS
+
+    vector_env = AsyncVectorEnv(
+        [remote_factory("gym_remote_testing/Faulty-v0", server.address)] * NUM_ENVS, context="forkserver"
+    )
+    try:
+        vector_env.reset(seed=0)
+        with pytest.raises(RemoteError, match="the simulator exploded") as caught:
+            vector_env.step(np.array([FAULTS.index("raise"), -1]))
+        assert caught.value.remote_type == "builtins.RuntimeError"
+        assert "the simulator exploded" in caught.value.remote_traceback
+    finally:
+        vector_env.close(terminate=True)
