@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import socket
 import time
 
@@ -104,7 +105,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5000, help="steps per measurement")
     parser.add_argument("--no-record", action="store_true", help="do not write docs/benchmarks.md")
+    parser.add_argument(
+        "--same-core",
+        action="store_true",
+        help="pin this process, the server, its workers and the echo server to one CPU core",
+    )
     arguments = parser.parse_args()
+    if arguments.same_core:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # children inherit it
 
     rows = []
     with ServerProcess("--import", "gym_remote.testing") as server:
@@ -128,7 +136,8 @@ def main() -> None:
             rows.append((name, 1 / local, 1 / remote, overhead * 1e6, floor * 1e6, overhead / floor))
 
     lines = [
-        f"Measured {machine_line()}; loopback TCP, {arguments.steps} steps.",
+        f"Measured {machine_line()}; loopback TCP, {arguments.steps} steps, "
+        + ("every process on one core." if arguments.same_core else "processes scheduled freely."),
         "",
         "| workload | local steps/s | remote steps/s | overhead per step | bare TCP round trip "
         "| overhead / round trip (target <= 2) |",
@@ -142,7 +151,9 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not arguments.no_record:
-        record("overhead", "## Per-step overhead (`benchmarks/overhead.py`)\n\n" + table)
+        section = "overhead-same-core" if arguments.same_core else "overhead"
+        title = "one core" if arguments.same_core else "free scheduling"
+        record(section, f"### Per-step overhead, {title} (`benchmarks/overhead.py`)\n\n" + table)
 
 
 if __name__ == "__main__":

@@ -228,7 +228,7 @@ class RemoteEnv(gym.Env):
         return {**arguments, **self.env_kwargs}
 
     def _request(self, op: str, **fields: Any) -> Any:
-        connection = self._connect()
+        connection = self._connection if self._state is SessionState.ACTIVE else self._connect()
         try:
             return connection.request(op, **fields)
         except RemoteEnvError as error:

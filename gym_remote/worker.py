@@ -10,6 +10,7 @@ This module runs inside simulator interpreters: it keeps to Python 3.8 and gymna
 
 import argparse
 import enum
+import gc
 import importlib
 import os
 import signal
@@ -137,7 +138,12 @@ class WorkerSession:
             self.env = gym.make(env_id, **kwargs)
         except _ENV_NOT_FOUND_ERRORS as error:
             raise EnvNotFound(f"{error} (env id {env_id!r})") from None
-        return describe_env(self.env, self.allow_pickle)
+        description = describe_env(self.env, self.allow_pickle)
+        # A simulator's object graph is large and lives as long as the session: keep the cyclic
+        # garbage collector from walking it again and again between steps.
+        gc.collect()
+        gc.freeze()
+        return description
 
     def _reset(self, request: Dict[str, Any]) -> Any:
         env = self._require_env()
@@ -269,6 +275,11 @@ def _wire_safe_items(mapping: Mapping[str, Any], allow_pickle: bool) -> Dict[str
     return safe
 
 
+_INTEGER_SCALAR_TYPES = frozenset(
+    [int, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
+)
+
+
 def describe_action_mismatch(space: spaces.Space, action: Any, where: str) -> Optional[str]:
     """Says how ``action`` fails to have the structure of ``space`` (shape, kind), or None.
 
@@ -282,6 +293,8 @@ def describe_action_mismatch(space: spaces.Space, action: Any, where: str) -> Op
         if array.shape != space.shape:
             return f"{where} has shape {array.shape}, expected {space.shape}"
     elif isinstance(space, spaces.Discrete):
+        if type(action) in _INTEGER_SCALAR_TYPES:
+            return None
         if np.ndim(action) != 0 or np.asarray(action).dtype.kind not in "iu":
             return f"{where} is {action!r}, expected an integer"
     elif isinstance(space, spaces.Dict):
