@@ -13,6 +13,7 @@ interpreters too: it keeps to Python 3.8 and gymnasium 0.29.
 import math
 import socket
 import struct
+import sys
 import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -54,6 +55,8 @@ EXT_GRAPH_INSTANCE = 5
 # Linux refuses sendmsg with more buffers than IOV_MAX (1024); past this many, the data is joined.
 _MAX_SEND_BUFFERS = 512
 _RECEIVE_CHUNK = 1 << 16
+_POOLED_MINIMUM_BYTES = 1 << 16
+_POOL_SIZE = 4
 _NATIVE_TYPES = frozenset([type(None), bool, int, float, str, bytes])
 _ZERO_PADDING = bytes(DATA_ALIGNMENT)
 
@@ -197,15 +200,30 @@ def decode_frame(header: Any, data: Any, allow_pickle: bool = False) -> Any:
         ProtocolError: the header is not valid msgpack or points outside the data section.
         UnsupportedValue: the frame holds a pickled value and ``allow_pickle`` is false.
     """
-    data_view = memoryview(data)
+    return _Decoder(data, allow_pickle).decode(header)
 
-    def ext_hook(code: int, payload: bytes) -> Any:
+
+class _Decoder:
+    """Turns extension types back into values; arrays become views of the data section.
+
+    A class rather than a closure: a nested hook that refers to itself would make a reference
+    cycle, and the data section would then live until the garbage collector runs.
+    """
+
+    def __init__(self, data: Any, allow_pickle: bool) -> None:
+        self.data = memoryview(data)
+        self.allow_pickle = allow_pickle
+
+    def decode(self, payload: Any) -> Any:
+        return _unpack(payload, self.ext_hook)
+
+    def ext_hook(self, code: int, payload: bytes) -> Any:
         if code == EXT_NDARRAY:
-            return _decode_array(msgpack.unpackb(payload, raw=False), data_view)
+            return _decode_array(msgpack.unpackb(payload, raw=False), self.data)
         if code == EXT_TUPLE:
-            return tuple(_unpack(payload, ext_hook))
+            return tuple(self.decode(payload))
         if code == EXT_GRAPH_INSTANCE:
-            parts = _unpack(payload, ext_hook)
+            parts = self.decode(payload)
             if not isinstance(parts, list) or len(parts) != 3:
                 raise ProtocolError("malformed graph instance")
             return GraphInstance(*parts)
@@ -216,7 +234,7 @@ def decode_frame(header: Any, data: Any, allow_pickle: bool = False) -> Any:
                 raise ProtocolError(f"numpy scalar of {dtype} has {len(raw)} bytes")
             return np.frombuffer(raw, dtype=dtype)[0]
         if code == EXT_PICKLE:
-            if not allow_pickle:
+            if not self.allow_pickle:
                 raise UnsupportedValue(
                     "the peer sent a pickled value, but pickle is not enabled here: pass "
                     "allow_pickle=True on both client and server to accept it"
@@ -225,8 +243,6 @@ def decode_frame(header: Any, data: Any, allow_pickle: bool = False) -> Any:
 
             return cloudpickle.loads(payload)
         raise ProtocolError(f"unknown extension type {code}")
-
-    return _unpack(header, ext_hook)
 
 
 def _unpack(payload: Any, ext_hook: Any) -> Any:
@@ -328,6 +344,8 @@ class MessageReader:
         self.max_message_size = max_message_size
         self._pending = b""
         self._receive_timeout: Optional[float] = None
+        self._scratch = bytearray(_RECEIVE_CHUNK)
+        self._bodies = _BodyBufferPool()
 
     def receive(
         self,
@@ -357,12 +375,15 @@ class MessageReader:
         """Receives one frame without decoding it: returns its header and its data section."""
         if read_timeout is None:
             read_timeout = wait
-        buffer = self._pending
-        if not buffer:
+        buffer: Any = self._pending
+        if buffer:
+            self._pending = b""
+        else:
             self._set_timeout(wait)
             buffer = self._recv_chunk(started=False)
         deadline = None if read_timeout is None else time.monotonic() + read_timeout
         if len(buffer) < PREFIX.size:
+            buffer = bytes(buffer)
             self._set_timeout(read_timeout)
             while len(buffer) < PREFIX.size:
                 buffer += self._recv_chunk(started=True, deadline=deadline)
@@ -379,11 +400,11 @@ class MessageReader:
         # The body starts `padding` bytes into its buffer so that the data section (and so
         # every array in it) is 8-byte aligned in memory.
         padding = -header_length % DATA_ALIGNMENT
-        # np.empty, unlike bytearray, does not zero memory that is overwritten right away.
-        view = memoryview(np.empty(padding + body_length, dtype=np.uint8))[padding:]
+        view = memoryview(self._bodies.take(padding + body_length))[padding:]
         have = min(len(buffer), end) - PREFIX.size
         view[:have] = buffer[PREFIX.size : PREFIX.size + have]
-        self._pending = buffer[end:]
+        if len(buffer) > end:
+            self._pending = bytes(buffer[end:])
         if have < body_length:
             self._set_timeout(read_timeout)
             self._recv_into(view[have:], deadline)
@@ -398,14 +419,16 @@ class MessageReader:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micros))
             self._receive_timeout = seconds
 
-    def _recv_chunk(self, started: bool, deadline: Optional[float] = None) -> bytes:
+    def _recv_chunk(self, started: bool, deadline: Optional[float] = None) -> memoryview:
+        """Receives what has arrived (up to 64 KiB) into the scratch buffer; valid until the next call."""
         try:
-            chunk = self.sock.recv(_RECEIVE_CHUNK)
+            received = self.sock.recv_into(self._scratch)
         except (BlockingIOError, socket.timeout):
             if started:
                 raise RemoteTimeout("the rest of a message did not arrive in time") from None
             raise IdleTimeout("no message arrived in time") from None
-        if not chunk:
+        chunk = memoryview(self._scratch)[:received]
+        if not received:
             if started:
                 raise ProtocolError("connection closed in the middle of a frame")
             raise PeerClosed("the peer closed the connection")
@@ -423,6 +446,38 @@ class MessageReader:
             view = view[received:]
             if view.nbytes:
                 _check_deadline(deadline)
+
+
+class _BodyBufferPool:
+    """Receive buffers for large messages, reused once no array decoded from them is alive.
+
+    Receiving into memory that was just in use keeps it in the CPU caches: a fresh 400 KB
+    buffer per message costs about 30 us more on the benchmark machine. A buffer is free when
+    only this pool refers to it, so arrays a user keeps are never overwritten.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: List[np.ndarray] = []
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A writable uint8 array of ``nbytes`` bytes whose old contents do not matter."""
+        if nbytes < _POOLED_MINIMUM_BYTES:
+            return np.empty(nbytes, dtype=np.uint8)
+        free = None
+        for index in range(len(self._buffers)):
+            buffer = self._buffers[index]
+            # References: the list, `buffer`, and getrefcount's argument.
+            if sys.getrefcount(buffer) == 3:
+                if buffer.nbytes >= nbytes:
+                    return buffer[:nbytes]
+                free = index
+        # np.empty, unlike bytearray, does not zero memory that is overwritten right away.
+        buffer = np.empty(nbytes, dtype=np.uint8)
+        if len(self._buffers) < _POOL_SIZE:
+            self._buffers.append(buffer)
+        elif free is not None:
+            self._buffers[free] = buffer
+        return buffer[:nbytes]
 
 
 def _check_deadline(deadline: Optional[float]) -> None:

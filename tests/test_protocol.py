@@ -223,3 +223,61 @@ def test_large_message_arrives_whole_through_a_socket():
         decoded = MessageReader(right).receive(5.0)
         sender.join(5)
     assert np.array_equal(decoded["image"], images["image"])
+
+
+def _receive_all(reader, sender_socket, values):
+    import threading
+
+    received = []
+    for value in values:
+        sender = threading.Thread(target=send_message, args=(sender_socket, value))
+        sender.start()
+        received.append(reader.receive(5.0))
+        sender.join(5)
+    return received
+
+
+def test_large_arrays_a_user_keeps_are_never_overwritten():
+    left, right = socket.socketpair()
+    with left, right:
+        reader = MessageReader(right)
+        values = [{"image": np.full((256, 256, 3), index, np.uint8)} for index in range(8)]
+        kept = _receive_all(reader, left, values)
+    for index, value in enumerate(kept):
+        assert (value["image"] == index).all()
+
+
+def test_large_receive_buffers_are_reused_once_released():
+    left, right = socket.socketpair()
+    with left, right:
+        reader = MessageReader(right)
+        image = {"image": np.ones((256, 256, 3), np.uint8)}
+        (first,) = _receive_all(reader, left, [image])
+        address = first["image"].__array_interface__["data"][0]
+        del first
+        (second,) = _receive_all(reader, left, [image])
+        assert second["image"].__array_interface__["data"][0] == address
+        assert second["image"].flags.writeable and (second["image"] == 1).all()
+
+
+def test_decoded_frames_free_their_buffers_without_the_garbage_collector():
+    import gc
+    import weakref
+
+    frame = b"".join(bytes(chunk) for chunk in encode_frame({"x": np.arange(10)}))
+    body = bytearray(frame[PREFIX.size :])
+    header_length = PREFIX.unpack_from(frame)[1]
+
+    class Buffer(bytearray):
+        pass
+
+    data = Buffer(body[header_length:])
+    watch = weakref.ref(data)
+    gc.disable()
+    try:
+        value = decode_frame(bytes(body[:header_length]), data)
+        assert np.array_equal(value["x"], np.arange(10))
+        del value, data
+        assert watch() is None, "a reference cycle keeps the data section alive"
+    finally:
+        gc.enable()
