@@ -27,7 +27,7 @@ lint: $(VENV)/.installed
 	# Code that runs inside simulator interpreters keeps to Python 3.8.
 	$(VENV)/bin/vermin --target=3.8- --no-tips --violations --eval-annotations \
 		gym_remote/__init__.py gym_remote/errors.py gym_remote/protocol.py gym_remote/spaces.py \
-		gym_remote/worker.py gym_remote/registration.py gym_remote/testing.py
+		gym_remote/worker.py gym_remote/registration.py gym_remote/testing.py gym_remote/envs/*.py
 
 test: $(VENV)/.installed $(COMPAT_VENV)/.installed lint
 	GYM_REMOTE_COMPAT_PYTHON=$(abspath $(COMPAT_VENV))/bin/python \

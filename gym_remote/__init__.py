@@ -24,9 +24,12 @@ from gym_remote.errors import (  # noqa: E402
     VersionMismatch,
     WorkerCrashed,
 )
+import gym_remote.envs  # noqa: E402,F401  (registers the simulator adapters' ids)
 from gym_remote.registration import register_remote  # noqa: E402
 
 register_remote("remote/Env-v0")
+register_remote("remote/Libero-v0", "gym_remote/Libero-v0")
+register_remote("remote/Robosuite-v0", "gym_remote/Robosuite-v0")
 
 
 def __getattr__(name: str):  # type: ignore[no-untyped-def]
