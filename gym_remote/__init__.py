@@ -6,6 +6,7 @@ package registers ``remote/Env-v0`` so ``gym.make("remote/Env-v0", env_id=...)``
 
 __version__ = "0.1.0"
 
+import gym_remote.envs  # noqa: E402,F401  (registers the simulator adapters' ids)
 from gym_remote.errors import (  # noqa: E402
     AuthenticationFailed,
     EnvNotAllowed,
@@ -20,11 +21,11 @@ from gym_remote.errors import (  # noqa: E402
     ServerUnavailable,
     SessionClosed,
     SessionExpired,
+    SimulatorUnavailable,
     UnsupportedValue,
     VersionMismatch,
     WorkerCrashed,
 )
-import gym_remote.envs  # noqa: E402,F401  (registers the simulator adapters' ids)
 from gym_remote.registration import register_remote  # noqa: E402
 
 register_remote("remote/Env-v0")
@@ -39,12 +40,17 @@ def __getattr__(name: str):  # type: ignore[no-untyped-def]
         from gym_remote.client import RemoteEnv
 
         return RemoteEnv
+    if name == "list_tasks":
+        from gym_remote.tasks import list_tasks
+
+        return list_tasks
     raise AttributeError(f"module 'gym_remote' has no attribute {name!r}")
 
 
 __all__ = [
     "__version__",
     "RemoteEnv",
+    "list_tasks",
     "register_remote",
     "RemoteEnvError",
     "AuthenticationFailed",
@@ -59,6 +65,7 @@ __all__ = [
     "ServerUnavailable",
     "SessionClosed",
     "SessionExpired",
+    "SimulatorUnavailable",
     "UnsupportedValue",
     "VersionMismatch",
     "WorkerCrashed",

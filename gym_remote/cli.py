@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import statistics
 import sys
@@ -13,6 +14,7 @@ from gym_remote.addresses import parse_address
 from gym_remote.config import ClientConfig, ServerConfig, add_arguments, resolve
 from gym_remote.connection import Connection
 from gym_remote.errors import RemoteEnvError
+from gym_remote.simulators import RECIPES
 
 __all__ = ["main"]
 
@@ -36,18 +38,38 @@ def main(argv: list[str] | None = None) -> None:
     for name, run, help_text in (
         ("list", _list, "list the env ids a server serves"),
         ("ping", _ping, "measure the round-trip time to a server"),
+        ("tasks", _tasks, "list a simulator's tasks, e.g. `gym-remote tasks Libero-v0`"),
     ):
         command = commands.add_parser(name, help=help_text)
         add_arguments(command, ClientConfig)
         if name == "ping":
             command.add_argument("--count", type=int, default=100, help="round trips to time (default 100)")
+        if name == "tasks":
+            command.add_argument(
+                "env_id", help="Libero-v0, Robosuite-v0 (or their gym_remote/ or remote/ ids)"
+            )
         command.set_defaults(run=run)
 
+    setup = commands.add_parser("setup", help="make the environment of a simulator: libero or robosuite")
+    setup.add_argument("simulator", nargs="?", choices=sorted(RECIPES), help="the simulator to set up")
+    setup.add_argument(
+        "--home", help="where environments live [env GYM_REMOTE_HOME; default ~/.local/share/gym-remote]"
+    )
+    setup.add_argument(
+        "--assets", help="libero: use LIBERO's assets from this folder instead of installing them"
+    )
+    setup.add_argument("--force", action="store_true", help="rebuild even if the environment looks fine")
+    setup.add_argument("--list", action="store_true", help="show the environments set up so far")
+    setup.set_defaults(run=_setup)
+
     arguments = parser.parse_args(argv)
-    options = {key: value for key, value in vars(arguments).items() if key not in {"command", "run", "count"}}
+    config_type = ServerConfig if arguments.command == "serve" else ClientConfig
+    options = {
+        option.name: getattr(arguments, option.name, None) for option in dataclasses.fields(config_type)
+    }
     try:
         arguments.run(arguments, options)
-    except (RemoteEnvError, ValueError, OSError) as error:
+    except (RemoteEnvError, ValueError, OSError, KeyError, RuntimeError) as error:
         print(f"gym-remote {arguments.command}: {error}", file=sys.stderr)
         sys.exit(1)
 
@@ -95,4 +117,33 @@ def _ping(arguments: argparse.Namespace, options: dict) -> None:
     print(
         f"{connection.server_version} at {connection.address}: {len(times)} round trips, "
         f"median {statistics.median(times) * 1e6:.1f} us, min {min(times) * 1e6:.1f} us"
+    )
+
+
+def _tasks(arguments: argparse.Namespace, options: dict) -> None:
+    from gym_remote.tasks import list_tasks
+
+    config = resolve(ClientConfig, **options)
+    listing = list_tasks(arguments.env_id, address=config.address or None, timeout=config.timeout)
+    for suite, tasks in listing["suites"].items():
+        for task in tasks:
+            length = f"  ({task['episode_length']} steps)" if "episode_length" in task else ""
+            print(f"{suite:16s} {task['task_id']:3d}  {task['description']}{length}")
+
+
+def _setup(arguments: argparse.Namespace, options: dict) -> None:
+    from pathlib import Path
+
+    from gym_remote.simulators import describe, setup
+
+    home = Path(arguments.home).expanduser() if arguments.home else None
+    if arguments.list or arguments.simulator is None:
+        print(describe(home))
+        return
+    setup(
+        arguments.simulator,
+        home=home,
+        assets=arguments.assets,
+        force=arguments.force,
+        log=lambda line: print(line, flush=True),
     )

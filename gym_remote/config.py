@@ -45,6 +45,9 @@ class ServerConfig:
         "PATTERN=/path/to/python: run workers for env ids matching PATTERN with that "
         "interpreter, which needs only gym-remote's core (repeatable)",
     )
+    home: str = _option(
+        "", "where `gym-remote setup` keeps simulator environments (empty: ~/.local/share/gym-remote)"
+    )
     max_sessions: int = _option(64, "most sessions (worker processes) at once")
     idle_timeout: float = _option(600.0, "seconds a session may wait for its next call before it is ended")
     read_timeout: float = _option(30.0, "seconds a started message may take to arrive in full")

@@ -24,6 +24,7 @@ __all__ = [
     "WorkerCrashed",
     "SessionExpired",
     "SessionClosed",
+    "SimulatorUnavailable",
     "RemoteError",
     "error_from_code",
 ]
@@ -160,6 +161,13 @@ class SessionClosed(RemoteEnvError):
     code = "session_closed"
 
 
+class SimulatorUnavailable(RemoteEnvError):
+    """The simulator an env needs is not installed, or its environment is broken; the message
+    names the command that fixes it (for example ``gym-remote setup libero``)."""
+
+    code = "simulator_unavailable"
+
+
 class RemoteError(RemoteEnvError):
     """The remote environment raised an exception; ``remote_type`` and ``remote_traceback`` say which."""
 
@@ -184,6 +192,7 @@ _ERRORS_BY_CODE: Dict[str, "Type[RemoteEnvError]"] = {
         WorkerCrashed,
         SessionExpired,
         SessionClosed,
+        SimulatorUnavailable,
         RemoteError,
     )
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import hmac
 import importlib
+import json
 import logging
 import os
 import selectors
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -27,6 +29,7 @@ import gymnasium as gym
 from gym_remote import __version__
 from gym_remote.addresses import Address, listen, parse_address
 from gym_remote.config import ServerConfig
+from gym_remote.envs import ADAPTER_MODULES
 from gym_remote.errors import (
     AuthenticationFailed,
     EnvNotAllowed,
@@ -34,10 +37,12 @@ from gym_remote.errors import (
     ProtocolError,
     RemoteEnvError,
     ServerBusy,
+    SimulatorUnavailable,
     VersionMismatch,
     WorkerCrashed,
 )
 from gym_remote.protocol import PROTOCOL_VERSION, MessageReader, PeerClosed, send_message
+from gym_remote.simulators import recorded_routes
 from gym_remote.worker import error_to_wire
 
 __all__ = ["Server"]
@@ -47,6 +52,7 @@ logger = logging.getLogger("gym_remote.server")
 # Messages before a session starts are small; a peer that has not said hello gets no more.
 _HANDSHAKE_MAX_MESSAGE_SIZE = 1 << 20
 _WORKER_STOP_GRACE_SECONDS = 5.0
+_TASK_LIST_TIMEOUT_SECONDS = 120
 REMOTE_NAMESPACE = "remote/"
 
 
@@ -77,7 +83,13 @@ class Server:
                 f"refusing to listen on {self.address} without a token: anyone who can reach it "
                 "could run environments. Set --token (or GYM_REMOTE_TOKEN) on server and clients."
             )
+        # Explicit --python routes first, then the environments `gym-remote setup` recorded.
         self.python_routes = [_parse_python_route(route) for route in config.python]
+        for simulator in recorded_routes(Path(config.home) if config.home else None):
+            self.python_routes += [
+                _PythonRoute(pattern, simulator.python, f"run `gym-remote setup {simulator.name}`")
+                for pattern in simulator.env_ids
+            ]
         for module in config.imports:
             importlib.import_module(module)
         self._workers: dict[int, _Worker] = {}
@@ -171,11 +183,13 @@ class Server:
                     send_message(connection, {"ok": None})
                 elif op == "list":
                     send_message(connection, {"ok": self.list_env_ids()})
+                elif op == "tasks":
+                    send_message(connection, {"ok": self.list_tasks(request.get("env_id"))})
                 elif op == "make":
                     self._start_session(connection, request, allow_pickle)
                     handed_off = True
                 else:
-                    raise InvalidCall(f"unknown operation {op!r}; expected ping, list or make")
+                    raise InvalidCall(f"unknown operation {op!r}; expected ping, list, tasks or make")
         except PeerClosed:
             pass
         except (RemoteEnvError, OSError) as error:
@@ -306,10 +320,47 @@ class Server:
             logger.info("session %d ended", worker.session_id)
 
     def _python_for(self, env_id: str) -> str:
-        for pattern, python in self.python_routes:
-            if fnmatch.fnmatchcase(env_id, pattern):
-                return python
+        """The interpreter for ``env_id``'s workers.
+
+        Raises:
+            SimulatorUnavailable: the routed interpreter does not exist; says what fixes it.
+        """
+        for route in self.python_routes:
+            if fnmatch.fnmatchcase(env_id, route.pattern):
+                if not os.path.exists(route.python):
+                    raise SimulatorUnavailable(
+                        f"{env_id} runs with {route.python}, which does not exist: {route.fix}"
+                    )
+                return route.python
         return sys.executable
+
+    def list_tasks(self, env_id: Any) -> Any:
+        """An adapter's task list, computed in the interpreter its workers use.
+
+        Raises:
+            EnvNotAllowed / InvalidCall / SimulatorUnavailable: as for ``make``.
+        """
+        if env_id not in ADAPTER_MODULES:
+            raise InvalidCall(f"{env_id!r} has no task list; envs with one: {', '.join(ADAPTER_MODULES)}")
+        reason = self._allowed_reason(env_id)
+        if reason is not None:
+            raise EnvNotAllowed(reason)
+        python = self._python_for(env_id)
+        try:
+            result = subprocess.run(
+                [python, "-m", "gym_remote.envs", "tasks", env_id],
+                capture_output=True,
+                text=True,
+                timeout=_TASK_LIST_TIMEOUT_SECONDS,
+            )
+        except subprocess.TimeoutExpired:
+            raise SimulatorUnavailable(
+                f"listing the tasks of {env_id} took over {_TASK_LIST_TIMEOUT_SECONDS} s"
+            ) from None
+        if result.returncode != 0:
+            last_line = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise SimulatorUnavailable(f"listing the tasks of {env_id} with {python} failed: {last_line}")
+        return json.loads(result.stdout)
 
     @property
     def session_count(self) -> int:
@@ -318,11 +369,18 @@ class Server:
             return len(self._workers)
 
 
-def _parse_python_route(route: str) -> tuple[str, str]:
+@dataclass(frozen=True)
+class _PythonRoute:
+    pattern: str
+    python: str
+    fix: str
+
+
+def _parse_python_route(route: str) -> _PythonRoute:
     pattern, separator, python = route.partition("=")
     if not separator or not pattern or not python:
         raise ValueError(f"--python {route!r}: expected PATTERN=/path/to/python")
-    return pattern, python
+    return _PythonRoute(pattern, python, f"check the server's --python {route}")
 
 
 def _try_send_error(connection: socket.socket, error: BaseException) -> None:

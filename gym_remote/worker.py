@@ -32,6 +32,7 @@ from gym_remote.errors import (
     RemoteError,
     RemoteTimeout,
     SessionExpired,
+    SimulatorUnavailable,
     UnsupportedValue,
 )
 from gym_remote.protocol import IdleTimeout, MessageReader, PeerClosed, encode_frame, send_buffers
@@ -138,6 +139,8 @@ class WorkerSession:
             self.env = gym.make(env_id, **kwargs)
         except _ENV_NOT_FOUND_ERRORS as error:
             raise EnvNotFound(f"{error} (env id {env_id!r})") from None
+        except ImportError as error:
+            raise SimulatorUnavailable(f"{env_id} cannot be made with {sys.executable}: {error}") from None
         description = describe_env(self.env, self.allow_pickle)
         # A simulator's object graph is large and lives as long as the session: keep the cyclic
         # garbage collector from walking it again and again between steps.

@@ -79,7 +79,7 @@ def ensure_config() -> str:
     return folder
 
 
-def _import_libero() -> Any:
+def import_libero() -> Any:
     """Imports ``libero.libero`` ready to use: config written, assets found, renderer chosen."""
     configure_mujoco_gl()
     ensure_config()
@@ -214,7 +214,7 @@ class LiberoEnv(gym.Env):
         unknown = [name for name in camera_names if name not in CAMERA_KEYS]
         if unknown:
             raise ValueError(f"unknown cameras {unknown}; choose from {list(CAMERA_KEYS)}")
-        libero_package = _import_libero()
+        libero_package = import_libero()
         task_names = _task_map()[task_suite]
         if not 0 <= task_id < len(task_names):
             raise ValueError(f"task_id {task_id} is outside {task_suite} (0..{len(task_names) - 1})")

@@ -20,7 +20,7 @@ __all__ = ["RobosuiteEnv", "list_tasks"]
 SETUP_HINT = "run `gym-remote setup robosuite` to make a working robosuite environment"
 
 
-def _import_robosuite() -> Any:
+def import_robosuite() -> Any:
     configure_mujoco_gl()
     try:
         import robosuite
@@ -31,7 +31,7 @@ def _import_robosuite() -> Any:
 
 def list_tasks() -> Dict[str, Any]:
     """robosuite's environments (the values ``env_name`` takes)."""
-    robosuite = _import_robosuite()
+    robosuite = import_robosuite()
     return {
         "env_id": "gym_remote/Robosuite-v0",
         "suites": {
@@ -92,7 +92,7 @@ class RobosuiteEnv(gym.Env):
         render_mode: Optional[str] = "rgb_array",
         **robosuite_kwargs: Any,
     ) -> None:
-        robosuite = _import_robosuite()
+        robosuite = import_robosuite()
         if env_name not in robosuite.ALL_ENVIRONMENTS:
             raise ValueError(
                 f"unknown robosuite env_name {env_name!r}; choose from {sorted(robosuite.ALL_ENVIRONMENTS)}"

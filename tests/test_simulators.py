@@ -1,0 +1,241 @@
+"""LIBERO and robosuite, each in its own venv (`gym-remote setup`), served for real.
+
+`make test` sets both up under .sim/ and points GYM_REMOTE_HOME there. LIBERO steps cost about
+0.2 s and a LIBERO process about 2 GB here: the runs are short.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import gym_remote
+from gym_remote.compliance import EnvCompliance, assert_same_rollout, rollout, rollout_in
+from gym_remote.simulators import recorded_routes
+
+ROUTES = {route.name: route for route in recorded_routes()}
+needs_libero = pytest.mark.skipif(
+    "libero" not in ROUTES, reason="run `gym-remote setup libero` (`make test` does)"
+)
+needs_robosuite = pytest.mark.skipif(
+    "robosuite" not in ROUTES, reason="run `gym-remote setup robosuite` (`make test` does)"
+)
+ROBOSUITE_KWARGS = {
+    "env_name": "Lift",
+    "camera_names": ["agentview", "robot0_eye_in_hand"],
+    "camera_height": 64,
+    "camera_width": 64,
+    "horizon": 50,
+}
+LIBERO_TASKS = [
+    ("libero_spatial", 0),
+    ("libero_object", 1),
+    ("libero_goal", 2),
+    ("libero_10", 3),
+    ("libero_90", 4),
+]
+
+
+@needs_robosuite
+def test_robosuite_lift_with_cameras_local_equals_remote(server):
+    env = gym.make("remote/Robosuite-v0", address=server.address, **ROBOSUITE_KWARGS)
+    try:
+        assert env.observation_space["agentview_image"] == gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+        assert env.observation_space["robot0_eef_pos"].dtype == np.float64
+        actions = [np.full(7, value, np.float32) for value in np.linspace(-0.5, 0.5, 8)]
+        remote = rollout(env, 3, actions)
+        assert remote[0][0]["robot0_eye_in_hand_image"].shape == (64, 64, 3)
+        assert all(observation in env.observation_space for observation, *_ in remote)
+        assert "is_success" in remote[-1][4]
+    finally:
+        env.close()
+    local = rollout_in(ROUTES["robosuite"].python, "gym_remote/Robosuite-v0", ROBOSUITE_KWARGS, 3, actions)
+    assert_same_rollout(local, remote)
+
+
+def assert_lerobot_layout(observation, height=256, width=256):
+    assert set(observation) == {"pixels", "robot_state"}
+    for camera in ("image", "image2"):
+        image = observation["pixels"][camera]
+        assert image.shape == (height, width, 3) and image.dtype == np.uint8
+    state = observation["robot_state"]
+    shapes = {
+        ("eef", "pos"): (3,),
+        ("eef", "quat"): (4,),
+        ("eef", "mat"): (3, 3),
+        ("gripper", "qpos"): (2,),
+        ("gripper", "qvel"): (2,),
+        ("joints", "pos"): (7,),
+        ("joints", "vel"): (7,),
+    }
+    for (group, name), shape in shapes.items():
+        assert state[group][name].shape == shape and state[group][name].dtype == np.float64
+
+
+@needs_libero
+@pytest.mark.parametrize("suite, task_id", LIBERO_TASKS)
+def test_libero_task_of_each_suite(server, suite, task_id):
+    env = gym.make("remote/Libero-v0", address=server.address, task_suite=suite, task_id=task_id)
+    try:
+        observation, info = env.reset(seed=0)
+        assert_lerobot_layout(observation)
+        assert observation in env.observation_space and info["is_success"] is False
+        assert env.action_space == gym.spaces.Box(-1, 1, (7,), np.float32)
+        description = env.get_wrapper_attr("task_description")
+        assert isinstance(description, str) and len(description) > 10
+        expected_length = {
+            "libero_spatial": 280,
+            "libero_object": 280,
+            "libero_goal": 300,
+            "libero_10": 520,
+            "libero_90": 400,
+        }[suite]
+        assert env.get_wrapper_attr("_max_episode_steps") == expected_length
+        env.action_space.seed(0)
+        for _ in range(20):
+            observation, reward, terminated, truncated, info = env.step(env.action_space.sample())
+            assert_lerobot_layout(observation)
+            assert isinstance(info["is_success"], bool) and not truncated
+        frame = env.render()
+        assert frame.shape == (256, 256, 3) and frame.dtype == np.uint8
+    finally:
+        env.close()
+
+
+@needs_libero
+def test_libero_success_turns_true_when_the_goal_holds(server):
+    """libero_goal task 8, "put the bowl on the plate": put it there, as check_success reads it."""
+    env = gym.make("remote/Libero-v0", address=server.address, task_suite="libero_goal", task_id=8)
+    try:
+        env.reset(seed=0)
+        assert env.get_wrapper_attr("task_description") == "put the bowl on the plate"
+        _, _, terminated, _, info = env.step(np.zeros(7, np.float32))
+        assert not terminated and info["is_success"] is False
+        simulator = env.unwrapped
+        plate = simulator.get_object_position("plate_1")
+        simulator.set_object_position("akita_black_bowl_1", plate + np.array([0.0, 0.0, 0.03]))
+        no_op = np.array([0, 0, 0, 0, 0, 0, -1], np.float32)
+        for _ in range(10):
+            _, _, terminated, _, info = env.step(no_op)
+            if terminated:
+                break
+        assert terminated and info["is_success"] is True
+    finally:
+        env.close()
+
+
+@needs_libero
+def test_libero_local_equals_remote_for_the_same_init_state_and_actions(server):
+    kwargs = {"task_suite": "libero_object", "task_id": 0, "init_state_id": 3}
+    actions = [np.array([0.3, -0.2, 0.1, 0, 0, 0, (-1) ** step], np.float32) for step in range(6)]
+    env = gym.make("remote/Libero-v0", address=server.address, **kwargs)
+    try:
+        remote = rollout(env, 0, actions)
+    finally:
+        env.close()
+    local = rollout_in(ROUTES["libero"].python, "gym_remote/Libero-v0", kwargs, 0, actions)
+    assert_same_rollout(local, remote)
+
+
+@needs_libero
+def test_libero_task_listing(server):
+    listing = gym_remote.list_tasks("Libero-v0", address=server.address)
+    sizes = {suite: len(tasks) for suite, tasks in listing["suites"].items()}
+    assert sizes == {
+        "libero_spatial": 10,
+        "libero_object": 10,
+        "libero_goal": 10,
+        "libero_10": 10,
+        "libero_90": 90,
+    }
+    first = listing["suites"]["libero_spatial"][0]
+    assert (
+        first["description"]
+        == "pick up the black bowl between the plate and the ramekin and place it on the plate"
+    )
+    assert first["episode_length"] == 280
+    printed = subprocess.run(
+        [sys.executable, "-m", "gym_remote", "tasks", "Libero-v0", "--address", server.address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert len(printed.stdout.splitlines()) == 130 and "put the bowl on the plate" in printed.stdout
+
+
+@needs_robosuite
+def test_robosuite_task_listing(server):
+    listing = gym_remote.list_tasks("remote/Robosuite-v0", address=server.address)
+    names = [task["name"] for task in listing["suites"]["robosuite"]]
+    assert {"Lift", "Stack", "Door", "TwoArmLift"} <= set(names)
+
+
+@needs_robosuite
+def test_setup_is_idempotent():
+    home = Path(ROUTES["robosuite"].python).parents[3]
+    python = Path(ROUTES["robosuite"].python)
+    before = python.parent.stat().st_mtime
+    result = subprocess.run(
+        [sys.executable, "-m", "gym_remote", "setup", "robosuite", "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "already set up" in result.stdout
+    assert python.parent.stat().st_mtime == before
+
+
+def test_a_missing_simulator_venv_says_which_command_fixes_it(start_server, tmp_path):
+    (tmp_path / "simulators.json").write_text(
+        json.dumps(
+            {
+                "simulators": {
+                    "libero": {
+                        "python": str(tmp_path / "gone/bin/python"),
+                        "env_ids": ["gym_remote/Libero-*"],
+                    }
+                }
+            }
+        )
+    )
+    server = start_server("--home", str(tmp_path))
+    with pytest.raises(gym_remote.SimulatorUnavailable, match="gym-remote setup libero"):
+        gym.make("remote/Libero-v0", address=server.address)
+    with pytest.raises(gym_remote.SimulatorUnavailable, match="gym-remote setup libero"):
+        gym_remote.list_tasks("Libero-v0", address=server.address)
+
+
+def test_a_server_without_the_simulator_says_which_command_fixes_it(start_server, tmp_path):
+    server = start_server("--home", str(tmp_path))  # nothing set up there: workers use this interpreter
+    with pytest.raises(gym_remote.SimulatorUnavailable, match="gym-remote setup robosuite"):
+        gym.make("remote/Robosuite-v0", address=server.address)
+
+
+@needs_robosuite
+class TestRobosuiteCompliance(EnvCompliance):
+    env_id = "gym_remote/Robosuite-v0"
+    env_kwargs = {"env_name": "Lift", "camera_height": 32, "camera_width": 32, "horizon": 40}
+    local_python = ROUTES["robosuite"].python if "robosuite" in ROUTES else None
+    check_env_kwargs = {"skip_render_check": True}
+
+
+@needs_libero
+class TestLiberoCompliance(EnvCompliance):
+    env_id = "gym_remote/Libero-v0"
+    env_kwargs = {
+        "task_suite": "libero_spatial",
+        "task_id": 1,
+        "observation_height": 64,
+        "observation_width": 64,
+    }
+    local_python = ROUTES["libero"].python if "libero" in ROUTES else None
+    steps = 5
+    check_env_kwargs = {"skip_render_check": True}
