@@ -282,6 +282,8 @@ class Server:
                         str(fds[0]),
                         "--control-fd",
                         str(fds[1]),
+                        "--settings-timeout",
+                        str(self.config.read_timeout),
                     ],
                     pass_fds=fds,
                 )

@@ -15,6 +15,7 @@ import importlib
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 import traceback
@@ -334,11 +335,16 @@ def _get_attribute(env: gym.Env, name: str) -> Any:
 
 def _exit_when_server_goes(control: socket.socket) -> None:
     """Ends this process as soon as the server's end of the control socket closes."""
-    try:
-        while control.recv(4096):
-            pass
-    except OSError:
-        pass
+    # Reading the settings left a receive timeout on this socket: waiting here must not end.
+    control.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 0))
+    while True:
+        try:
+            if not control.recv(4096):
+                break
+        except (BlockingIOError, socket.timeout, InterruptedError):
+            continue
+        except OSError:
+            break
     os._exit(0)
 
 
@@ -347,11 +353,12 @@ def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(description="gym-remote worker (started by the server)")
     parser.add_argument("--client-fd", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--settings-timeout", type=float, default=30.0)
     arguments = parser.parse_args(argv)
     # Ctrl-C in a terminal reaches the whole process group; the server decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     control = socket.socket(fileno=arguments.control_fd)
-    settings = MessageReader(control).receive(wait=30.0)
+    settings = MessageReader(control).receive(wait=arguments.settings_timeout)
     threading.Thread(target=_exit_when_server_goes, args=(control,), daemon=True).start()
     client = socket.socket(fileno=arguments.client_fd)
     try:

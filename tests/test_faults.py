@@ -11,6 +11,7 @@ import time
 
 import gymnasium as gym
 import numpy as np
+import psutil
 import pytest
 
 import gym_remote
@@ -359,3 +360,15 @@ def test_every_error_is_picklable(error_type):
         "Traceback...",
     )
     assert str(copy) == str(error)
+
+
+def test_a_session_outlives_the_read_timeout(start_server):
+    """A worker reads its settings with the read timeout; that must not limit the session's life."""
+    server = start_server("--read-timeout", "0.3")
+    env = remote(server, "CartPole-v1")
+    env.reset(seed=0)
+    (worker,) = [psutil.Process(pid) for pid in worker_pids(server.pid)]
+    with pytest.raises(psutil.TimeoutExpired):
+        worker.wait(timeout=1.5)  # five read timeouts without a call: the worker must still run
+    assert env.step(0)[0].shape == (4,)
+    env.close()

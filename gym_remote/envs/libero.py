@@ -175,8 +175,9 @@ class LiberoEnv(gym.Env):
         task_suite: ``libero_spatial``, ``libero_object``, ``libero_goal``, ``libero_10`` or ``libero_90``.
         task_id: The task's index in its suite.
         init_state_id: The first of the suite's fixed initial states to use (None: LIBERO's own
-            random placement). Each reset moves on by ``init_state_stride``;
-            ``reset(options={"init_state_id": k})`` picks one.
+            random placement). Each unseeded reset moves on by ``init_state_stride``; a seeded
+            reset starts over from ``init_state_id``; ``reset(options={"init_state_id": k})``
+            picks one.
         init_state_stride: How far each reset moves through the initial states.
         camera_names: LIBERO cameras, mapped to ``image`` (agentview) and ``image2`` (wrist).
         observation_height: Camera image height in pixels.
@@ -229,6 +230,7 @@ class LiberoEnv(gym.Env):
         self.settle_steps = settle_steps
         self._max_episode_steps = episode_length or SUITE_EPISODE_LENGTHS[task_suite]
         self.init_state_stride = init_state_stride
+        self._first_init_state_id = init_state_id
         self._next_init_state_id = init_state_id
         self.init_states: Optional[np.ndarray] = None
         if init_state_id is not None:
@@ -260,7 +262,9 @@ class LiberoEnv(gym.Env):
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> Tuple[Any, dict]:
         super().reset(seed=seed)
         if seed is not None:
+            # A seeded reset starts over, as a fresh env would: same seed, same initial states.
             self._env.seed(seed)
+            self._next_init_state_id = self._first_init_state_id
         raw = self._env.reset()
         init_state_id = (options or {}).get("init_state_id", self._next_init_state_id)
         if self.init_states is not None and init_state_id is not None:
