@@ -5,8 +5,11 @@ VENV ?= .venv
 # the tests run real workers in it, the way LIBERO installs run them.
 COMPAT_VENV ?= .venv-compat
 PIP_FLAGS ?= --quiet --disable-pip-version-check
+# Simulator environments (LIBERO, robosuite) made by `gym-remote setup` for the tests.
+SIM_HOME ?= .sim
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-libero clean system-deps simulators
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,12 +32,24 @@ lint: $(VENV)/.installed
 		gym_remote/__init__.py gym_remote/errors.py gym_remote/protocol.py gym_remote/spaces.py \
 		gym_remote/worker.py gym_remote/registration.py gym_remote/testing.py gym_remote/envs/*.py
 
-test: $(VENV)/.installed $(COMPAT_VENV)/.installed lint
-	GYM_REMOTE_COMPAT_PYTHON=$(abspath $(COMPAT_VENV))/bin/python \
+# MuJoCo renders without a GPU through OSMesa.
+system-deps:
+	@dpkg -s libosmesa6 >/dev/null 2>&1 || ( $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libosmesa6 )
+
+simulators: $(VENV)/.installed system-deps
+	$(VENV)/bin/gym-remote setup libero --home $(SIM_HOME)
+	$(VENV)/bin/gym-remote setup robosuite --home $(SIM_HOME)
+
+test: $(VENV)/.installed $(COMPAT_VENV)/.installed simulators lint
+	GYM_REMOTE_COMPAT_PYTHON=$(abspath $(COMPAT_VENV))/bin/python GYM_REMOTE_HOME=$(abspath $(SIM_HOME)) \
 		$(VENV)/bin/python -m pytest -n 2
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.overhead
 
+bench-libero: simulators
+	GYM_REMOTE_HOME=$(abspath $(SIM_HOME)) $(VENV)/bin/python -m benchmarks.libero
+
 clean:
-	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(COMPAT_VENV) $(SIM_HOME) .pytest_cache .ruff_cache .hypothesis
