@@ -150,6 +150,6 @@ def test_a_worker_can_run_under_another_interpreter(start_server, tmp_path):
     env.close()
     assert marker.exists()
     broken = start_server("--python", "Pendulum-*=/nonexistent/python")
-    with pytest.raises(gym_remote.WorkerCrashed, match="/nonexistent/python"):
+    with pytest.raises(gym_remote.SimulatorUnavailable, match="/nonexistent/python"):
         gym_remote.RemoteEnv("Pendulum-v1", address=broken.address).reset()
     wait_for(lambda: not worker_pids(broken.pid), what="no worker")
