@@ -26,38 +26,41 @@ def actions(count: int) -> list[np.ndarray]:
     return [rng.uniform(-0.3, 0.3, 7).astype(np.float32) for _ in range(count)]
 
 
-def time_steps(env, steps: int, warmup: int) -> list[float]:  # type: ignore[no-untyped-def]
-    """Seconds of each of ``steps`` timed steps, after ``warmup`` untimed ones."""
-    env.reset(seed=0)
+def timed_steps(env, actions_to_take: list[np.ndarray]) -> list[float]:  # type: ignore[no-untyped-def]
+    """Seconds each step took."""
     durations = []
-    for index, action in enumerate(actions(warmup + steps)):
+    for action in actions_to_take:
         start = time.perf_counter()
         env.step(action)
-        if index >= warmup:
-            durations.append(time.perf_counter() - start)
+        durations.append(time.perf_counter() - start)
     return durations
 
 
-def local_run(steps: int, warmup: int) -> None:
-    """Runs in the LIBERO venv: prints the local step durations as JSON."""
+def local_run() -> None:
+    """Runs in the LIBERO venv: for each line "START COUNT" on stdin, times those steps, prints JSON."""
     import gymnasium as gym
 
     import gym_remote.envs  # noqa: F401
 
     env = gym.make("gym_remote/Libero-v0", **ENV_KWARGS)
-    print(json.dumps(time_steps(env, steps, warmup)))
+    env.reset(seed=0)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        start, count = map(int, line.split())
+        print(json.dumps(timed_steps(env, actions(start + count)[start:])), flush=True)
     env.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=60, help="timed steps per run, in rounds")
+    parser.add_argument("--rounds", type=int, default=4, help="alternations between local and remote")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--local-run", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-record", action="store_true", help="do not write docs/benchmarks.md")
     arguments = parser.parse_args()
     if arguments.local_run:
-        local_run(arguments.steps, arguments.warmup)
+        local_run()
         return
 
     import gymnasium as gym
@@ -70,25 +73,36 @@ def main() -> None:
     routes = {route.name: route for route in recorded_routes()}
     if "libero" not in routes:
         sys.exit("run `gym-remote setup libero` first")
-    local_output = subprocess.run(
-        [
-            routes["libero"].python,
-            __file__,
-            "--local-run",
-            "--steps",
-            str(arguments.steps),
-            "--warmup",
-            str(arguments.warmup),
-        ],
-        capture_output=True,
+    # -I keeps this file's folder off sys.path: benchmarks/libero.py would shadow the libero package.
+    local_process = subprocess.Popen(
+        [routes["libero"].python, "-I", __file__, "--local-run"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
         text=True,
-        check=True,
-    ).stdout
-    local = json.loads(local_output.strip().splitlines()[-1])
+    )
+    while local_process.stdout.readline().strip() != "ready":  # type: ignore[union-attr]
+        pass
+    local: list[float] = []
+    remote: list[float] = []
+    per_round = arguments.steps // arguments.rounds
     with ServerProcess() as server:
         env = gym.make("remote/Libero-v0", address=server.address, **ENV_KWARGS)
-        remote = time_steps(env, arguments.steps, arguments.warmup)
+        env.reset(seed=0)
+        position = 0
+        # Local and remote take turns, so that drift in the machine's speed hits both alike.
+        for round_index in range(arguments.rounds + 1):
+            count = arguments.warmup if round_index == 0 else per_round
+            local_process.stdin.write(f"{position} {count}\n")  # type: ignore[union-attr]
+            local_process.stdin.flush()  # type: ignore[union-attr]
+            local_times = json.loads(local_process.stdout.readline())  # type: ignore[union-attr]
+            remote_times = timed_steps(env, actions(position + count)[position:])
+            if round_index:
+                local += local_times
+                remote += remote_times
+            position += count
         env.close()
+    local_process.stdin.close()  # type: ignore[union-attr]
+    local_process.wait(60)
 
     local_mean, remote_mean = float(np.mean(local)), float(np.mean(remote))
     local_median, remote_median = float(np.median(local)), float(np.median(remote))
@@ -96,7 +110,8 @@ def main() -> None:
     table = "\n".join(
         [
             f"Measured {machine_line()}; libero_spatial task 0, two 256x256 cameras, OSMesa, "
-            f"{arguments.steps} timed steps after {arguments.warmup}.",
+            f"{len(local)} timed steps each after {arguments.warmup}, local and remote taking turns "
+            f"in {arguments.rounds} rounds.",
             "",
             "| run | mean step | median step | steps/s |",
             "|---|---|---|---|",
