@@ -40,6 +40,10 @@ def __getattr__(name: str):  # type: ignore[no-untyped-def]
         from gym_remote.client import RemoteEnv
 
         return RemoteEnv
+    if name == "RemoteVectorEnv":
+        from gym_remote.vector import RemoteVectorEnv
+
+        return RemoteVectorEnv
     if name == "list_tasks":
         from gym_remote.tasks import list_tasks
 
@@ -50,6 +54,7 @@ def __getattr__(name: str):  # type: ignore[no-untyped-def]
 __all__ = [
     "__version__",
     "RemoteEnv",
+    "RemoteVectorEnv",
     "list_tasks",
     "register_remote",
     "RemoteEnvError",

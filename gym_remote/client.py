@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass
-from typing import Any, SupportsFloat
+from typing import Any, NamedTuple, SupportsFloat
 
 import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec
@@ -18,7 +18,7 @@ from gym_remote.errors import RemoteEnvError, ServerUnavailable, SessionClosed
 from gym_remote.registration import REMOTE_ENTRY_POINT
 from gym_remote.spaces import decode_space
 
-__all__ = ["RemoteEnv", "SessionState"]
+__all__ = ["RemoteEnv", "SessionState", "ChunkResult"]
 
 # Attributes RemoteEnv keeps itself; a lookup of any other public name goes to the remote env.
 _LOCAL_ATTRIBUTES = frozenset(
@@ -45,6 +45,37 @@ class SessionState(enum.Enum):
     ACTIVE = "active"
     BROKEN = "broken"
     CLOSED = "closed"
+
+
+class ChunkResult(NamedTuple):
+    """What :meth:`RemoteEnv.step_chunk` returns: one entry per step actually taken.
+
+    Attributes:
+        observation: The observation after the last step taken.
+        rewards: Each step's reward.
+        terminated: Each step's ``terminated``.
+        truncated: Each step's ``truncated``.
+        infos: Each step's info.
+        observations: Each step's observation, when asked for (``all_observations=True``).
+    """
+
+    observation: Any
+    rewards: list
+    terminated: list
+    truncated: list
+    infos: list
+    observations: list | None
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> ChunkResult:
+        return cls(
+            reply["observation"],
+            reply["rewards"],
+            reply["terminated"],
+            reply["truncated"],
+            reply["infos"],
+            reply["observations"],
+        )
 
 
 @dataclass(frozen=True)
@@ -123,6 +154,20 @@ class RemoteEnv(gym.Env):
         """Steps the remote env with ``action``."""
         observation, reward, terminated, truncated, info = self._request("step", action=action)
         return observation, reward, terminated, truncated, info
+
+    def step_chunk(self, actions: Any, all_observations: bool = False) -> ChunkResult:
+        """Runs a chunk of actions in one round trip, stopping where the episode ends.
+
+        The same as calling :meth:`step` once per action until ``terminated`` or ``truncated``,
+        without a round trip per step: chunked policies (ACT, diffusion, VLAs) send their 10-50
+        actions at once.
+
+        Args:
+            actions: A sequence of actions (for Box action spaces, an array of shape ``(K, ...)``).
+            all_observations: Also return every step's observation (by default only the last).
+        """
+        reply = self._request("step_chunk", actions=actions, all_observations=all_observations)
+        return ChunkResult.from_reply(reply)
 
     def render(self) -> Any:
         """Renders the remote env (an ``rgb_array`` travels as an array)."""
@@ -228,15 +273,29 @@ class RemoteEnv(gym.Env):
         return {**arguments, **self.env_kwargs}
 
     def _request(self, op: str, **fields: Any) -> Any:
-        connection = self._connection if self._state is SessionState.ACTIVE else self._connect()
+        connection = self._session_connection()
         try:
             return connection.request(op, **fields)
         except RemoteEnvError as error:
-            if connection.closed:
-                self._end_reason = error
-                self._state = SessionState.BROKEN
-                self._release()
+            self._note_failure(error)
             raise
+
+    def _session_connection(self) -> Connection:
+        """The session's connection, connecting first when needed."""
+        if self._state is SessionState.ACTIVE:
+            return self._connection  # type: ignore[return-value]
+        return self._connect()
+
+    def _note_failure(self, error: RemoteEnvError) -> None:
+        """Records a failed call: an error that closed the connection ends the session."""
+        if self._connection is not None and self._connection.closed:
+            self._end_reason = error
+            self._state = SessionState.BROKEN
+            self._release()
+
+    def _seed_locally(self, seed: int | None) -> None:
+        """Seeds this env's own ``np_random`` as :meth:`reset` does (for vector envs)."""
+        gym.Env.reset(self, seed=seed)
 
     def _described(self) -> _RemoteDescription:
         self._connect()

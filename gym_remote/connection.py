@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
-from typing import Any
+from typing import Any, Iterator
 
 from gym_remote import __version__
 from gym_remote.addresses import Address, connect
@@ -74,28 +75,26 @@ class Connection:
 
     def request(self, op: str, **fields: Any) -> Any:
         """Sends ``{"op": op, **fields}`` and returns the reply's result, or raises its error."""
+        self.send(op, **fields)
+        return self.receive(op)
+
+    def send(self, op: str, **fields: Any) -> None:
+        """Sends a request without waiting; :meth:`receive` gets its reply.
+
+        Several connections can be sent to first and received from after, so that their
+        workers run at the same time.
+        """
         if self.closed:
             raise ServerUnavailable(f"the connection to {self.address} is closed")
         fields["op"] = op
         buffers = encode_frame(fields, self.allow_pickle)
-        try:
+        with self._errors_mapped(op):
             send_buffers(self._sock, buffers)
+
+    def receive(self, op: str) -> Any:
+        """Receives the reply to the request ``op`` sent last: its result, or its error raised."""
+        with self._errors_mapped(op):
             reply = self._reader.receive(self.timeout, allow_pickle=self.allow_pickle)
-        except RemoteTimeout:
-            self.close()
-            raise RemoteTimeout(
-                f"{op} got no reply from {self.address} within {self.timeout:g} s; the session is "
-                "closed (raise timeout=... for slow envs)"
-            ) from None
-        except (PeerClosed, ConnectionError) as error:
-            self.close()
-            raise self._gone(op, error) from None
-        except MessageTooLarge as error:
-            self.close()
-            raise MessageTooLarge(f"reply to {op}: {error.message}") from None
-        except OSError as error:
-            self.close()
-            raise self._gone(op, error) from None
         if not isinstance(reply, dict):
             self.close()
             raise ProtocolError(f"reply to {op} is not a map")
@@ -105,6 +104,34 @@ class Connection:
                 self.close()
             raise error
         return reply.get("ok")
+
+    def fileno(self) -> int:
+        """The socket's file descriptor, for waiting on several connections with ``selectors``."""
+        return self._sock.fileno()
+
+    @contextlib.contextmanager
+    def _errors_mapped(self, op: str) -> Iterator[None]:
+        """Turns socket failures into typed errors; each of them closes the connection."""
+        try:
+            yield
+        except RemoteTimeout:
+            self.close()
+            raise RemoteTimeout(
+                f"{op} got no reply from {self.address} within {self.timeout:g} s; the session is "
+                "closed (raise timeout=... for slow envs)"
+            ) from None
+        except MessageTooLarge as error:
+            self.close()
+            raise MessageTooLarge(f"reply to {op}: {error.message}") from None
+        except ProtocolError as error:
+            if not isinstance(error, PeerClosed):
+                self.close()
+                raise
+            self.close()
+            raise self._gone(op, error) from None
+        except OSError as error:
+            self.close()
+            raise self._gone(op, error) from None
 
     def _gone(self, op: str, error: BaseException) -> RemoteEnvError:
         if self.in_session:

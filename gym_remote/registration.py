@@ -8,13 +8,16 @@ from typing import Any, Optional
 
 import gymnasium as gym
 
-__all__ = ["register_remote", "REMOTE_ENTRY_POINT"]
+__all__ = ["register_remote", "REMOTE_ENTRY_POINT", "REMOTE_VECTOR_ENTRY_POINT"]
 
 REMOTE_ENTRY_POINT = "gym_remote.client:RemoteEnv"
+REMOTE_VECTOR_ENTRY_POINT = "gym_remote.vector:RemoteVectorEnv"
 
 
 def register_remote(id: str, env_id: Optional[str] = None, **defaults: Any) -> None:
-    """Registers ``id`` so that ``gym.make(id, ...)`` makes a :class:`~gym_remote.RemoteEnv`.
+    """Registers ``id`` so that ``gym.make(id, ...)`` makes a :class:`~gym_remote.RemoteEnv` and
+    ``gym.make_vec(id, num_envs, vectorization_mode="vector_entry_point")`` a
+    :class:`~gym_remote.RemoteVectorEnv`.
 
     Args:
         id: The id to register, for example ``"remote/CartPole-v1"``.
@@ -29,4 +32,6 @@ def register_remote(id: str, env_id: Optional[str] = None, **defaults: Any) -> N
     kwargs = dict(defaults)
     if env_id is not None:
         kwargs["env_id"] = env_id
-    gym.register(id, entry_point=REMOTE_ENTRY_POINT, kwargs=kwargs)
+    gym.register(
+        id, entry_point=REMOTE_ENTRY_POINT, vector_entry_point=REMOTE_VECTOR_ENTRY_POINT, kwargs=kwargs
+    )

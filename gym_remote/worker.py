@@ -74,6 +74,7 @@ class WorkerSession:
         self._handlers: Dict[str, Callable[[Dict[str, Any]], Any]] = {
             "reset": self._reset,
             "step": self._step,
+            "step_chunk": self._step_chunk,
             "render": self._render,
             "getattr": self._getattr,
             "call": self._call,
@@ -156,14 +157,35 @@ class WorkerSession:
         return [observation, info]
 
     def _step(self, request: Dict[str, Any]) -> Any:
-        env = self._require_env()
-        if self.state is not WorkerState.RUNNING:
-            raise InvalidCall("call reset() before step()")
+        env = self._running_env("step")
         action = request.get("action")
-        mismatch = describe_action_mismatch(env.action_space, action, "action")
-        if mismatch is not None:
-            raise InvalidCall(f"{mismatch} does not fit action_space {env.action_space}")
+        _check_action(env, action, "action")
         return list(env.step(action))
+
+    def _step_chunk(self, request: Dict[str, Any]) -> Any:
+        env = self._running_env("step_chunk")
+        keep_observations = bool(request.get("all_observations"))
+        result: Dict[str, Any] = {
+            "observation": None,
+            "rewards": [],
+            "terminated": [],
+            "truncated": [],
+            "infos": [],
+            "observations": [] if keep_observations else None,
+        }
+        for index, action in enumerate(request.get("actions") or ()):
+            _check_action(env, action, f"actions[{index}]")
+            observation, reward, terminated, truncated, info = env.step(action)
+            result["observation"] = observation
+            result["rewards"].append(reward)
+            result["terminated"].append(terminated)
+            result["truncated"].append(truncated)
+            result["infos"].append(info)
+            if keep_observations:
+                result["observations"].append(observation)
+            if terminated or truncated:
+                break
+        return result
 
     def _render(self, request: Dict[str, Any]) -> Any:
         return self._require_env().render()
@@ -197,6 +219,12 @@ class WorkerSession:
     def _close(self, request: Dict[str, Any]) -> Any:
         self._close_env()
         return None
+
+    def _running_env(self, op: str) -> gym.Env:
+        env = self._require_env()
+        if self.state is not WorkerState.RUNNING:
+            raise InvalidCall(f"call reset() before {op}()")
+        return env
 
     def _require_env(self) -> gym.Env:
         if self.env is None or self.state is WorkerState.CLOSED:
@@ -318,6 +346,12 @@ def describe_action_mismatch(space: spaces.Space, action: Any, where: str) -> Op
             if mismatch is not None:
                 return mismatch
     return None
+
+
+def _check_action(env: gym.Env, action: Any, where: str) -> None:
+    mismatch = describe_action_mismatch(env.action_space, action, where)
+    if mismatch is not None:
+        raise InvalidCall(f"{mismatch} does not fit action_space {env.action_space}")
 
 
 def _attribute_name(request: Dict[str, Any]) -> str:

@@ -1,0 +1,419 @@
+"""``RemoteVectorEnv``: N remote sessions driven from one process, in Gymnasium's vector layout.
+
+Every call is sent to all the sessions first and gathered after, so N workers (on one server
+or several) run at the same time with no process or thread per env in the client.
+"""
+
+from __future__ import annotations
+
+import selectors
+from concurrent.futures import ThreadPoolExecutor
+from copy import deepcopy
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
+
+from gym_remote.client import ChunkResult, RemoteEnv
+from gym_remote.config import ClientConfig, resolve
+from gym_remote.embedded import EmbeddedServer
+from gym_remote.errors import InvalidCall, RemoteEnvError
+
+__all__ = ["RemoteVectorEnv"]
+
+
+class RemoteVectorEnv(VectorEnv):
+    """``num_envs`` sessions of one env id, spread over one or several servers, as a ``VectorEnv``.
+
+    Args:
+        env_id: The id the servers make, for example ``"CartPole-v1"``.
+        num_envs: How many sessions.
+        address: A server address, a list of them (sessions are spread round-robin), or None
+            (``GYM_REMOTE_ADDRESS`` or one private local server for all sessions).
+        autoreset_mode: ``NEXT_STEP`` (default), ``SAME_STEP`` or ``DISABLED``, as in Gymnasium.
+        copy: Return copies of the batched observations (as ``SyncVectorEnv`` does).
+        render_mode: Passed to every remote ``gym.make``.
+        timeout, token, allow_pickle: As for :class:`~gym_remote.RemoteEnv`.
+        **env_kwargs: Keyword arguments of every remote ``gym.make``.
+
+    Example:
+        >>> envs = RemoteVectorEnv("CartPole-v1", num_envs=4)
+        >>> observations, infos = envs.reset(seed=0)
+        >>> envs.close()
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int,
+        *,
+        address: str | Sequence[str] | None = None,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        copy: bool = True,
+        render_mode: str | None = None,
+        timeout: float | None = None,
+        token: str | None = None,
+        allow_pickle: bool | None = None,
+        **env_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        self.env_id = env_id
+        self.num_envs = num_envs
+        self.copy = copy
+        self.autoreset_mode = AutoresetMode(autoreset_mode)
+        config = resolve(
+            ClientConfig,
+            address=address if isinstance(address, str) else None,
+            timeout=timeout,
+            token=token,
+            allow_pickle=allow_pickle,
+        )
+        self._embedded: EmbeddedServer | None = None
+        if isinstance(address, (list, tuple)):
+            addresses = list(address)
+        elif config.address:
+            addresses = [config.address]
+        else:
+            self._embedded = EmbeddedServer.start(config.timeout, config.allow_pickle)
+            addresses = [self._embedded.address]
+        self.addresses = addresses
+        self.envs = [
+            RemoteEnv(
+                env_id,
+                address=addresses[index % len(addresses)],
+                render_mode=render_mode,
+                timeout=timeout,
+                token=token,
+                allow_pickle=allow_pickle,
+                **env_kwargs,
+            )
+            for index in range(num_envs)
+        ]
+        try:
+            # Making an env can take seconds (LIBERO: about ten): make them all at once.
+            with ThreadPoolExecutor(max_workers=min(num_envs, 32)) as pool:
+                list(pool.map(lambda env: env.observation_space, self.envs))
+        except BaseException:
+            self.close()
+            raise
+        first = self.envs[0]
+        self.metadata = dict(first.metadata, autoreset_mode=self.autoreset_mode)
+        self.render_mode = first.render_mode
+        self.single_observation_space = first.observation_space
+        self.single_action_space = first.action_space
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._observations = create_empty_array(self.single_observation_space, n=num_envs, fn=np.zeros)
+        self._env_observations: list[Any] = [None] * num_envs
+        self._rewards = np.zeros((num_envs,), dtype=np.float64)
+        self._terminations = np.zeros((num_envs,), dtype=np.bool_)
+        self._truncations = np.zeros((num_envs,), dtype=np.bool_)
+        self._autoreset_envs = np.zeros((num_envs,), dtype=np.bool_)
+        self._pending: dict[int, str] = {}
+
+    # ----------------------------------------------------------------- the VectorEnv API
+
+    def reset(
+        self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Resets every session (or those in ``options["reset_mask"]``), all at once."""
+        seeds = _seeds(seed, self.num_envs)
+        options = dict(options) if options is not None else None
+        mask = np.ones((self.num_envs,), dtype=np.bool_)
+        if options is not None and "reset_mask" in options:
+            mask = _checked_mask(options.pop("reset_mask"), self.num_envs)
+        else:
+            self._rewards[:] = 0.0
+        self._terminations[mask] = False
+        self._truncations[mask] = False
+        self._autoreset_envs[mask] = False
+        indices = [index for index in range(self.num_envs) if mask[index]]
+        for index in indices:
+            self.envs[index]._seed_locally(seeds[index])
+        replies = self._exchange(
+            {index: ("reset", {"seed": seeds[index], "options": options}) for index in indices}
+        )
+        infos: dict[str, Any] = {}
+        for index in indices:
+            self._env_observations[index], env_info = replies[index]
+            infos = self._add_info(infos, env_info, index)
+        return self._batched_observations(), infos
+
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Steps every session at once (sessions awaiting an autoreset are reset instead)."""
+        actions = list(iterate(self.action_space, actions))
+        requests = {}
+        for index, action in enumerate(actions):
+            if self.autoreset_mode == AutoresetMode.NEXT_STEP and self._autoreset_envs[index]:
+                requests[index] = ("reset", {"seed": None, "options": None})
+            else:
+                if self.autoreset_mode == AutoresetMode.DISABLED and self._autoreset_envs[index]:
+                    raise InvalidCall(f"sub-env {index} ended its episode: reset it (autoreset is disabled)")
+                requests[index] = ("step", {"action": action})
+        replies = self._exchange(requests)
+        infos: dict[str, Any] = {}
+        finished = []
+        for index in range(self.num_envs):
+            if requests[index][0] == "reset":
+                self._env_observations[index], env_info = replies[index]
+                self._rewards[index], self._terminations[index], self._truncations[index] = 0.0, False, False
+            else:
+                (
+                    self._env_observations[index],
+                    self._rewards[index],
+                    self._terminations[index],
+                    self._truncations[index],
+                    env_info,
+                ) = replies[index]
+                if self.autoreset_mode == AutoresetMode.SAME_STEP and (
+                    self._terminations[index] or self._truncations[index]
+                ):
+                    finished.append(index)
+                    infos = self._add_info(
+                        infos, {"final_obs": self._env_observations[index], "final_info": env_info}, index
+                    )
+                    continue
+            infos = self._add_info(infos, env_info, index)
+        if finished:
+            resets = self._exchange({index: ("reset", {"seed": None, "options": None}) for index in finished})
+            for index in finished:
+                self._env_observations[index], env_info = resets[index]
+                infos = self._add_info(infos, env_info, index)
+        self._autoreset_envs = np.logical_or(self._terminations, self._truncations)
+        return (
+            self._batched_observations(),
+            np.copy(self._rewards),
+            np.copy(self._terminations),
+            np.copy(self._truncations),
+            infos,
+        )
+
+    def render(self) -> tuple[Any, ...]:
+        """Every session's frame."""
+        replies = self._exchange({index: ("render", {}) for index in range(self.num_envs)})
+        return tuple(replies[index] for index in range(self.num_envs))
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Calls method ``name`` of every remote env (or reads attribute ``name``)."""
+        requests = {
+            index: ("call", {"name": name, "args": list(args), "kwargs": kwargs})
+            for index in range(self.num_envs)
+        }
+        replies = self._exchange(requests)
+        return tuple(replies[index] for index in range(self.num_envs))
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        """Attribute ``name`` of every remote env (methods are called, as in ``SyncVectorEnv``)."""
+        return self.call(name)
+
+    def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
+        """Sets attribute ``name``: one value for all, or a list with one per env."""
+        if not isinstance(values, (list, tuple)):
+            values = [values] * self.num_envs
+        if len(values) != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} values for {self.num_envs} envs, got {len(values)}")
+        self._exchange(
+            {index: ("setattr", {"name": name, "value": values[index]}) for index in range(self.num_envs)}
+        )
+
+    def close_extras(self, **kwargs: Any) -> None:
+        """Closes every session, then the private server if this vector env started one."""
+        for env in getattr(self, "envs", []):
+            env.close()
+        if self._embedded is not None:
+            self._embedded.stop()
+            self._embedded = None
+
+    # ----------------------------------------------------------------- action chunks
+
+    def step_chunk(self, actions: Sequence[Any], all_observations: bool = False) -> tuple[ChunkResult, ...]:
+        """Runs a chunk of actions in every session at once (``actions[i]`` is env i's chunk).
+
+        Each chunk stops early where its episode ends; such envs must be reset (for example
+        ``reset(options={"reset_mask": ...})``) before their next chunk. See
+        :meth:`RemoteEnv.step_chunk <gym_remote.RemoteEnv.step_chunk>`.
+
+        Raises:
+            InvalidCall: an env's episode ended and it was not reset since.
+        """
+        if len(actions) != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} chunks of actions, got {len(actions)}")
+        ended = [index for index in range(self.num_envs) if self._autoreset_envs[index]]
+        if ended:
+            raise InvalidCall(f"sub-envs {ended} ended their episodes: reset them before their next chunk")
+        replies = self._exchange(
+            {
+                index: ("step_chunk", {"actions": actions[index], "all_observations": all_observations})
+                for index in range(self.num_envs)
+            }
+        )
+        results = tuple(ChunkResult.from_reply(replies[index]) for index in range(self.num_envs))
+        for index, result in enumerate(results):
+            self._autoreset_envs[index] = (
+                bool(result.terminated[-1] or result.truncated[-1]) if result.rewards else False
+            )
+        return results
+
+    # ----------------------------------------------------------------- asynchronous stepping
+
+    def send(self, actions: Any, env_ids: Iterable[int] | None = None) -> None:
+        """Starts steps without waiting (envpool style): ``actions[k]`` goes to ``env_ids[k]``.
+
+        Envs awaiting an autoreset are reset instead of stepped. Collect results with :meth:`recv`.
+
+        Raises:
+            InvalidCall: an env already has a call in flight.
+        """
+        env_ids = list(range(self.num_envs)) if env_ids is None else [int(index) for index in env_ids]
+        busy = [index for index in env_ids if index in self._pending]
+        if busy:
+            raise InvalidCall(f"sub-envs {busy} already have a step in flight: recv() it first")
+        for action, index in zip(actions, env_ids):
+            op, fields = (
+                ("reset", {"seed": None, "options": None})
+                if self._autoreset_envs[index]
+                else ("step", {"action": action})
+            )
+            self._send(index, op, fields)
+
+    def recv(self, min_envs: int = 1, timeout: float | None = None) -> tuple[Any, ...]:
+        """Returns the results of the sessions that are ready, waiting for at least ``min_envs``.
+
+        Returns:
+            ``(observations, rewards, terminations, truncations, infos, env_ids)``, batched over
+            the returned envs in the order of ``env_ids``.
+        """
+        if not self._pending:
+            raise InvalidCall("recv() without a step in flight: send() first")
+        ready = self._wait_ready(min(min_envs, len(self._pending)), timeout)
+        observations, rewards, terminations, truncations, infos_list = [], [], [], [], []
+        for index in ready:
+            op = self._pending[index]
+            reply = self._receive(index)
+            if op == "reset":
+                observation, info = reply
+                reward, terminated, truncated = 0.0, False, False
+            else:
+                observation, reward, terminated, truncated, info = reply
+            self._autoreset_envs[index] = terminated or truncated
+            observations.append(observation)
+            rewards.append(reward)
+            terminations.append(terminated)
+            truncations.append(truncated)
+            infos_list.append(info)
+        infos: dict[str, Any] = {}
+        for position, info in enumerate(infos_list):
+            infos = _add_info_for(self, infos, info, position, len(ready))
+        batch = create_empty_array(self.single_observation_space, n=len(ready), fn=np.zeros)
+        batch = concatenate(self.single_observation_space, observations, batch)
+        return (
+            batch,
+            np.array(rewards, dtype=np.float64),
+            np.array(terminations, dtype=np.bool_),
+            np.array(truncations, dtype=np.bool_),
+            infos,
+            np.array(ready, dtype=np.int64),
+        )
+
+    # ----------------------------------------------------------------- helpers
+
+    def _batched_observations(self) -> Any:
+        self._observations = concatenate(
+            self.single_observation_space, self._env_observations, self._observations
+        )
+        return deepcopy(self._observations) if self.copy else self._observations
+
+    def _exchange(self, requests: dict[int, tuple[str, dict[str, Any]]]) -> dict[int, Any]:
+        """Sends every request, then gathers every reply; the first failure is raised after all replies."""
+        if self._pending:
+            raise InvalidCall(f"sub-envs {sorted(self._pending)} have steps in flight: recv() them first")
+        first_error: RemoteEnvError | None = None
+        for index, (op, fields) in requests.items():
+            try:
+                self._send(index, op, fields)
+            except RemoteEnvError as error:
+                first_error = first_error or error
+        replies = {}
+        for index in list(self._pending):
+            try:
+                replies[index] = self._receive(index)
+            except RemoteEnvError as error:
+                first_error = first_error or error
+        if first_error is not None:
+            raise first_error
+        return replies
+
+    def _send(self, index: int, op: str, fields: dict[str, Any]) -> None:
+        try:
+            self.envs[index]._session_connection().send(op, **fields)
+        except RemoteEnvError as error:
+            raise self._named(index, error) from None
+        self._pending[index] = op
+
+    def _receive(self, index: int) -> Any:
+        op = self._pending.pop(index)
+        env = self.envs[index]
+        try:
+            return env._session_connection().receive(op)
+        except RemoteEnvError as error:
+            env._note_failure(error)
+            raise self._named(index, error) from None
+
+    def _named(self, index: int, error: RemoteEnvError) -> RemoteEnvError:
+        """The same error, saying which sub-env and where."""
+        where = f"sub-env {index} ({self.env_id} at {self.envs[index].config.address})"
+        return type(error)(
+            f"{where}: {error.message}",
+            remote_type=error.remote_type,
+            remote_traceback=error.remote_traceback,
+        )
+
+    def _wait_ready(self, count: int, timeout: float | None) -> list[int]:
+        with selectors.DefaultSelector() as selector:
+            for index in self._pending:
+                selector.register(
+                    self.envs[index]._session_connection().fileno(), selectors.EVENT_READ, index
+                )
+            ready: list[int] = []
+            while len(ready) < count:
+                events = selector.select(timeout)
+                if not events:
+                    raise InvalidCall(f"no sub-env answered within {timeout} s")
+                for key, _ in events:
+                    ready.append(key.data)
+                    selector.unregister(key.fileobj)
+        return sorted(ready)
+
+
+def _seeds(seed: int | Sequence[int | None] | None, count: int) -> list[int | None]:
+    if seed is None:
+        return [None] * count
+    if isinstance(seed, (int, np.integer)):
+        return [int(seed) + index for index in range(count)]
+    seeds = list(seed)
+    if len(seeds) != count:
+        raise ValueError(f"expected {count} seeds, got {len(seeds)}")
+    return seeds
+
+
+def _checked_mask(mask: Any, count: int) -> np.ndarray:
+    if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.shape != (count,):
+        raise ValueError(f"options['reset_mask'] must be a bool numpy array of shape ({count},)")
+    if not mask.any():
+        raise ValueError("options['reset_mask'] must select at least one env")
+    return mask
+
+
+def _add_info_for(
+    vector_env: VectorEnv, infos: dict[str, Any], info: dict[str, Any], position: int, size: int
+) -> dict[str, Any]:
+    """``VectorEnv._add_info`` for a batch of ``size`` envs rather than all of them."""
+    num_envs = vector_env.num_envs
+    vector_env.num_envs = size
+    try:
+        return vector_env._add_info(infos, info, position)
+    finally:
+        vector_env.num_envs = num_envs

@@ -1,0 +1,209 @@
+"""RemoteVectorEnv: Gymnasium's vector layout and autoreset modes, action chunks, async stepping."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import data_equivalence
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+import gym_remote
+from gym_remote import RemoteVectorEnv
+from gym_remote.testing import FAULTS
+
+NUM_ENVS = 3
+
+
+def run_both(local, remote, steps, seed=5):
+    """Steps both vector envs with the same actions; returns how many episodes ended."""
+    local.action_space.seed(seed)
+    assert data_equivalence(local.reset(seed=seed), remote.reset(seed=seed), exact=True)
+    ended = 0
+    for step in range(steps):
+        actions = local.action_space.sample()
+        local_result, remote_result = local.step(actions), remote.step(actions)
+        assert data_equivalence(local_result, remote_result, exact=True), f"step {step} differs"
+        done = local_result[2] | local_result[3]
+        ended += int(done.sum())
+        if local.autoreset_mode == AutoresetMode.DISABLED and done.any():
+            options = {"reset_mask": done}
+            assert data_equivalence(
+                local.reset(options=dict(options)), remote.reset(options=dict(options)), exact=True
+            )
+    return ended
+
+
+@pytest.mark.parametrize("mode", list(AutoresetMode), ids=lambda mode: mode.value)
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "gym_remote_testing/RichSpaces-v0"])
+def test_batches_equal_sync_vector_env(server, mode, env_id):
+    import gym_remote.testing  # noqa: F401
+
+    local = SyncVectorEnv([lambda: gym.make(env_id)] * NUM_ENVS, autoreset_mode=mode)
+    remote = RemoteVectorEnv(env_id, NUM_ENVS, address=server.address, autoreset_mode=mode)
+    try:
+        assert remote.metadata["autoreset_mode"] == mode
+        assert remote.observation_space == local.observation_space
+        assert remote.action_space == local.action_space
+        assert run_both(local, remote, steps=120) >= 2, "the run must cross episode boundaries"
+    finally:
+        local.close()
+        remote.close()
+
+
+def test_make_vec_uses_the_vector_entry_point(server):
+    envs = gym.make_vec(
+        "remote/Env-v0",
+        num_envs=2,
+        vectorization_mode="vector_entry_point",
+        env_id="CartPole-v1",
+        address=server.address,
+    )
+    try:
+        assert isinstance(envs.unwrapped, RemoteVectorEnv)
+        observations, _ = envs.reset(seed=0)
+        assert observations.shape == (2, 4)
+    finally:
+        envs.close()
+
+
+def test_spread_over_two_servers_and_one_going_away(start_server):
+    first, second = start_server(), start_server()
+    envs = RemoteVectorEnv("CartPole-v1", 4, address=[first.address, second.address])
+    try:
+        assert [env.config.address for env in envs.envs] == [first.address, second.address] * 2
+        envs.reset(seed=1)
+        envs.step(np.zeros(4, np.int64))
+        second.process.kill()
+        second.process.wait(10)
+        with pytest.raises(
+            gym_remote.WorkerCrashed, match=f"sub-env 1 \\(CartPole-v1 at {second.address}\\)"
+        ):
+            envs.step(np.zeros(4, np.int64))
+    finally:
+        envs.close()
+
+
+def test_a_failing_sub_env_is_named(server):
+    import gym_remote.testing  # noqa: F401
+
+    envs = RemoteVectorEnv("gym_remote_testing/Faulty-v0", 3, address=server.address)
+    try:
+        envs.reset(seed=0)
+        with pytest.raises(gym_remote.RemoteError, match="sub-env 2 .*the simulator exploded") as caught:
+            envs.step(np.array([-1, -1, FAULTS.index("raise")]))
+        assert "RuntimeError" in caught.value.remote_traceback
+        envs.step(np.array([-1, -1, -1]))  # the others, and the failed one, go on
+    finally:
+        envs.close()
+
+
+def test_call_get_attr_set_attr_render(server):
+    import gym_remote.testing  # noqa: F401
+
+    envs = RemoteVectorEnv(
+        "gym_remote_testing/ImageEnv-v0", 2, address=server.address, render_mode="rgb_array"
+    )
+    try:
+        assert envs.get_attr("task_description") == ("look at the two cameras",) * 2
+        envs.set_attr("episode_length", [3, 4])
+        assert envs.call("episode_length") == (3, 4)
+        envs.reset(seed=0)
+        frames = envs.render()
+        assert len(frames) == 2 and frames[0].shape == (256, 256, 3)
+    finally:
+        envs.close()
+
+
+def test_private_server_for_all_sessions(monkeypatch):
+    monkeypatch.delenv("GYM_REMOTE_ADDRESS", raising=False)
+    envs = RemoteVectorEnv("CartPole-v1", 2)
+    try:
+        assert len({env.config.address for env in envs.envs}) == 1
+        assert envs.reset(seed=0)[0].shape == (2, 4)
+    finally:
+        envs.close()
+    assert envs._embedded is None
+
+
+def single_steps(env, actions):
+    rewards, terminated, truncated, infos, observations = [], [], [], [], []
+    for action in actions:
+        observation, reward, term, trunc, info = env.step(action)
+        for values, value in zip(
+            (rewards, terminated, truncated, infos, observations), (reward, term, trunc, info, observation)
+        ):
+            values.append(value)
+        if term or trunc:
+            break
+    return rewards, terminated, truncated, infos, observations
+
+
+@pytest.mark.parametrize("chunk_length", [1, 8, 40])
+def test_step_chunk_equals_single_steps_even_across_an_episode_end(server, chunk_length):
+    chunked = gym_remote.RemoteEnv("CartPole-v1", address=server.address)
+    single = gym_remote.RemoteEnv("CartPole-v1", address=server.address)
+    try:
+        chunked.reset(seed=4)
+        single.reset(seed=4)
+        actions = [np.int64(1)] * chunk_length  # always pushing right ends an episode within ~10 steps
+        result = chunked.step_chunk(actions, all_observations=True)
+        rewards, terminated, truncated, infos, observations = single_steps(single, actions)
+        assert data_equivalence(
+            (result.rewards, result.terminated, result.truncated, result.infos),
+            (rewards, terminated, truncated, infos),
+            exact=True,
+        )
+        assert data_equivalence(result.observations, observations, exact=True)
+        assert np.array_equal(result.observation, observations[-1])
+        if chunk_length == 40:
+            assert result.terminated[-1] and len(result.rewards) < 40, "the chunk stops at the episode end"
+        assert chunked.step_chunk(actions[:1]).observations is None
+    finally:
+        chunked.close()
+        single.close()
+
+
+def test_vector_step_chunk(server):
+    envs = RemoteVectorEnv("CartPole-v1", 2, address=server.address)
+    single = [gym_remote.RemoteEnv("CartPole-v1", address=server.address) for _ in range(2)]
+    try:
+        envs.reset(seed=[10, 11])
+        for env, seed in zip(single, [10, 11]):
+            env.reset(seed=seed)
+        chunks = [[np.int64(0)] * 5, [np.int64(1)] * 30]
+        results = envs.step_chunk(chunks)
+        for result, env, chunk in zip(results, single, chunks):
+            expected = single_steps(env, chunk)
+            assert data_equivalence(result.rewards, expected[0], exact=True)
+            assert np.array_equal(result.observation, expected[4][-1])
+        assert results[1].terminated[-1]
+        with pytest.raises(gym_remote.InvalidCall, match=r"sub-envs \[1\] ended"):
+            envs.step_chunk(chunks)
+        envs.reset(options={"reset_mask": np.array([False, True])})
+        envs.step_chunk(chunks)
+    finally:
+        envs.close()
+        for env in single:
+            env.close()
+
+
+def test_send_and_recv(server):
+    envs = RemoteVectorEnv("CartPole-v1", 3, address=server.address)
+    local = [gym.make("CartPole-v1") for _ in range(3)]
+    try:
+        envs.reset(seed=0)
+        for index, env in enumerate(local):
+            env.reset(seed=index)
+        envs.send(np.array([1, 0]), env_ids=[2, 0])
+        with pytest.raises(gym_remote.InvalidCall, match="in flight"):
+            envs.send(np.array([1]), env_ids=[0])
+        observations, rewards, terminated, truncated, infos, env_ids = envs.recv(min_envs=2)
+        assert sorted(env_ids.tolist()) == [0, 2] and observations.shape == (2, 4)
+        for position, index in enumerate(env_ids):
+            expected = local[index].step(1 if index == 2 else 0)
+            assert np.array_equal(observations[position], expected[0]) and rewards[position] == expected[1]
+        with pytest.raises(gym_remote.InvalidCall, match="send"):
+            envs.recv()
+    finally:
+        envs.close()
