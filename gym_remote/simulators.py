@@ -155,7 +155,8 @@ def setup(
     if name not in RECIPES:
         raise KeyError(f"no simulator called {name!r}; choose from {', '.join(RECIPES)}")
     recipe = RECIPES[name]
-    home = home or default_home()
+    # Absolute, so that the recorded interpreter works from any working directory.
+    home = (home or default_home()).expanduser().absolute()
     directory = home / "envs" / name
     python = directory / "bin" / "python"
     core = _core_requirement()

@@ -1,0 +1,117 @@
+"""Vector env throughput: RemoteVectorEnv against Gymnasium's own vector envs, in one run.
+
+8 envs of CartPole-v1 and 8 of the 393 KB image env (two 256x256x3 uint8 images and a state),
+stepped with random actions through: ``RemoteVectorEnv`` (one client process, send to all then
+gather), ``AsyncVectorEnv`` over ``RemoteEnv``, and Gymnasium's local
+``AsyncVectorEnv(shared_memory=True)`` and ``SyncVectorEnv``. Plus 2 LIBERO sessions in parallel
+against 1 (when ``gym-remote setup libero`` was run). Targets: RemoteVectorEnv at least 1.5x the
+local AsyncVectorEnv's env-steps/s on both workloads; 2 LIBERO sessions at least 1.8x one.
+Results go to docs/benchmarks.md.
+
+Run: ``python -m benchmarks.vector [--steps N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+
+import gym_remote
+import gym_remote.testing  # noqa: F401  (registers the image env)
+from benchmarks.common import machine_line, record
+from gym_remote.testing import ServerProcess
+
+NUM_ENVS = 8
+WORKLOADS = {"CartPole-v1": "CartPole-v1", "image env (393 KB)": "gym_remote_testing/ImageEnv-v0"}
+
+
+def env_steps_per_second(envs: gym.vector.VectorEnv, steps: int) -> float:
+    """Env-steps per second over ``steps`` vector steps, after a short warm-up."""
+    envs.action_space.seed(0)
+    actions = [envs.action_space.sample() for _ in range(steps + 10)]
+    envs.reset(seed=0)
+    for action in actions[:10]:
+        envs.step(action)
+    start = time.perf_counter()
+    for action in actions[10:]:
+        envs.step(action)
+    elapsed = time.perf_counter() - start
+    envs.close()
+    return steps * envs.num_envs / elapsed
+
+
+def vectorizers(env_id: str, address: str) -> dict[str, Callable[[], gym.vector.VectorEnv]]:
+    def remote_factory() -> gym.Env:
+        return gym_remote.RemoteEnv(env_id, address=address)
+
+    def local_factory() -> gym.Env:
+        return gym.make(env_id)
+
+    return {
+        "RemoteVectorEnv": lambda: gym_remote.RemoteVectorEnv(env_id, NUM_ENVS, address=address),
+        "AsyncVectorEnv over RemoteEnv": lambda: gym.vector.AsyncVectorEnv(
+            [remote_factory] * NUM_ENVS, context="forkserver"
+        ),
+        "local AsyncVectorEnv(shared_memory=True)": lambda: gym.vector.AsyncVectorEnv(
+            [local_factory] * NUM_ENVS, shared_memory=True, context="forkserver"
+        ),
+        "local SyncVectorEnv": lambda: gym.vector.SyncVectorEnv([local_factory] * NUM_ENVS),
+    }
+
+
+def libero_scaling(steps: int) -> tuple[float, float] | None:
+    """Env-steps/s of 1 and of 2 parallel LIBERO sessions, or None when LIBERO is not set up."""
+    from gym_remote.simulators import recorded_routes
+
+    if "libero" not in {route.name for route in recorded_routes()}:
+        return None
+    rates = []
+    with ServerProcess() as server:
+        for count in (1, 2):
+            envs = gym_remote.RemoteVectorEnv(
+                "gym_remote/Libero-v0", count, address=server.address, task_suite="libero_spatial", task_id=0
+            )
+            rates.append(env_steps_per_second(envs, steps))
+    return rates[0], rates[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1000, help="vector steps per CartPole measurement")
+    parser.add_argument("--libero-steps", type=int, default=30)
+    parser.add_argument("--no-record", action="store_true", help="do not write docs/benchmarks.md")
+    arguments = parser.parse_args()
+
+    lines = [
+        f"Measured {machine_line()}; {NUM_ENVS} envs, loopback TCP.",
+        "",
+        "| workload | vectorizer | env-steps/s | vs local AsyncVectorEnv (target >= 1.5x for RemoteVectorEnv) |",
+        "|---|---|---|---|",
+    ]
+    with ServerProcess("--import", "gym_remote.testing") as server:
+        for name, env_id in WORKLOADS.items():
+            steps = arguments.steps if "CartPole" in env_id else max(arguments.steps // 4, 50)
+            rates = {label: env_steps_per_second(make(), steps) for label, make in vectorizers(env_id, server.address).items()}
+            baseline = rates["local AsyncVectorEnv(shared_memory=True)"]
+            for label, rate in rates.items():
+                lines.append(f"| {name} | {label} | {rate:,.0f} | {rate / baseline:.2f}x |")
+    scaling = libero_scaling(arguments.libero_steps)
+    if scaling is not None:
+        one, two = scaling
+        lines += [
+            "",
+            f"LIBERO (libero_spatial task 0, two 256x256 cameras): 1 session {one:.2f} env-steps/s, "
+            f"2 parallel sessions {two:.2f} env-steps/s: {two / one:.2f}x (target >= 1.8x).",
+        ]
+    table = "\n".join(lines)
+    print(table)
+    if not arguments.no_record:
+        record("vector", "### Vector envs (`benchmarks/vector.py`)\n\n" + table)
+
+
+if __name__ == "__main__":
+    main()
