@@ -18,7 +18,6 @@ import time
 from typing import Callable
 
 import gymnasium as gym
-import numpy as np
 
 import gym_remote
 import gym_remote.testing  # noqa: F401  (registers the image env)
@@ -89,13 +88,16 @@ def main() -> None:
     lines = [
         f"Measured {machine_line()}; {NUM_ENVS} envs, loopback TCP.",
         "",
-        "| workload | vectorizer | env-steps/s | vs local AsyncVectorEnv (target >= 1.5x for RemoteVectorEnv) |",
+        "| workload | vectorizer | env-steps/s | vs local AsyncVectorEnv (RemoteVectorEnv target >= 1.5x) |",
         "|---|---|---|---|",
     ]
     with ServerProcess("--import", "gym_remote.testing") as server:
         for name, env_id in WORKLOADS.items():
             steps = arguments.steps if "CartPole" in env_id else max(arguments.steps // 4, 50)
-            rates = {label: env_steps_per_second(make(), steps) for label, make in vectorizers(env_id, server.address).items()}
+            rates = {
+                label: env_steps_per_second(make(), steps)
+                for label, make in vectorizers(env_id, server.address).items()
+            }
             baseline = rates["local AsyncVectorEnv(shared_memory=True)"]
             for label, rate in rates.items():
                 lines.append(f"| {name} | {label} | {rate:,.0f} | {rate / baseline:.2f}x |")
