@@ -1,9 +1,10 @@
 # gym-remote: `make demo` sets up and runs the demo, `make test` sets up and runs every check.
 PYTHON ?= python3
 VENV ?= .venv
-# A second environment with the oldest supported simulator-side stack (gymnasium 0.29, numpy 1.x):
-# the tests run real workers in it, the way LIBERO installs run them.
+# A second environment with the oldest supported simulator-side stack (Python 3.8 where the machine
+# has it, gymnasium 0.29, numpy 1.x): the tests run real workers in it, as LIBERO installs do.
 COMPAT_VENV ?= .venv-compat
+COMPAT_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.8*/bin/python3.8 /usr/bin/python3.8) $(PYTHON))
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 # Simulator environments (LIBERO, robosuite) made by `gym-remote setup` for the tests.
 SIM_HOME ?= .sim
@@ -17,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(COMPAT_VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_PYTHON) -m venv $(COMPAT_VENV)
 	$(COMPAT_VENV)/bin/pip install $(PIP_FLAGS) 'gymnasium==0.29.1' 'numpy<2' -e .
 	touch $@
 

@@ -32,12 +32,17 @@ def compat_server():
 
 def test_the_compat_interpreter_is_old():
     versions = subprocess.run(
-        [COMPAT_PYTHON, "-c", "import gymnasium, numpy; print(gymnasium.__version__, numpy.__version__)"],
+        [
+            COMPAT_PYTHON,
+            "-c",
+            "import sys, gymnasium, numpy; print(gymnasium.__version__, numpy.__version__, sys.version)",
+        ],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
     assert versions[0].startswith("0.29") and versions[1].startswith("1.")
+    print(f"worker interpreter: Python {versions[2]}, gymnasium {versions[0]}, numpy {versions[1]}")
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "gym_remote_testing/RichSpaces-v0"])
