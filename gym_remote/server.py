@@ -364,12 +364,6 @@ class Server:
             raise SimulatorUnavailable(f"listing the tasks of {env_id} with {python} failed: {last_line}")
         return json.loads(result.stdout)
 
-    @property
-    def session_count(self) -> int:
-        """How many sessions (worker processes) are alive."""
-        with self._lock:
-            return len(self._workers)
-
 
 @dataclass(frozen=True)
 class _PythonRoute:
