@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import struct
-from typing import Any, Iterator
+from typing import Any
 
 from gym_remote import __version__
 from gym_remote.addresses import Address, connect
@@ -88,13 +87,17 @@ class Connection:
             raise ServerUnavailable(f"the connection to {self.address} is closed")
         fields["op"] = op
         buffers = encode_frame(fields, self.allow_pickle)
-        with self._errors_mapped(op):
+        try:
             send_buffers(self._sock, buffers)
+        except (RemoteTimeout, ProtocolError, OSError) as error:
+            raise self._failure(op, error) from None
 
     def receive(self, op: str) -> Any:
         """Receives the reply to the request ``op`` sent last: its result, or its error raised."""
-        with self._errors_mapped(op):
+        try:
             reply = self._reader.receive(self.timeout, allow_pickle=self.allow_pickle)
+        except (RemoteTimeout, ProtocolError, OSError) as error:
+            raise self._failure(op, error) from None
         if not isinstance(reply, dict):
             self.close()
             raise ProtocolError(f"reply to {op} is not a map")
@@ -109,29 +112,19 @@ class Connection:
         """The socket's file descriptor, for waiting on several connections with ``selectors``."""
         return self._sock.fileno()
 
-    @contextlib.contextmanager
-    def _errors_mapped(self, op: str) -> Iterator[None]:
-        """Turns socket failures into typed errors; each of them closes the connection."""
-        try:
-            yield
-        except RemoteTimeout:
-            self.close()
-            raise RemoteTimeout(
+    def _failure(self, op: str, error: BaseException) -> BaseException:
+        """Closes the connection and says what a socket failure during ``op`` means, as a typed error."""
+        self.close()
+        if isinstance(error, RemoteTimeout):
+            return RemoteTimeout(
                 f"{op} got no reply from {self.address} within {self.timeout:g} s; the session is "
                 "closed (raise timeout=... for slow envs)"
-            ) from None
-        except MessageTooLarge as error:
-            self.close()
-            raise MessageTooLarge(f"reply to {op}: {error.message}") from None
-        except ProtocolError as error:
-            if not isinstance(error, PeerClosed):
-                self.close()
-                raise
-            self.close()
-            raise self._gone(op, error) from None
-        except OSError as error:
-            self.close()
-            raise self._gone(op, error) from None
+            )
+        if isinstance(error, MessageTooLarge):
+            return MessageTooLarge(f"reply to {op}: {error.message}")
+        if isinstance(error, ProtocolError) and not isinstance(error, PeerClosed):
+            return error
+        return self._gone(op, error)
 
     def _gone(self, op: str, error: BaseException) -> RemoteEnvError:
         if self.in_session:
