@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import gymnasium as gym
 import numpy as np
 
-from gym_remote.protocol import PREFIX, decode_frame, encode_frame
+from gym_remote.protocol import decode_bytes, encode_bytes
 
 __all__ = ["EnvCompliance", "rollout", "rollout_in", "assert_same_rollout"]
 
@@ -64,15 +64,17 @@ def rollout_in(
         "actions": list(actions),
         "options": options,
     }
-    frame = b"".join(bytes(memoryview(chunk).cast("B")) for chunk in _byte_chunks(encode_frame(request)))
     result = subprocess.run(
-        [python, "-m", "gym_remote.compliance"], input=frame, capture_output=True, timeout=timeout
+        [python, "-m", "gym_remote.compliance"],
+        input=encode_bytes(request),
+        capture_output=True,
+        timeout=timeout,
     )
     if result.returncode != 0:
         raise RuntimeError(
             "local rollout with {} failed:\n{}".format(python, result.stderr.decode(errors="replace"))
         )
-    return [tuple(step) for step in _decode_bytes(result.stdout)]
+    return [tuple(step) for step in decode_bytes(result.stdout)]
 
 
 def assert_same_rollout(first: Sequence[Tuple[Any, ...]], second: Sequence[Tuple[Any, ...]]) -> None:
@@ -82,17 +84,6 @@ def assert_same_rollout(first: Sequence[Tuple[Any, ...]], second: Sequence[Tuple
     assert len(first) == len(second), f"rollouts of {len(first)} and {len(second)} steps"
     for index, (one, other) in enumerate(zip(first, second)):
         assert data_equivalence(one, other, exact=True), f"results differ at step {index}"
-
-
-def _byte_chunks(buffers: List[Any]) -> List[Any]:
-    return [chunk.reshape(-1).view(np.uint8) if isinstance(chunk, np.ndarray) else chunk for chunk in buffers]
-
-
-def _decode_bytes(data: bytes) -> Any:
-    _, header_length, data_length = PREFIX.unpack_from(data)
-    header = data[PREFIX.size : PREFIX.size + header_length]
-    body = bytearray(data[PREFIX.size + header_length : PREFIX.size + header_length + data_length])
-    return decode_frame(header, body)
 
 
 class EnvCompliance:
@@ -201,9 +192,7 @@ class EnvCompliance:
         env = self.make_remote()
         try:
             for space in (env.observation_space, env.action_space):
-                frame = encode_frame(encode_space(space))
-                body = b"".join(bytes(memoryview(chunk).cast("B")) for chunk in _byte_chunks(frame[2:]))
-                assert decode_space(decode_frame(bytes(frame[1]), bytearray(body))) == space
+                assert decode_space(decode_bytes(encode_bytes(encode_space(space)))) == space
                 observation, _ = env.reset(seed=self.seed)
                 assert observation in env.observation_space
         finally:
@@ -215,14 +204,13 @@ def _main() -> None:
     import gym_remote.envs  # noqa: F401  (registers the adapters)
 
     data = sys.stdin.buffer.read()
-    request = _decode_bytes(data)
+    request = decode_bytes(data)
     env = gym.make(request["env_id"], **request["env_kwargs"])
     try:
         results = rollout(env, request["seed"], request["actions"], request["options"])
     finally:
         env.close()
-    for chunk in _byte_chunks(encode_frame([list(step) for step in results])):
-        sys.stdout.buffer.write(memoryview(chunk).cast("B"))
+    sys.stdout.buffer.write(encode_bytes([list(step) for step in results]))
     sys.stdout.buffer.flush()
 
 

@@ -36,6 +36,8 @@ __all__ = [
     "IdleTimeout",
     "encode_frame",
     "decode_frame",
+    "encode_bytes",
+    "decode_bytes",
     "send_message",
     "MessageReader",
 ]
@@ -210,6 +212,26 @@ def encode_frame(value: Any, allow_pickle: bool = False) -> List[Any]:
         header_packer.reset()
     prefix = PREFIX.pack(MAGIC, len(header), encoder.size)
     return [prefix, header] + encoder.chunks
+
+
+def encode_bytes(value: Any, allow_pickle: bool = False) -> bytes:
+    """Encodes ``value`` as one frame in a single bytes object (for pipes and files, not sockets)."""
+    return b"".join(_byte_view(chunk) for chunk in encode_frame(value, allow_pickle))
+
+
+def decode_bytes(data: bytes, allow_pickle: bool = False) -> Any:
+    """Decodes one frame held whole in ``data`` (the inverse of :func:`encode_bytes`).
+
+    Raises:
+        ProtocolError: ``data`` is not exactly one valid frame.
+    """
+    if len(data) < PREFIX.size:
+        raise ProtocolError("a frame is at least 16 bytes")
+    magic, header_length, data_length = PREFIX.unpack_from(data)
+    if magic != MAGIC or len(data) != PREFIX.size + header_length + data_length:
+        raise ProtocolError("not exactly one gym-remote frame")
+    header_end = PREFIX.size + header_length
+    return decode_frame(data[PREFIX.size : header_end], bytearray(data[header_end:]), allow_pickle)
 
 
 def decode_frame(header: Any, data: Any, allow_pickle: bool = False) -> Any:

@@ -16,15 +16,16 @@ from gym_remote.protocol import (
     PREFIX,
     MessageReader,
     PeerClosed,
+    decode_bytes,
     decode_frame,
+    encode_bytes,
     encode_frame,
     send_message,
 )
 
 
 def round_trip(value, allow_pickle=False):
-    buffers = encode_frame(value, allow_pickle)
-    frame = b"".join(bytes(memoryview(chunk).cast("B")) for chunk in buffers)
+    frame = encode_bytes(value, allow_pickle)
     left, right = socket.socketpair()
     with left, right:
         left.sendall(frame)
@@ -281,3 +282,13 @@ def test_decoded_frames_free_their_buffers_without_the_garbage_collector():
         assert watch() is None, "a reference cycle keeps the data section alive"
     finally:
         gc.enable()
+
+
+def test_whole_frames_as_bytes_round_trip_and_refuse_anything_else():
+    value = {"a": np.arange(3), "b": (1, "two")}
+    data = encode_bytes(value)
+    decoded = decode_bytes(data)
+    assert np.array_equal(decoded["a"], value["a"]) and decoded["b"] == value["b"]
+    for broken in (data[:10], data[:-1], data + b"\0", b"XXXX" + data[4:]):
+        with pytest.raises(ProtocolError):
+            decode_bytes(broken)
