@@ -260,7 +260,6 @@ class Server:
         if reason is not None:
             raise EnvNotAllowed(reason)
         python = self._python_for(env_id)
-        parent_control, child_control = socket.socketpair()
         with self._lock:
             if self._stopping.is_set():
                 raise ServerBusy("the server is shutting down")
@@ -269,6 +268,7 @@ class Server:
                     f"the server already runs its maximum of {self.config.max_sessions} sessions; "
                     "close other sessions or raise --max-sessions"
                 )
+            parent_control, child_control = socket.socketpair()
             session_id = self._next_session_id
             self._next_session_id += 1
             fds = (connection.fileno(), child_control.fileno())
