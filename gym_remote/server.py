@@ -43,7 +43,7 @@ from gym_remote.errors import (
 )
 from gym_remote.protocol import PROTOCOL_VERSION, MessageReader, PeerClosed, send_message
 from gym_remote.simulators import recorded_routes
-from gym_remote.worker import error_to_wire
+from gym_remote.worker import WORKER_STARTED, error_to_wire
 
 __all__ = ["Server"]
 
@@ -53,6 +53,8 @@ logger = logging.getLogger("gym_remote.server")
 _HANDSHAKE_MAX_MESSAGE_SIZE = 1 << 20
 _WORKER_STOP_GRACE_SECONDS = 5.0
 _TASK_LIST_TIMEOUT_SECONDS = 120
+# Starting an interpreter and importing gymnasium and numpy takes a second or two on a busy machine.
+_WORKER_START_TIMEOUT_SECONDS = 60
 REMOTE_NAMESPACE = "remote/"
 
 
@@ -294,20 +296,52 @@ class Server:
                 child_control.close()
             worker = _Worker(session_id, env_id, process, parent_control)
             self._workers[session_id] = worker
-        send_message(
-            parent_control,
-            {
-                "allow_pickle": allow_pickle,
-                "idle_timeout": self.config.idle_timeout,
-                "read_timeout": self.config.read_timeout,
-                "max_message_size": self.config.max_message_size,
-                "imports": self.config.imports,
-                "request": request,
-            },
-            allow_pickle=allow_pickle,
-        )
+        try:
+            send_message(
+                parent_control,
+                {
+                    "allow_pickle": allow_pickle,
+                    "idle_timeout": self.config.idle_timeout,
+                    "read_timeout": self.config.read_timeout,
+                    "max_message_size": self.config.max_message_size,
+                    "imports": self.config.imports,
+                    "request": request,
+                },
+                allow_pickle=allow_pickle,
+            )
+        except OSError:
+            pass  # the worker is already gone: _await_worker_start reports how
+        try:
+            self._await_worker_start(worker, python)
+        finally:
+            # Only now: the watcher closes the control socket as soon as the worker exits.
+            threading.Thread(target=self._watch_worker, args=(worker,), daemon=True).start()
         logger.info("session %d: %s in worker pid %d", session_id, env_id, process.pid)
-        threading.Thread(target=self._watch_worker, args=(worker,), daemon=True).start()
+
+    def _await_worker_start(self, worker: _Worker, python: str) -> None:
+        """Waits for the worker's "started" byte, so a worker that cannot start is reported to its client.
+
+        Raises:
+            WorkerCrashed: the worker exited or stayed silent instead; says with what and how.
+        """
+        worker.control.settimeout(_WORKER_START_TIMEOUT_SECONDS)
+        try:
+            started = worker.control.recv(1) == WORKER_STARTED
+        except OSError:
+            started = False
+        finally:
+            worker.control.settimeout(None)
+        if started:
+            return
+        try:
+            code = worker.process.wait(_WORKER_STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            worker.process.kill()
+            code = worker.process.wait()
+        raise WorkerCrashed(
+            f"the worker for {worker.env_id} could not start with {python} (exit code {code}; the "
+            "server's log has its error). If it runs in a simulator venv, `gym-remote setup NAME` repairs it."
+        )
 
     def _watch_worker(self, worker: _Worker) -> None:
         code = worker.process.wait()

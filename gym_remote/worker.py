@@ -39,7 +39,10 @@ from gym_remote.errors import (
 from gym_remote.protocol import IdleTimeout, MessageReader, PeerClosed, encode_frame, send_buffers
 from gym_remote.spaces import encode_space
 
-__all__ = ["WorkerState", "WorkerSession", "main"]
+__all__ = ["WorkerState", "WorkerSession", "main", "WORKER_STARTED"]
+
+# Sent to the server on the control socket once the worker runs, before it makes the env.
+WORKER_STARTED = b"\x01"
 
 _ENV_NOT_FOUND_ERRORS = tuple(
     getattr(gym.error, name)
@@ -393,6 +396,7 @@ def main(argv: Optional[list] = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     control = socket.socket(fileno=arguments.control_fd)
     settings = MessageReader(control).receive(wait=arguments.settings_timeout)
+    control.sendall(WORKER_STARTED)
     threading.Thread(target=_exit_when_server_goes, args=(control,), daemon=True).start()
     client = socket.socket(fileno=arguments.client_fd)
     try:

@@ -153,3 +153,15 @@ def test_a_worker_can_run_under_another_interpreter(start_server, tmp_path):
     with pytest.raises(gym_remote.SimulatorUnavailable, match="/nonexistent/python"):
         gym_remote.RemoteEnv("Pendulum-v1", address=broken.address).reset()
     wait_for(lambda: not worker_pids(broken.pid), what="no worker")
+
+
+def test_a_worker_that_cannot_start_is_reported_to_its_client(start_server, tmp_path):
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'no module named gym_remote' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    server = start_server("--python", f"Pendulum-*={broken}")
+    with pytest.raises(gym_remote.WorkerCrashed, match=r"could not start .*exit code 3.*gym-remote setup"):
+        gym_remote.RemoteEnv("Pendulum-v1", address=server.address).reset()
+    env = gym_remote.RemoteEnv("CartPole-v1", address=server.address)
+    env.reset()
+    env.close()
