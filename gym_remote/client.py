@@ -146,7 +146,7 @@ class RemoteEnv(gym.Env):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
         """Resets the remote env; ``seed`` also seeds this env's ``np_random``, as locally."""
-        super().reset(seed=seed)
+        self._seed_locally(seed)
         observation, info = self._request("reset", seed=seed, options=options)
         return observation, info
 
@@ -273,18 +273,12 @@ class RemoteEnv(gym.Env):
         return {**arguments, **self.env_kwargs}
 
     def _request(self, op: str, **fields: Any) -> Any:
-        connection = self._session_connection()
+        connection = self._connect()
         try:
             return connection.request(op, **fields)
         except RemoteEnvError as error:
             self._note_failure(error)
             raise
-
-    def _session_connection(self) -> Connection:
-        """The session's connection, connecting first when needed."""
-        if self._state is SessionState.ACTIVE:
-            return self._connection  # type: ignore[return-value]
-        return self._connect()
 
     def _note_failure(self, error: RemoteEnvError) -> None:
         """Records a failed call: an error that closed the connection ends the session."""

@@ -157,25 +157,22 @@ class RemoteVectorEnv(VectorEnv):
         infos: dict[str, Any] = {}
         finished = []
         for index in range(self.num_envs):
-            if requests[index][0] == "reset":
-                self._env_observations[index], env_info = replies[index]
-                self._rewards[index], self._terminations[index], self._truncations[index] = 0.0, False, False
-            else:
-                (
-                    self._env_observations[index],
-                    self._rewards[index],
-                    self._terminations[index],
-                    self._truncations[index],
-                    env_info,
-                ) = replies[index]
-                if self.autoreset_mode == AutoresetMode.SAME_STEP and (
-                    self._terminations[index] or self._truncations[index]
-                ):
-                    finished.append(index)
-                    infos = self._add_info(
-                        infos, {"final_obs": self._env_observations[index], "final_info": env_info}, index
-                    )
-                    continue
+            (
+                self._env_observations[index],
+                self._rewards[index],
+                self._terminations[index],
+                self._truncations[index],
+                env_info,
+            ) = _as_step_result(requests[index][0], replies[index])
+            # An autoreset's result never ends an episode, so only steps can reach this.
+            if self.autoreset_mode == AutoresetMode.SAME_STEP and (
+                self._terminations[index] or self._truncations[index]
+            ):
+                finished.append(index)
+                infos = self._add_info(
+                    infos, {"final_obs": self._env_observations[index], "final_info": env_info}, index
+                )
+                continue
             infos = self._add_info(infos, env_info, index)
         if finished:
             resets = self._exchange({index: ("reset", {"seed": None, "options": None}) for index in finished})
@@ -292,12 +289,7 @@ class RemoteVectorEnv(VectorEnv):
         observations, rewards, terminations, truncations, infos_list = [], [], [], [], []
         for index in ready:
             op = self._pending[index]
-            reply = self._receive(index)
-            if op == "reset":
-                observation, info = reply
-                reward, terminated, truncated = 0.0, False, False
-            else:
-                observation, reward, terminated, truncated, info = reply
+            observation, reward, terminated, truncated, info = _as_step_result(op, self._receive(index))
             self._autoreset_envs[index] = terminated or truncated
             observations.append(observation)
             rewards.append(reward)
@@ -348,7 +340,7 @@ class RemoteVectorEnv(VectorEnv):
 
     def _send(self, index: int, op: str, fields: dict[str, Any]) -> None:
         try:
-            self.envs[index]._session_connection().send(op, **fields)
+            self.envs[index]._connect().send(op, **fields)
         except RemoteEnvError as error:
             raise self._named(index, error) from None
         self._pending[index] = op
@@ -357,7 +349,7 @@ class RemoteVectorEnv(VectorEnv):
         op = self._pending.pop(index)
         env = self.envs[index]
         try:
-            return env._session_connection().receive(op)
+            return env._connect().receive(op)
         except RemoteEnvError as error:
             env._note_failure(error)
             raise self._named(index, error) from None
@@ -374,9 +366,7 @@ class RemoteVectorEnv(VectorEnv):
     def _wait_ready(self, count: int, timeout: float | None) -> list[int]:
         with selectors.DefaultSelector() as selector:
             for index in self._pending:
-                selector.register(
-                    self.envs[index]._session_connection().fileno(), selectors.EVENT_READ, index
-                )
+                selector.register(self.envs[index]._connect().fileno(), selectors.EVENT_READ, index)
             ready: list[int] = []
             while len(ready) < count:
                 events = selector.select(timeout)
@@ -386,6 +376,14 @@ class RemoteVectorEnv(VectorEnv):
                     ready.append(key.data)
                     selector.unregister(key.fileobj)
         return sorted(ready)
+
+
+def _as_step_result(op: str, reply: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+    """A step's reply as is; a reset's (an autoreset) as a step with no reward and no episode end."""
+    if op == "reset":
+        observation, info = reply
+        return observation, 0.0, False, False, info
+    return tuple(reply)  # type: ignore[return-value]
 
 
 def _seeds(seed: int | Sequence[int | None] | None, count: int) -> list[int | None]:
