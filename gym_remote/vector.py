@@ -35,6 +35,8 @@ class RemoteVectorEnv(VectorEnv):
         copy: Return copies of the batched observations (as ``SyncVectorEnv`` does).
         render_mode: Passed to every remote ``gym.make``.
         timeout, token, allow_pickle: As for :class:`~gym_remote.RemoteEnv`.
+        per_env_kwargs: One dict per session of keyword arguments for its ``gym.make`` (over
+            ``env_kwargs``), for example a different LIBERO ``init_state_id`` each.
         **env_kwargs: Keyword arguments of every remote ``gym.make``.
 
     Example:
@@ -55,11 +57,15 @@ class RemoteVectorEnv(VectorEnv):
         timeout: float | None = None,
         token: str | None = None,
         allow_pickle: bool | None = None,
+        per_env_kwargs: Sequence[dict[str, Any]] | None = None,
         **env_kwargs: Any,
     ) -> None:
         super().__init__()
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        per_env_kwargs = list(per_env_kwargs) if per_env_kwargs is not None else [{}] * num_envs
+        if len(per_env_kwargs) != num_envs:
+            raise ValueError(f"per_env_kwargs has {len(per_env_kwargs)} dicts for {num_envs} envs")
         self.env_id = env_id
         self.num_envs = num_envs
         self.copy = copy
@@ -88,7 +94,7 @@ class RemoteVectorEnv(VectorEnv):
                 timeout=timeout,
                 token=token,
                 allow_pickle=allow_pickle,
-                **env_kwargs,
+                **{**env_kwargs, **per_env_kwargs[index]},
             )
             for index in range(num_envs)
         ]

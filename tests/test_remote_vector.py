@@ -115,6 +115,24 @@ def test_call_get_attr_set_attr_render(server):
         envs.close()
 
 
+def test_per_env_kwargs_reach_each_session_over_the_shared_ones(server):
+    import gym_remote.testing  # noqa: F401
+
+    envs = RemoteVectorEnv(
+        "gym_remote_testing/ImageEnv-v0",
+        2,
+        address=server.address,
+        episode_length=9,
+        per_env_kwargs=[{}, {"episode_length": 4}],
+    )
+    try:
+        assert envs.get_attr("episode_length") == (9, 4)
+    finally:
+        envs.close()
+    with pytest.raises(ValueError, match="per_env_kwargs has 1 dicts for 2 envs"):
+        RemoteVectorEnv("CartPole-v1", 2, address=server.address, per_env_kwargs=[{}])
+
+
 def test_private_server_for_all_sessions(monkeypatch):
     monkeypatch.delenv("GYM_REMOTE_ADDRESS", raising=False)
     envs = RemoteVectorEnv("CartPole-v1", 2)
