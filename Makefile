@@ -6,11 +6,14 @@ VENV ?= .venv
 COMPAT_VENV ?= .venv-compat
 COMPAT_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.8*/bin/python3.8 /usr/bin/python3.8) $(PYTHON))
 PIP_FLAGS ?= --quiet --disable-pip-version-check
+# LeRobot 0.6 (Python >= 3.12) with the plugin in integrations/lerobot, for its integration test.
+LEROBOT_VENV ?= .venv-lerobot
+LEROBOT_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12))
 # Simulator environments (LIBERO, robosuite) made by `gym-remote setup` for the tests.
 SIM_HOME ?= .sim
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint bench bench-libero clean system-deps simulators
+.PHONY: demo test test-lerobot lint bench bench-libero clean system-deps simulators
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +23,12 @@ $(VENV)/.installed: pyproject.toml
 $(COMPAT_VENV)/.installed: pyproject.toml
 	$(COMPAT_PYTHON) -m venv $(COMPAT_VENV)
 	$(COMPAT_VENV)/bin/pip install $(PIP_FLAGS) 'gymnasium==0.29.1' 'numpy<2' -e .
+	touch $@
+
+$(LEROBOT_VENV)/.installed: pyproject.toml integrations/lerobot/pyproject.toml
+	$(LEROBOT_PYTHON) -m venv $(LEROBOT_VENV)
+	$(LEROBOT_VENV)/bin/pip install $(PIP_FLAGS) 'lerobot[dataset,evaluation]==0.6.1' \
+		pytest pytest-timeout psutil -e . -e integrations/lerobot
 	touch $@
 
 demo: $(VENV)/.installed
@@ -45,6 +54,16 @@ simulators: $(VENV)/.installed system-deps
 test: $(VENV)/.installed $(COMPAT_VENV)/.installed simulators lint
 	GYM_REMOTE_COMPAT_PYTHON=$(abspath $(COMPAT_VENV))/bin/python GYM_REMOTE_HOME=$(abspath $(SIM_HOME)) \
 		$(VENV)/bin/python -m pytest -n 2
+	$(MAKE) test-lerobot
+
+# The LeRobot plugin against the real lerobot-eval, where the machine has Python 3.12.
+test-lerobot: simulators
+ifeq ($(LEROBOT_PYTHON),)
+	@echo "test-lerobot: skipped, no Python 3.12 here (set LEROBOT_PYTHON=/path/to/python3.12)"
+else
+	$(MAKE) $(LEROBOT_VENV)/.installed
+	GYM_REMOTE_HOME=$(abspath $(SIM_HOME)) $(LEROBOT_VENV)/bin/python -m pytest tests/test_lerobot_plugin.py
+endif
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.overhead
@@ -53,4 +72,4 @@ bench-libero: simulators
 	GYM_REMOTE_HOME=$(abspath $(SIM_HOME)) $(VENV)/bin/python -m benchmarks.libero
 
 clean:
-	rm -rf $(VENV) $(COMPAT_VENV) $(SIM_HOME) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(COMPAT_VENV) $(LEROBOT_VENV) $(SIM_HOME) .pytest_cache .ruff_cache .hypothesis

@@ -144,6 +144,35 @@ def test_libero_local_equals_remote_for_the_same_init_state_and_actions(server):
 
 
 @needs_libero
+def test_libero_takes_lerobots_observation_options(server):
+    """obs_type, camera_name_mapping and seed_restarts_init_states, as LeRobot's libero flags need."""
+    env = gym.make(
+        "remote/Libero-v0",
+        address=server.address,
+        task_suite="libero_goal",
+        task_id=8,
+        obs_type="pixels",
+        camera_names="agentview_image",
+        camera_name_mapping={"agentview_image": "front"},
+        observation_height=32,
+        observation_width=32,
+        seed_restarts_init_states=False,
+        init_state_stride=5,
+    )
+    try:
+        assert list(env.observation_space.spaces) == ["pixels"]
+        assert list(env.observation_space["pixels"].spaces) == ["front"]
+        first, _ = env.reset(seed=0)
+        assert first["pixels"]["front"].shape == (32, 32, 3)
+        again, _ = env.reset(seed=0)  # the same seed, but the next init state (0, then 5)
+        assert not np.array_equal(first["pixels"]["front"], again["pixels"]["front"])
+        with pytest.raises(gym_remote.RemoteError, match="obs_type must be one of"):
+            gym.make("remote/Libero-v0", address=server.address, obs_type="state").reset()
+    finally:
+        env.close()
+
+
+@needs_libero
 def test_libero_task_listing(server):
     listing = gym_remote.list_tasks("Libero-v0", address=server.address)
     sizes = {suite: len(tasks) for suite, tasks in listing["suites"].items()}

@@ -37,6 +37,7 @@ SUITE_EPISODE_LENGTHS = {
 SUITES = tuple(SUITE_EPISODE_LENGTHS)
 DEFAULT_CAMERAS = ("agentview_image", "robot0_eye_in_hand_image")
 CAMERA_KEYS = {"agentview_image": "image", "robot0_eye_in_hand_image": "image2"}
+OBS_TYPES = ("pixels_agent_pos", "pixels")
 NO_OP_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 SETUP_HINT = "run `gym-remote setup libero` to make a working LIBERO environment"
 
@@ -176,14 +177,19 @@ class LiberoEnv(gym.Env):
         task_id: The task's index in its suite.
         init_state_id: The first of the suite's fixed initial states to use (None: LIBERO's own
             random placement). Each unseeded reset moves on by ``init_state_stride``; a seeded
-            reset starts over from ``init_state_id``; ``reset(options={"init_state_id": k})``
-            picks one.
+            reset starts over from ``init_state_id`` (unless ``seed_restarts_init_states`` is
+            False, as in LeRobot's evaluation); ``reset(options={"init_state_id": k})`` picks one.
         init_state_stride: How far each reset moves through the initial states.
-        camera_names: LIBERO cameras, mapped to ``image`` (agentview) and ``image2`` (wrist).
+        seed_restarts_init_states: Whether a seeded reset starts over from ``init_state_id``.
+        camera_names: LIBERO cameras, by default mapped to ``image`` (agentview) and ``image2`` (wrist).
+        camera_name_mapping: Other observation keys for the cameras (as LeRobot's option).
+        obs_type: ``pixels_agent_pos`` (images and robot state) or ``pixels`` (images only).
         observation_height: Camera image height in pixels.
         observation_width: Camera image width in pixels.
         episode_length: Steps before truncation (default: the suite's, as in LeRobot).
         control_mode: ``relative`` (delta end-effector actions) or ``absolute``.
+        control_freq: The controller's frequency in Hz (robosuite's default is 20).
+        hard_reset: Whether each reset rebuilds the simulation (robosuite's default).
         settle_steps: No-op steps after reset so objects come to rest.
         render_mode: Only ``rgb_array``.
     """
@@ -196,11 +202,16 @@ class LiberoEnv(gym.Env):
         task_id: int = 0,
         init_state_id: Optional[int] = 0,
         init_state_stride: int = 1,
+        seed_restarts_init_states: bool = True,
         camera_names: Sequence[str] = DEFAULT_CAMERAS,
+        camera_name_mapping: Optional[Dict[str, str]] = None,
+        obs_type: str = "pixels_agent_pos",
         observation_height: int = 256,
         observation_width: int = 256,
         episode_length: Optional[int] = None,
         control_mode: str = "relative",
+        control_freq: int = 20,
+        hard_reset: bool = True,
         settle_steps: int = 10,
         render_mode: Optional[str] = "rgb_array",
     ) -> None:
@@ -210,11 +221,14 @@ class LiberoEnv(gym.Env):
             )
         if control_mode not in ("relative", "absolute"):
             raise ValueError(f"control_mode must be 'relative' or 'absolute', not {control_mode!r}")
+        if obs_type not in OBS_TYPES:
+            raise ValueError(f"obs_type must be one of {', '.join(OBS_TYPES)}, not {obs_type!r}")
         if isinstance(camera_names, str):
             camera_names = [name.strip() for name in camera_names.split(",") if name.strip()]
-        unknown = [name for name in camera_names if name not in CAMERA_KEYS]
+        camera_keys = dict(CAMERA_KEYS, **(camera_name_mapping or {}))
+        unknown = [name for name in camera_names if name not in camera_keys]
         if unknown:
-            raise ValueError(f"unknown cameras {unknown}; choose from {list(CAMERA_KEYS)}")
+            raise ValueError(f"unknown cameras {unknown}; choose from {list(camera_keys)}")
         libero_package = import_libero()
         task_names = _task_map()[task_suite]
         if not 0 <= task_id < len(task_names):
@@ -226,10 +240,13 @@ class LiberoEnv(gym.Env):
         self.task = task_names[task_id]
         self.task_description = language_of(self.task)
         self.camera_names = list(camera_names)
+        self.camera_keys = {name: camera_keys[name] for name in self.camera_names}
+        self.obs_type = obs_type
         self.control_mode = control_mode
         self.settle_steps = settle_steps
         self._max_episode_steps = episode_length or SUITE_EPISODE_LENGTHS[task_suite]
         self.init_state_stride = init_state_stride
+        self.seed_restarts_init_states = seed_restarts_init_states
         self._first_init_state_id = init_state_id
         self._next_init_state_id = init_state_id
         self.init_states: Optional[np.ndarray] = None
@@ -247,14 +264,14 @@ class LiberoEnv(gym.Env):
             ),
             camera_heights=observation_height,
             camera_widths=observation_width,
+            control_freq=control_freq,
+            hard_reset=hard_reset,
         )
         image_space = spaces.Box(0, 255, (observation_height, observation_width, 3), np.uint8)
-        self.observation_space = spaces.Dict(
-            {
-                "pixels": spaces.Dict({CAMERA_KEYS[name]: image_space for name in self.camera_names}),
-                "robot_state": _robot_state_space(),
-            }
-        )
+        observation_spaces = {"pixels": spaces.Dict({key: image_space for key in self.camera_keys.values()})}
+        if obs_type == "pixels_agent_pos":
+            observation_spaces["robot_state"] = _robot_state_space()
+        self.observation_space = spaces.Dict(observation_spaces)
         self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
         self._steps = 0
         self._last_raw_observation: Optional[Dict[str, Any]] = None
@@ -262,9 +279,10 @@ class LiberoEnv(gym.Env):
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> Tuple[Any, dict]:
         super().reset(seed=seed)
         if seed is not None:
-            # A seeded reset starts over, as a fresh env would: same seed, same initial states.
             self._env.seed(seed)
-            self._next_init_state_id = self._first_init_state_id
+            if self.seed_restarts_init_states:
+                # A seeded reset starts over, as a fresh env would: same seed, same initial states.
+                self._next_init_state_id = self._first_init_state_id
         raw = self._env.reset()
         init_state_id = (options or {}).get("init_state_id", self._next_init_state_id)
         if self.init_states is not None and init_state_id is not None:
@@ -318,9 +336,12 @@ class LiberoEnv(gym.Env):
         self._env.sim.forward()
 
     def _format(self, raw: Dict[str, Any]) -> Dict[str, Any]:
+        pixels = {key: raw[name] for name, key in self.camera_keys.items()}
+        if self.obs_type == "pixels":
+            return {"pixels": pixels}
         controller = self._env.robots[0].controller
         return {
-            "pixels": {CAMERA_KEYS[name]: raw[name] for name in self.camera_names},
+            "pixels": pixels,
             "robot_state": {
                 "eef": {
                     "pos": raw["robot0_eef_pos"],

@@ -3,8 +3,9 @@
 ``lerobot-eval`` understands observations with ``pixels`` (an image, or a dict of images) and
 ``agent_pos`` (one state vector). An env served by gym-remote may have any observation space, so
 ``--env.type=remote`` maps it: every image (uint8, height x width x 1-4 channels) becomes
-``pixels/<key>`` (``pixels`` for an image-only env); every other numeric array is flattened and
-concatenated, in the order of the space, into ``agent_pos`` as float32.
+``pixels/<key>``, its key path joined by ``_`` without a leading ``pixels`` (``pixels`` alone for
+an image-only env); every other numeric array is flattened and concatenated, in the order of the
+space, into ``agent_pos`` as float32.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ def _leaves(space: gym.Space, path: tuple[str, ...] = ()) -> list[tuple[tuple[st
     )
 
 
+def _image_key(path: tuple[str, ...]) -> str:
+    return "_".join(path[1:] if len(path) > 1 and path[0] == "pixels" else path)
+
+
 def _value_at(observation: Any, path: tuple[str, ...]) -> Any:
     for key in path:
         observation = observation[int(key)] if isinstance(observation, (tuple, list)) else observation[key]
@@ -63,10 +68,12 @@ class LeRobotObservations(gym.ObservationWrapper):
             observation_spaces["pixels"] = env.observation_space
         elif self.image_paths:
             observation_spaces["pixels"] = spaces.Dict(
-                {"_".join(path): _space_at(env.observation_space, path) for path in self.image_paths}
+                {_image_key(path): _space_at(env.observation_space, path) for path in self.image_paths}
             )
         if self.state_paths:
-            size = sum(int(np.prod(_space_at(env.observation_space, path).shape)) for path in self.state_paths)
+            size = sum(
+                int(np.prod(_space_at(env.observation_space, path).shape)) for path in self.state_paths
+            )
             observation_spaces["agent_pos"] = spaces.Box(-np.inf, np.inf, (size,), np.float32)
         self.observation_space = spaces.Dict(observation_spaces)
 
@@ -75,9 +82,11 @@ class LeRobotObservations(gym.ObservationWrapper):
         if self.image_paths == [()]:
             result["pixels"] = observation
         elif self.image_paths:
-            result["pixels"] = {"_".join(path): _value_at(observation, path) for path in self.image_paths}
+            result["pixels"] = {_image_key(path): _value_at(observation, path) for path in self.image_paths}
         if self.state_paths:
-            parts = [np.asarray(_value_at(observation, path), np.float32).ravel() for path in self.state_paths]
+            parts = [
+                np.asarray(_value_at(observation, path), np.float32).ravel() for path in self.state_paths
+            ]
             result["agent_pos"] = np.concatenate(parts)
         return result
 

@@ -12,12 +12,14 @@ from lerobot.envs.utils import freeze_after_episode_end
 
 import gym_remote  # noqa: F401  (registers the remote/ ids in forkserver children too)
 
-__all__ = ["LazyVectorEnv", "make_remote_env", "probe"]
+__all__ = ["LazyVectorEnv", "make_remote_env", "probe", "remote_env_fns"]
 
 
-def make_remote_env(env_id: str, wrapper: Callable[[gym.Env], gym.Env] | None = None, **kwargs: Any) -> gym.Env:
-    """``gym.make(env_id, **kwargs)`` (a picklable factory once partially applied)."""
-    env = gym.make(env_id, disable_env_checker=True, **kwargs)
+def make_remote_env(
+    registered_id: str, /, wrapper: Callable[[gym.Env], gym.Env] | None = None, **kwargs: Any
+) -> gym.Env:
+    """``gym.make(registered_id, **kwargs)``, optionally wrapped (picklable once partially applied)."""
+    env = gym.make(registered_id, disable_env_checker=True, **kwargs)
     return wrapper(env) if wrapper is not None else env
 
 
@@ -99,6 +101,10 @@ class LazyVectorEnv(VectorEnv):
             self._env = None
 
 
-def remote_env_fns(env_id: str, kwargs_per_env: Sequence[dict[str, Any]], **shared: Any) -> list[Callable]:
-    """One picklable factory per sub-env: ``gym.make(env_id, **shared, **kwargs_per_env[i])``."""
-    return [functools.partial(make_remote_env, env_id, **shared, **kwargs) for kwargs in kwargs_per_env]
+def remote_env_fns(
+    registered_id: str, kwargs_per_env: Sequence[dict[str, Any]], /, **shared: Any
+) -> list[Callable[[], gym.Env]]:
+    """One picklable factory per sub-env: ``gym.make(registered_id, **shared, **kwargs_per_env[i])``."""
+    return [
+        functools.partial(make_remote_env, registered_id, **shared, **kwargs) for kwargs in kwargs_per_env
+    ]
