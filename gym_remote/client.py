@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 from dataclasses import dataclass
 from typing import Any, NamedTuple, SupportsFloat
 
 import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec
 
+from gym_remote import sharedmem
 from gym_remote.addresses import parse_address
 from gym_remote.config import ClientConfig, resolve
 from gym_remote.connection import Connection
@@ -19,6 +21,8 @@ from gym_remote.registration import REMOTE_ENTRY_POINT
 from gym_remote.spaces import decode_space
 
 __all__ = ["RemoteEnv", "SessionState", "ChunkResult"]
+
+logger = logging.getLogger(__name__)
 
 # Attributes RemoteEnv keeps itself; a lookup of any other public name goes to the remote env.
 _LOCAL_ATTRIBUTES = frozenset(
@@ -237,6 +241,11 @@ class RemoteEnv(gym.Env):
         return True
 
     @property
+    def uses_shared_memory(self) -> bool:
+        """Whether large replies come through shared memory (same host; connects if need be)."""
+        return self._connect().uses_shared_memory
+
+    @property
     def state(self) -> SessionState:
         """The session's state."""
         return self._state
@@ -332,8 +341,14 @@ class RemoteEnv(gym.Env):
         )
         self._connection.in_session = True
         description = self._connection.request(
-            "make", env_id=self.env_id, kwargs=self.env_kwargs, render_mode=self.render_mode
+            "make",
+            env_id=self.env_id,
+            kwargs=self.env_kwargs,
+            render_mode=self.render_mode,
+            shared_memory=config.shared_memory and parsed.is_loopback and sharedmem.available(),
         )
+        if "shared_memory" in description:
+            self._attach_shared_memory(description["shared_memory"])
         allow_pickle = self._connection.allow_pickle
         self._remote = _RemoteDescription(
             observation_space=decode_space(description["observation_space"], allow_pickle),
@@ -343,6 +358,16 @@ class RemoteEnv(gym.Env):
             spec=description["spec"],
         )
         self.render_mode = self._remote.render_mode
+
+    def _attach_shared_memory(self, offer: dict[str, Any]) -> None:
+        """Takes large replies through the worker's segment, unless it cannot be opened from here."""
+        assert self._connection is not None
+        try:
+            segment = sharedmem.SharedSegment.attach(offer)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            logger.debug("shared memory offered by %s not usable here (%s): using the socket", offer, error)
+            return
+        self._connection.use_shared_memory(segment)
 
     def _release(self) -> None:
         if self._connection is not None:

@@ -67,6 +67,7 @@ class ClientConfig:
     token: str = _option("", "shared secret the server expects")
     allow_pickle: bool = _option(False, "accept and send pickled values (the server must opt in too)")
     max_message_size: int = _option(256 << 20, "largest message accepted, in bytes")
+    shared_memory: bool = _option(True, "on one host, take large replies through shared memory")
 
 
 def env_var(name: str) -> str:

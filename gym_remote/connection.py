@@ -26,6 +26,7 @@ from gym_remote.protocol import (
     encode_frame,
     send_buffers,
 )
+from gym_remote.sharedmem import SharedSegment
 
 __all__ = ["Connection"]
 
@@ -108,6 +109,20 @@ class Connection:
             raise error
         return reply.get("ok")
 
+    def use_shared_memory(self, segment: SharedSegment) -> None:
+        """Takes large replies through ``segment`` from now on (the worker offered it)."""
+        try:
+            self.request("use_shared_memory")
+        except BaseException:
+            segment.close()
+            raise
+        self._reader.segment = segment
+
+    @property
+    def uses_shared_memory(self) -> bool:
+        """Whether large replies come through a shared memory segment."""
+        return self._reader.segment is not None
+
     def fileno(self) -> int:
         """The socket's file descriptor, for waiting on several connections with ``selectors``."""
         return self._sock.fileno()
@@ -139,6 +154,9 @@ class Connection:
         if not self.closed:
             self.closed = True
             self._sock.close()
+            if self._reader.segment is not None:
+                self._reader.segment.close()
+                self._reader.segment = None
 
 
 def _error_from_wire(payload: Any) -> RemoteEnvError:

@@ -6,6 +6,9 @@ A frame is a 16-byte prefix, a msgpack header, then a data section::
     header  = msgpack value, arrays and other non-msgpack values as extension types
     data    = the raw bytes of every array in the header, each at an 8-byte aligned offset
 
+A frame with the magic b"GYMS" carries no data on the socket: its data section is in the
+session's shared memory segment (``gym_remote.sharedmem``, same host only).
+
 See ``docs/protocol.md`` for the full specification. This module runs inside simulator
 interpreters too: it keeps to Python 3.8 and gymnasium 0.29.
 """
@@ -28,6 +31,7 @@ from gym_remote.errors import (
     RemoteTimeout,
     UnsupportedValue,
 )
+from gym_remote.sharedmem import MINIMUM_SHARED_BYTES
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -39,12 +43,14 @@ __all__ = [
     "encode_bytes",
     "decode_bytes",
     "send_message",
+    "send_frame",
     "MessageReader",
 ]
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 30
 MAGIC = b"GYMR"
+MAGIC_SHARED = b"GYMS"
 PREFIX = struct.Struct("<4sIQ")
 DATA_ALIGNMENT = 8
 
@@ -338,16 +344,32 @@ def send_message(sock: socket.socket, value: Any, allow_pickle: bool = False) ->
     send_buffers(sock, encode_frame(value, allow_pickle))
 
 
+def send_frame(sock: socket.socket, buffers: List[Any], segment: Any = None) -> None:
+    """Sends a frame from :func:`encode_frame`, its data section through ``segment`` when it is large.
+
+    Args:
+        segment: A :class:`~gym_remote.sharedmem.SharedSegment` the peer has attached, or None.
+    """
+    if segment is not None:
+        _, header_length, data_length = PREFIX.unpack(buffers[0])
+        if data_length >= MINIMUM_SHARED_BYTES and segment.write(buffers[2:], data_length):
+            send_buffers(sock, [PREFIX.pack(MAGIC_SHARED, header_length, data_length), buffers[1]])
+            return
+    send_buffers(sock, buffers)
+
+
 def send_buffers(sock: socket.socket, buffers: List[Any]) -> None:
     """Sends a frame's ``buffers`` in order, handling partial sends without joining them.
+
+    The data section is what the prefix says follows the header on the socket (none for ``GYMS``).
 
     Raises:
         RemoteTimeout: the peer did not take the bytes within the socket's send timeout.
     """
     if len(buffers) > _MAX_SEND_BUFFERS:
         buffers = buffers[:2] + [b"".join(_byte_view(chunk) for chunk in buffers[2:])]
-    _, header_length, data_length = PREFIX.unpack(buffers[0])
-    remaining = PREFIX.size + header_length + data_length
+    magic, header_length, data_length = PREFIX.unpack(buffers[0])
+    remaining = PREFIX.size + header_length + (data_length if magic == MAGIC else 0)
     try:
         sent = sock.sendmsg(buffers)
         remaining -= sent
@@ -378,11 +400,16 @@ class MessageReader:
     The first wait (for the first byte of a message) and the rest of the message have separate
     time limits, so a peer can be idle for long between messages but never dribble a frame.
     Timeouts are the kernel's (``SO_RCVTIMEO``): no extra ``poll`` per read.
+
+    Attributes:
+        segment: The shared memory segment ``GYMS`` frames take their data section from
+            (a client's, once attached); None refuses such frames.
     """
 
     def __init__(self, sock: socket.socket, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE):
         self.sock = sock
         self.max_message_size = max_message_size
+        self.segment: Any = None
         self._pending = b""
         self._receive_timeout: Optional[float] = None
         self._scratch = bytearray(_RECEIVE_CHUNK)
@@ -429,7 +456,8 @@ class MessageReader:
             while len(buffer) < PREFIX.size:
                 buffer += self._recv_chunk(started=True, deadline=deadline)
         magic, header_length, data_length = PREFIX.unpack_from(buffer)
-        if magic != MAGIC:
+        shared = magic == MAGIC_SHARED and self.segment is not None
+        if magic != MAGIC and not shared:
             raise ProtocolError(f"not a gym-remote frame (bad magic {bytes(magic)!r})")
         body_length = header_length + data_length
         if body_length > self.max_message_size:
@@ -437,7 +465,8 @@ class MessageReader:
                 f"a {body_length}-byte message exceeds the maximum message size "
                 f"of {self.max_message_size} bytes"
             )
-        end = PREFIX.size + body_length
+        on_socket = header_length if shared else body_length
+        end = PREFIX.size + on_socket
         # The body starts `padding` bytes into its buffer so that the data section (and so
         # every array in it) is 8-byte aligned in memory.
         padding = -header_length % DATA_ALIGNMENT
@@ -446,9 +475,14 @@ class MessageReader:
         view[:have] = buffer[PREFIX.size : PREFIX.size + have]
         if len(buffer) > end:
             self._pending = bytes(buffer[end:])
-        if have < body_length:
+        if have < on_socket:
             self._set_timeout(read_timeout)
-            self._recv_into(view[have:], deadline)
+            self._recv_into(view[have:on_socket], deadline)
+        if shared:
+            try:
+                self.segment.read_into(view[header_length:])
+            except ValueError as error:
+                raise ProtocolError(f"shared memory frame: {error}") from None
         return view[:header_length], view[header_length:]
 
     def _set_timeout(self, seconds: Optional[float]) -> None:

@@ -25,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from gym_remote import sharedmem
 from gym_remote.errors import (
     EnvNotFound,
     InvalidCall,
@@ -36,7 +37,7 @@ from gym_remote.errors import (
     SimulatorUnavailable,
     UnsupportedValue,
 )
-from gym_remote.protocol import IdleTimeout, MessageReader, PeerClosed, encode_frame, send_buffers
+from gym_remote.protocol import IdleTimeout, MessageReader, PeerClosed, encode_frame, send_frame
 from gym_remote.spaces import encode_space
 
 __all__ = ["WorkerState", "WorkerSession", "main", "WORKER_STARTED"]
@@ -74,6 +75,10 @@ class WorkerSession:
         self.imports = list(settings.get("imports", []))
         self.state = WorkerState.MADE
         self.env: Optional[gym.Env] = None
+        self.max_message_size = int(settings["max_message_size"])
+        # The same-host fast path: offered when the client asks, used once it has attached.
+        self.offered_segment: Optional[sharedmem.SharedSegment] = None
+        self.segment: Optional[sharedmem.SharedSegment] = None
         self._handlers: Dict[str, Callable[[Dict[str, Any]], Any]] = {
             "reset": self._reset,
             "step": self._step,
@@ -83,6 +88,7 @@ class WorkerSession:
             "call": self._call,
             "setattr": self._setattr,
             "ping": lambda request: None,
+            "use_shared_memory": self._use_shared_memory,
             "close": self._close,
         }
 
@@ -93,6 +99,9 @@ class WorkerSession:
         except Exception as error:
             self._reply_error(error)
             return
+        if self.request.get("shared_memory") and sharedmem.available():
+            self.offered_segment = sharedmem.SharedSegment.create(self.max_message_size)
+            description["shared_memory"] = self.offered_segment.offer()
         self._reply(description)
         while self.state is not WorkerState.CLOSED:
             try:
@@ -120,6 +129,8 @@ class WorkerSession:
                 continue
             self._reply(result)
         self._close_env()
+        if self.offered_segment is not None:
+            self.offered_segment.close()
 
     def _dispatch(self, request: Any) -> Any:
         if not isinstance(request, dict):
@@ -219,6 +230,11 @@ class WorkerSession:
             setattr(env.unwrapped, name, request.get("value"))
         return None
 
+    def _use_shared_memory(self, request: Dict[str, Any]) -> Any:
+        if self.offered_segment is None:
+            raise InvalidCall("use_shared_memory: this session offered no shared memory segment")
+        self.segment = self.offered_segment
+
     def _close(self, request: Dict[str, Any]) -> Any:
         self._close_env()
         return None
@@ -255,7 +271,7 @@ class WorkerSession:
 
     def _send(self, buffers: Any) -> None:
         try:
-            send_buffers(self.sock, buffers)
+            send_frame(self.sock, buffers, self.segment)
         except (OSError, RemoteTimeout):
             # The client is gone: nobody is left to serve.
             self.state = WorkerState.CLOSED
