@@ -187,7 +187,8 @@ class WorkerSession:
             "infos": [],
             "observations": [] if keep_observations else None,
         }
-        for index, action in enumerate(request.get("actions") or ()):
+        actions = request.get("actions")
+        for index, action in enumerate(() if actions is None else actions):
             _check_action(env, action, f"actions[{index}]")
             observation, reward, terminated, truncated, info = env.step(action)
             result["observation"] = observation

@@ -9,6 +9,7 @@ import msgpack
 import numpy as np
 import pytest
 from gymnasium.spaces import GraphInstance
+from gymnasium.utils.env_checker import data_equivalence
 
 from gym_remote.errors import MessageTooLarge, ProtocolError, UnsupportedValue
 from gym_remote.protocol import (
@@ -20,8 +21,10 @@ from gym_remote.protocol import (
     decode_frame,
     encode_bytes,
     encode_frame,
+    send_frame,
     send_message,
 )
+from gym_remote.sharedmem import SharedSegment
 
 
 def round_trip(value, allow_pickle=False):
@@ -165,6 +168,7 @@ def _receive_raw(frame: bytes, max_message_size: int = 1 << 20, close: bool = Tr
         _frame(msgpack.packb(msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["<f8", [-1], 0, 8]))), bytes(8)),
         _frame(msgpack.packb(msgpack.ExtType(EXT_NDARRAY, msgpack.packb("nonsense")))),
         _frame(msgpack.packb(msgpack.ExtType(99, b""))),
+        PREFIX.pack(b"GYMS", 1, 1 << 20) + b"\xc0",  # shared memory data, but no segment here
     ],
     ids=[
         "http",
@@ -175,6 +179,7 @@ def _receive_raw(frame: bytes, max_message_size: int = 1 << 20, close: bool = Tr
         "negative-shape",
         "bad-descriptor",
         "unknown-extension",
+        "shared-without-segment",
     ],
 )
 def test_garbage_gives_protocol_error(frame):
@@ -292,3 +297,34 @@ def test_whole_frames_as_bytes_round_trip_and_refuse_anything_else():
     for broken in (data[:10], data[:-1], data + b"\0", b"XXXX" + data[4:]):
         with pytest.raises(ProtocolError):
             decode_bytes(broken)
+
+
+def test_a_frame_through_a_shared_segment_equals_one_on_the_socket():
+    value = {"image": np.arange(3 * 1 << 18, dtype=np.uint16).reshape(3, -1), "small": np.ones(3)}
+    writer = SharedSegment.create(limit=1 << 30)  # starts at 1 MiB: this 1.5 MB frame grows it
+    reader_segment = SharedSegment.attach(writer.offer())
+    left, right = socket.socketpair()
+    try:
+        reader = MessageReader(right)
+        reader.segment = reader_segment
+        for _ in range(2):
+            send_frame(left, encode_frame(value), writer)
+            received = reader.receive(5.0)
+            assert data_equivalence(received, value, exact=True)
+            assert received["image"].flags.writeable
+    finally:
+        left.close()
+        right.close()
+        reader_segment.close()
+        writer.close()
+
+
+def test_a_segment_opened_at_the_wrong_place_is_refused():
+    writer = SharedSegment.create(limit=1 << 30)
+    try:
+        with pytest.raises(ValueError, match="not the offered segment"):
+            SharedSegment.attach(dict(writer.offer(), token="00" * 16))
+        with pytest.raises(OSError):
+            SharedSegment.attach(dict(writer.offer(), fd=9999))
+    finally:
+        writer.close()
