@@ -100,8 +100,11 @@ class WorkerSession:
             self._reply_error(error)
             return
         if self.request.get("shared_memory") and sharedmem.available():
-            self.offered_segment = sharedmem.SharedSegment.create(self.max_message_size)
-            description["shared_memory"] = self.offered_segment.offer()
+            try:
+                self.offered_segment = sharedmem.SharedSegment.create(self.max_message_size)
+                description["shared_memory"] = self.offered_segment.offer()
+            except OSError as error:  # a sandbox without memfd: the socket carries everything
+                print(f"gym-remote worker: no shared memory segment ({error})", file=sys.stderr)
         self._reply(description)
         while self.state is not WorkerState.CLOSED:
             try:
