@@ -14,6 +14,7 @@ Run: ``python -m benchmarks.vector [--steps N]``.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Callable
 
@@ -50,8 +51,16 @@ def vectorizers(env_id: str, address: str) -> dict[str, Callable[[], gym.vector.
     def local_factory() -> gym.Env:
         return gym.make(env_id)
 
+    def socket_only() -> gym.vector.VectorEnv:
+        os.environ["GYM_REMOTE_SHARED_MEMORY"] = "0"  # read when the sessions' configs are made
+        try:
+            return gym_remote.RemoteVectorEnv(env_id, NUM_ENVS, address=address)
+        finally:
+            del os.environ["GYM_REMOTE_SHARED_MEMORY"]
+
     return {
         "RemoteVectorEnv": lambda: gym_remote.RemoteVectorEnv(env_id, NUM_ENVS, address=address),
+        "RemoteVectorEnv, socket only": socket_only,
         "AsyncVectorEnv over RemoteEnv": lambda: gym.vector.AsyncVectorEnv(
             [remote_factory] * NUM_ENVS, context="forkserver"
         ),
