@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import selectors
 from concurrent.futures import ThreadPoolExecutor
-from copy import deepcopy
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -319,10 +318,15 @@ class RemoteVectorEnv(VectorEnv):
     # ----------------------------------------------------------------- helpers
 
     def _batched_observations(self) -> Any:
-        self._observations = concatenate(
-            self.single_observation_space, self._env_observations, self._observations
+        # With copy, each batch is new memory the observations go straight into (one copy, where
+        # concatenating into a kept batch and deep-copying it would be two).
+        batch = (
+            create_empty_array(self.single_observation_space, n=self.num_envs, fn=np.empty)
+            if self.copy
+            else self._observations
         )
-        return deepcopy(self._observations) if self.copy else self._observations
+        self._observations = concatenate(self.single_observation_space, self._env_observations, batch)
+        return self._observations
 
     def _exchange(self, requests: dict[int, tuple[str, dict[str, Any]]]) -> dict[int, Any]:
         """Sends every request, then gathers every reply; the first failure is raised after all replies."""

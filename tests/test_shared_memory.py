@@ -78,7 +78,6 @@ def test_vector_envs_use_it_too(server):
 
 
 def test_no_segment_remains_after_close(start_server):
-    before = set(os.listdir("/dev/shm"))
     server = start_server("--import", "gym_remote.testing")
     env = RemoteEnv(IMAGE_ENV, address=server.address)
     env.reset(seed=0)
@@ -87,7 +86,8 @@ def test_no_segment_remains_after_close(start_server):
     env.close()
     assert mapped_segments() == 0
     assert all_gone({worker}), "the worker, the segment's last holder, did not end"
-    assert set(os.listdir("/dev/shm")) == before  # anonymous segments never appear there
+    # Segments are anonymous: none ever has a name in /dev/shm (other tests' semaphores come and go).
+    assert not [name for name in os.listdir("/dev/shm") if "gym" in name]
 
 
 def test_no_segment_remains_after_the_worker_is_killed(start_server):
