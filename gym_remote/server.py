@@ -9,6 +9,7 @@ its own session.
 
 from __future__ import annotations
 
+import collections
 import fnmatch
 import hmac
 import importlib
@@ -55,7 +56,31 @@ _WORKER_STOP_GRACE_SECONDS = 5.0
 _TASK_LIST_TIMEOUT_SECONDS = 120
 # Starting an interpreter and importing gymnasium and numpy takes a second or two on a busy machine.
 _WORKER_START_TIMEOUT_SECONDS = 60
+_STDERR_LINES_KEPT = 20
 REMOTE_NAMESPACE = "remote/"
+
+
+class _StderrRelay:
+    """Passes a worker's stderr on to the server's, keeping its last lines for error messages."""
+
+    def __init__(self, pipe: Any) -> None:
+        self._pipe = pipe
+        self._last_lines: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES_KEPT)
+        self._thread = threading.Thread(target=self._relay, daemon=True)
+        self._thread.start()
+
+    def last_line(self, timeout: float) -> str:
+        """The last line the worker wrote, once its stderr ended (or ``timeout`` passed)."""
+        self._thread.join(timeout)
+        lines = [line for line in self._last_lines if line.strip()]
+        return lines[-1].strip() if lines else ""
+
+    def _relay(self) -> None:
+        with self._pipe:
+            for raw in self._pipe:
+                self._last_lines.append(raw.decode(errors="replace"))
+                sys.stderr.buffer.write(raw)
+                sys.stderr.flush()
 
 
 @dataclass
@@ -64,6 +89,7 @@ class _Worker:
     env_id: str
     process: subprocess.Popen
     control: socket.socket
+    stderr: _StderrRelay
 
 
 class Server:
@@ -288,13 +314,14 @@ class Server:
                         str(self.config.read_timeout),
                     ],
                     pass_fds=fds,
+                    stderr=subprocess.PIPE,
                 )
             except OSError as error:
                 parent_control.close()
                 raise WorkerCrashed(f"could not start a worker with {python}: {error}") from None
             finally:
                 child_control.close()
-            worker = _Worker(session_id, env_id, process, parent_control)
+            worker = _Worker(session_id, env_id, process, parent_control, _StderrRelay(process.stderr))
             self._workers[session_id] = worker
         try:
             send_message(
@@ -338,9 +365,10 @@ class Server:
         except subprocess.TimeoutExpired:
             worker.process.kill()
             code = worker.process.wait()
+        said = worker.stderr.last_line(_WORKER_STOP_GRACE_SECONDS) or "it wrote nothing to stderr"
         raise WorkerCrashed(
-            f"the worker for {worker.env_id} could not start with {python} (exit code {code}; the "
-            "server's log has its error). If it runs in a simulator venv, `gym-remote setup NAME` repairs it."
+            f"the worker for {worker.env_id} could not start with {python} (exit code {code}: {said}). "
+            "If it runs in a simulator venv, `gym-remote setup NAME` repairs it."
         )
 
     def _watch_worker(self, worker: _Worker) -> None:

@@ -160,7 +160,10 @@ def test_a_worker_that_cannot_start_is_reported_to_its_client(start_server, tmp_
     broken.write_text("#!/bin/sh\necho 'no module named gym_remote' >&2\nexit 3\n")
     broken.chmod(0o755)
     server = start_server("--python", f"Pendulum-*={broken}")
-    with pytest.raises(gym_remote.WorkerCrashed, match=r"could not start .*exit code 3.*gym-remote setup"):
+    with pytest.raises(
+        gym_remote.WorkerCrashed,
+        match=r"could not start .*exit code 3: no module named gym_remote.*gym-remote setup",
+    ):
         gym_remote.RemoteEnv("Pendulum-v1", address=server.address).reset()
     env = gym_remote.RemoteEnv("CartPole-v1", address=server.address)
     env.reset()
