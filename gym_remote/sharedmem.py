@@ -92,13 +92,16 @@ class SharedSegment:
         return {"pid": os.getpid(), "fd": self.fd, "token": self.token.hex()}
 
     def write(self, chunks: List[Any], nbytes: int) -> bool:
-        """Lays a data section's chunks out as on the wire; False when it is above the limit."""
+        """Lays a data section's chunks out as on the wire; False when it cannot (too large)."""
         if nbytes > self.limit:
             return False
         if _DATA_START + nbytes > len(self._map):
             size = max(2 * len(self._map), _DATA_START + nbytes)
-            os.ftruncate(self.fd, size)
-            self._map_size(size)
+            try:
+                os.ftruncate(self.fd, size)
+                self._map_size(size)
+            except OSError:  # no memory for a larger segment: this reply takes the socket
+                return False
         position = _DATA_START
         for chunk in chunks:
             view = _byte_view(chunk)
@@ -124,9 +127,10 @@ class SharedSegment:
             os.close(self.fd)
 
     def _map_size(self, size: int) -> None:
+        """Maps ``size`` bytes; the old mapping stays in use if the new one cannot be made."""
+        mapping = mmap.mmap(self.fd, size, access=mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_READ)
         if self._map is not None:
             self._bytes = None
             self._map.close()
-        access = mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_READ
-        self._map = mmap.mmap(self.fd, size, access=access)
-        self._bytes = np.frombuffer(self._map, dtype=np.uint8)
+        self._map = mapping
+        self._bytes = np.frombuffer(mapping, dtype=np.uint8)

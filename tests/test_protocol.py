@@ -328,3 +328,20 @@ def test_a_segment_opened_at_the_wrong_place_is_refused():
             SharedSegment.attach(dict(writer.offer(), fd=9999))
     finally:
         writer.close()
+
+
+def test_a_segment_that_cannot_grow_sends_the_reply_on_the_socket(monkeypatch):
+    writer = SharedSegment.create(limit=1 << 30)
+    try:
+        large = np.ones(1 << 21, dtype=np.uint8)  # 2 MiB: more than the first 1 MiB
+
+        def no_memory(fd, size):
+            raise OSError(12, "Cannot allocate memory")
+
+        with monkeypatch.context() as patch:
+            patch.setattr("gym_remote.sharedmem.os.ftruncate", no_memory)
+            assert writer.write([large], large.nbytes) is False
+        small = np.full(1 << 16, 7, dtype=np.uint8)
+        assert writer.write([small], small.nbytes) is True  # the segment still works
+    finally:
+        writer.close()
