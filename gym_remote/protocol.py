@@ -352,7 +352,9 @@ def send_frame(sock: socket.socket, buffers: List[Any], segment: Any = None) -> 
     """
     if segment is not None:
         _, header_length, data_length = PREFIX.unpack(buffers[0])
-        if data_length >= MINIMUM_SHARED_BYTES and segment.write(buffers[2:], data_length):
+        if data_length >= MINIMUM_SHARED_BYTES and segment.write(
+            [_byte_view(chunk) for chunk in buffers[2:]], data_length
+        ):
             send_buffers(sock, [PREFIX.pack(MAGIC_SHARED, header_length, data_length), buffers[1]])
             return
     send_buffers(sock, buffers)

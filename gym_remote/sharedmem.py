@@ -32,12 +32,6 @@ def available() -> bool:
     return sys.platform.startswith("linux") and hasattr(os, "memfd_create")
 
 
-def _byte_view(chunk: Any) -> np.ndarray:
-    if isinstance(chunk, np.ndarray):
-        return chunk.reshape(-1).view(np.uint8)
-    return np.frombuffer(chunk, dtype=np.uint8)
-
-
 class SharedSegment:
     """One session's segment: the worker writes data sections, the client reads them.
 
@@ -92,7 +86,7 @@ class SharedSegment:
         return {"pid": os.getpid(), "fd": self.fd, "token": self.token.hex()}
 
     def write(self, chunks: List[Any], nbytes: int) -> bool:
-        """Lays a data section's chunks out as on the wire; False when it cannot (too large)."""
+        """Lays a data section's chunks (1-D byte buffers) out as on the wire; False when it cannot."""
         if nbytes > self.limit:
             return False
         if _DATA_START + nbytes > len(self._map):
@@ -104,9 +98,8 @@ class SharedSegment:
                 return False
         position = _DATA_START
         for chunk in chunks:
-            view = _byte_view(chunk)
-            self._bytes[position : position + view.size] = view
-            position += view.size
+            self._bytes[position : position + chunk.nbytes] = chunk
+            position += chunk.nbytes
         return True
 
     def read_into(self, destination: memoryview) -> None:
