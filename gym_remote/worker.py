@@ -70,12 +70,12 @@ class WorkerSession:
         idle_timeout = float(settings["idle_timeout"])
         self.idle_timeout = idle_timeout if idle_timeout > 0 else None
         self.read_timeout = float(settings["read_timeout"])
-        self.reader = MessageReader(sock, int(settings["max_message_size"]))
         self.request = settings["request"]
         self.imports = list(settings.get("imports", []))
         self.state = WorkerState.MADE
         self.env: Optional[gym.Env] = None
         self.max_message_size = int(settings["max_message_size"])
+        self.reader = MessageReader(sock, self.max_message_size)
         # The same-host fast path: offered when the client asks, used once it has attached.
         self.offered_segment: Optional[sharedmem.SharedSegment] = None
         self.segment: Optional[sharedmem.SharedSegment] = None

@@ -49,7 +49,7 @@ def _image_key(path: tuple[str, ...]) -> str:
     return "_".join(path[1:] if len(path) > 1 and path[0] == "pixels" else path)
 
 
-def _value_at(observation: Any, path: tuple[str, ...]) -> Any:
+def _at(observation: Any, path: tuple[str, ...]) -> Any:
     for key in path:
         observation = observation[int(key)] if isinstance(observation, (tuple, list)) else observation[key]
     return observation
@@ -61,19 +61,19 @@ class LeRobotObservations(gym.ObservationWrapper):
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
         leaves = _leaves(env.observation_space)
-        self.image_paths = [path for path, space in leaves if _is_image(space)]
-        self.state_paths = [path for path, space in leaves if not _is_image(space)]
+        images = {path: space for path, space in leaves if _is_image(space)}
+        states = {path: space for path, space in leaves if not _is_image(space)}
+        self.image_paths = list(images)
+        self.state_paths = list(states)
         observation_spaces: dict[str, gym.Space] = {}
         if self.image_paths == [()]:
             observation_spaces["pixels"] = env.observation_space
-        elif self.image_paths:
+        elif images:
             observation_spaces["pixels"] = spaces.Dict(
-                {_image_key(path): _space_at(env.observation_space, path) for path in self.image_paths}
+                {_image_key(path): space for path, space in images.items()}
             )
-        if self.state_paths:
-            size = sum(
-                int(np.prod(_space_at(env.observation_space, path).shape)) for path in self.state_paths
-            )
+        if states:
+            size = sum(int(np.prod(space.shape)) for space in states.values())
             observation_spaces["agent_pos"] = spaces.Box(-np.inf, np.inf, (size,), np.float32)
         self.observation_space = spaces.Dict(observation_spaces)
 
@@ -82,19 +82,11 @@ class LeRobotObservations(gym.ObservationWrapper):
         if self.image_paths == [()]:
             result["pixels"] = observation
         elif self.image_paths:
-            result["pixels"] = {_image_key(path): _value_at(observation, path) for path in self.image_paths}
+            result["pixels"] = {_image_key(path): _at(observation, path) for path in self.image_paths}
         if self.state_paths:
-            parts = [
-                np.asarray(_value_at(observation, path), np.float32).ravel() for path in self.state_paths
-            ]
+            parts = [np.asarray(_at(observation, path), np.float32).ravel() for path in self.state_paths]
             result["agent_pos"] = np.concatenate(parts)
         return result
-
-
-def _space_at(space: gym.Space, path: tuple[str, ...]) -> gym.Space:
-    for key in path:
-        space = space.spaces[int(key)] if isinstance(space, spaces.Tuple) else space.spaces[key]
-    return space
 
 
 def features_of(
