@@ -2,11 +2,11 @@
 
 8 envs of CartPole-v1 and 8 of the 393 KB image env (two 256x256x3 uint8 images and a state),
 stepped with random actions through: ``RemoteVectorEnv`` (one client process, send to all then
-gather), ``AsyncVectorEnv`` over ``RemoteEnv``, and Gymnasium's local
-``AsyncVectorEnv(shared_memory=True)`` and ``SyncVectorEnv``. Plus 2 LIBERO sessions in parallel
-against 1 (when ``gym-remote setup libero`` was run). Targets: RemoteVectorEnv at least 1.5x the
-local AsyncVectorEnv's env-steps/s on both workloads; 2 LIBERO sessions at least 1.8x one.
-Results go to docs/benchmarks.md.
+gather; one env per worker, then 4 per worker), ``AsyncVectorEnv`` over ``RemoteEnv``, and
+Gymnasium's local ``AsyncVectorEnv(shared_memory=True)`` and ``SyncVectorEnv``. Plus 2 LIBERO
+sessions in parallel against 1 (when ``gym-remote setup libero`` was run). Targets:
+RemoteVectorEnv at least 1.5x the local AsyncVectorEnv's env-steps/s on both workloads; 2 LIBERO
+sessions at least 1.8x one. Results go to docs/benchmarks.md.
 
 Run: ``python -m benchmarks.vector [--steps N]``.
 """
@@ -26,6 +26,7 @@ from benchmarks.common import machine_line, record
 from gym_remote.testing import ServerProcess
 
 NUM_ENVS = 8
+ENVS_PER_WORKER = 4  # 8 envs in 2 workers: one per core here
 WORKLOADS = {"CartPole-v1": "CartPole-v1", "image env (393 KB)": "gym_remote_testing/ImageEnv-v0"}
 
 
@@ -61,6 +62,9 @@ def vectorizers(env_id: str, address: str) -> dict[str, Callable[[], gym.vector.
     return {
         "RemoteVectorEnv": lambda: gym_remote.RemoteVectorEnv(env_id, NUM_ENVS, address=address),
         "RemoteVectorEnv, socket only": socket_only,
+        f"RemoteVectorEnv, {ENVS_PER_WORKER} envs per worker": lambda: gym_remote.RemoteVectorEnv(
+            env_id, NUM_ENVS, address=address, envs_per_worker=ENVS_PER_WORKER
+        ),
         "AsyncVectorEnv over RemoteEnv": lambda: gym.vector.AsyncVectorEnv(
             [remote_factory] * NUM_ENVS, context="forkserver"
         ),

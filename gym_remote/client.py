@@ -16,7 +16,7 @@ from gym_remote.addresses import parse_address
 from gym_remote.config import ClientConfig, resolve
 from gym_remote.connection import Connection
 from gym_remote.embedded import EmbeddedServer
-from gym_remote.errors import RemoteEnvError, ServerUnavailable, SessionClosed
+from gym_remote.errors import RemoteEnvError, ServerUnavailable, SessionClosed, VersionMismatch
 from gym_remote.registration import REMOTE_ENTRY_POINT
 from gym_remote.spaces import decode_space
 
@@ -340,13 +340,18 @@ class RemoteEnv(gym.Env):
             max_message_size=config.max_message_size,
         )
         self._connection.in_session = True
+        fields = self._make_fields()
         description = self._connection.request(
             "make",
-            env_id=self.env_id,
-            kwargs=self.env_kwargs,
-            render_mode=self.render_mode,
+            **fields,
             shared_memory=config.shared_memory and parsed.is_loopback and sharedmem.available(),
         )
+        if description.get("num_envs", 1) != fields.get("num_envs", 1):
+            raise VersionMismatch(
+                f"the server at {address} made {description.get('num_envs', 1)} env(s) where "
+                f"{fields.get('num_envs', 1)} were asked for: its gym-remote is older than "
+                "envs_per_worker; upgrade it there, or use envs_per_worker=1"
+            )
         if "shared_memory" in description:
             self._attach_shared_memory(description["shared_memory"])
         allow_pickle = self._connection.allow_pickle
@@ -358,6 +363,10 @@ class RemoteEnv(gym.Env):
             spec=description["spec"],
         )
         self.render_mode = self._remote.render_mode
+
+    def _make_fields(self) -> dict[str, Any]:
+        """The fields of the ``make`` request that say what to make."""
+        return {"env_id": self.env_id, "kwargs": self.env_kwargs, "render_mode": self.render_mode}
 
     def _attach_shared_memory(self, offer: dict[str, Any]) -> None:
         """Takes large replies through the worker's segment, unless it cannot be opened from here."""

@@ -49,6 +49,9 @@ class ServerConfig:
         "", "where `gym-remote setup` keeps simulator environments (empty: ~/.local/share/gym-remote)"
     )
     max_sessions: int = _option(64, "most sessions (worker processes) at once")
+    max_envs_per_session: int = _option(
+        32, "most envs one session's worker may host (RemoteVectorEnv's envs_per_worker)"
+    )
     idle_timeout: float = _option(600.0, "seconds a session may wait for its next call before it is ended")
     read_timeout: float = _option(30.0, "seconds a started message may take to arrive in full")
     max_message_size: int = _option(256 << 20, "largest message accepted, in bytes")

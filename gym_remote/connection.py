@@ -28,7 +28,7 @@ from gym_remote.protocol import (
 )
 from gym_remote.sharedmem import SharedSegment
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "error_from_wire"]
 
 # Errors after which the peer has closed (or will close) the connection.
 _FATAL_ERRORS = (SessionExpired, ProtocolError, VersionMismatch, WorkerCrashed)
@@ -103,7 +103,7 @@ class Connection:
             self.close()
             raise ProtocolError(f"reply to {op} is not a map")
         if "error" in reply:
-            error = _error_from_wire(reply["error"])
+            error = error_from_wire(reply["error"])
             if isinstance(error, _FATAL_ERRORS):
                 self.close()
             raise error
@@ -159,7 +159,8 @@ class Connection:
                 self._reader.segment = None
 
 
-def _error_from_wire(payload: Any) -> RemoteEnvError:
+def error_from_wire(payload: Any) -> RemoteEnvError:
+    """The typed error an ``{"error": ...}`` reply carries."""
     if not isinstance(payload, dict):
         return ProtocolError(f"malformed error reply {payload!r}")
     return error_from_code(

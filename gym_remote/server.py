@@ -287,6 +287,13 @@ class Server:
         reason = self._allowed_reason(env_id)
         if reason is not None:
             raise EnvNotAllowed(reason)
+        num_envs = request.get("num_envs", 1)
+        limit = self.config.max_envs_per_session
+        if type(num_envs) is not int or not 1 <= num_envs <= limit:
+            raise InvalidCall(
+                f"num_envs must be an integer from 1 to {limit} (the server's --max-envs-per-session), "
+                f"got {num_envs!r}"
+            )
         python = self._python_for(env_id)
         with self._lock:
             if self._stopping.is_set():

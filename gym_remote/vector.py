@@ -16,8 +16,9 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 
 from gym_remote.client import ChunkResult, RemoteEnv
 from gym_remote.config import ClientConfig, resolve
+from gym_remote.connection import error_from_wire
 from gym_remote.embedded import EmbeddedServer
-from gym_remote.errors import InvalidCall, RemoteEnvError
+from gym_remote.errors import InvalidCall, ProtocolError, RemoteEnvError
 
 __all__ = ["RemoteVectorEnv"]
 
@@ -34,8 +35,11 @@ class RemoteVectorEnv(VectorEnv):
         copy: Return copies of the batched observations (as ``SyncVectorEnv`` does).
         render_mode: Passed to every remote ``gym.make``.
         timeout, token, allow_pickle: As for :class:`~gym_remote.RemoteEnv`.
-        per_env_kwargs: One dict per session of keyword arguments for its ``gym.make`` (over
+        per_env_kwargs: One dict per env of keyword arguments for its ``gym.make`` (over
             ``env_kwargs``), for example a different LIBERO ``init_state_id`` each.
+        envs_per_worker: How many envs each session's worker process hosts (default 1). Light
+            envs run much faster several to a worker: one message steps them all, and fewer
+            processes share the cores. A crash ends every env of its worker.
         **env_kwargs: Keyword arguments of every remote ``gym.make``.
 
     Example:
@@ -57,11 +61,14 @@ class RemoteVectorEnv(VectorEnv):
         token: str | None = None,
         allow_pickle: bool | None = None,
         per_env_kwargs: Sequence[dict[str, Any]] | None = None,
+        envs_per_worker: int = 1,
         **env_kwargs: Any,
     ) -> None:
         super().__init__()
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        if envs_per_worker < 1:
+            raise ValueError(f"envs_per_worker must be at least 1, got {envs_per_worker}")
         per_env_kwargs = list(per_env_kwargs) if per_env_kwargs is not None else [{}] * num_envs
         if len(per_env_kwargs) != num_envs:
             raise ValueError(f"per_env_kwargs has {len(per_env_kwargs)} dicts for {num_envs} envs")
@@ -85,26 +92,46 @@ class RemoteVectorEnv(VectorEnv):
             self._embedded = EmbeddedServer.start(config.timeout, config.allow_pickle)
             addresses = [self._embedded.address]
         self.addresses = addresses
-        self.envs = [
-            RemoteEnv(
+        self.envs_per_worker = envs_per_worker
+        # Session number -> the indices of the envs its worker hosts, and env index -> (session, slot).
+        self._hosted = [
+            list(range(start, min(start + envs_per_worker, num_envs)))
+            for start in range(0, num_envs, envs_per_worker)
+        ]
+        self._placement = [
+            (number, slot) for number, hosted in enumerate(self._hosted) for slot in range(len(hosted))
+        ]
+        arguments = {
+            "render_mode": render_mode,
+            "timeout": timeout,
+            "token": token,
+            "allow_pickle": allow_pickle,
+        }
+        self.sessions: list[RemoteEnv] = [
+            _HostingSession(
                 env_id,
-                address=addresses[index % len(addresses)],
-                render_mode=render_mode,
-                timeout=timeout,
-                token=token,
-                allow_pickle=allow_pickle,
-                **{**env_kwargs, **per_env_kwargs[index]},
+                [per_env_kwargs[index] for index in hosted],
+                address=addresses[number % len(addresses)],
+                **arguments,
+                **env_kwargs,
             )
-            for index in range(num_envs)
+            if len(hosted) > 1
+            else RemoteEnv(
+                env_id,
+                address=addresses[number % len(addresses)],
+                **arguments,
+                **{**env_kwargs, **per_env_kwargs[hosted[0]]},
+            )
+            for number, hosted in enumerate(self._hosted)
         ]
         try:
             # Making an env can take seconds (LIBERO: about ten): make them all at once.
-            with ThreadPoolExecutor(max_workers=min(num_envs, 32)) as pool:
-                list(pool.map(lambda env: env.observation_space, self.envs))
+            with ThreadPoolExecutor(max_workers=min(len(self.sessions), 32)) as pool:
+                list(pool.map(lambda session: session.observation_space, self.sessions))
         except BaseException:
             self.close()
             raise
-        first = self.envs[0]
+        first = self.sessions[0]
         self.metadata = dict(first.metadata, autoreset_mode=self.autoreset_mode)
         self.render_mode = first.render_mode
         self.single_observation_space = first.observation_space
@@ -117,7 +144,8 @@ class RemoteVectorEnv(VectorEnv):
         self._terminations = np.zeros((num_envs,), dtype=np.bool_)
         self._truncations = np.zeros((num_envs,), dtype=np.bool_)
         self._autoreset_envs = np.zeros((num_envs,), dtype=np.bool_)
-        self._pending: dict[int, str] = {}
+        # Session number -> the (env index, op) pairs of the request in flight there.
+        self._pending: dict[int, list[tuple[int, str]]] = {}
 
     # ----------------------------------------------------------------- the VectorEnv API
 
@@ -136,8 +164,6 @@ class RemoteVectorEnv(VectorEnv):
         self._truncations[mask] = False
         self._autoreset_envs[mask] = False
         indices = [index for index in range(self.num_envs) if mask[index]]
-        for index in indices:
-            self.envs[index]._seed_locally(seeds[index])
         replies = self._exchange(
             {index: ("reset", {"seed": seeds[index], "options": options}) for index in indices}
         )
@@ -223,8 +249,8 @@ class RemoteVectorEnv(VectorEnv):
 
     def close_extras(self, **kwargs: Any) -> None:
         """Closes every session, then the private server if this vector env started one."""
-        for env in getattr(self, "envs", []):
-            env.close()
+        for session in getattr(self, "sessions", []):
+            session.close()
         if self._embedded is not None:
             self._embedded.stop()
             self._embedded = None
@@ -270,16 +296,19 @@ class RemoteVectorEnv(VectorEnv):
             InvalidCall: an env already has a call in flight.
         """
         env_ids = list(range(self.num_envs)) if env_ids is None else [int(index) for index in env_ids]
-        busy = [index for index in env_ids if index in self._pending]
+        busy = [index for index in env_ids if self._placement[index][0] in self._pending]
         if busy:
-            raise InvalidCall(f"sub-envs {busy} already have a step in flight: recv() it first")
-        for action, index in zip(actions, env_ids):
-            op, fields = (
-                ("reset", {"seed": None, "options": None})
-                if self._autoreset_envs[index]
-                else ("step", {"action": action})
+            raise InvalidCall(
+                f"sub-envs {busy} already have a step in flight (theirs or their worker's): recv() it first"
             )
-            self._send(index, op, fields)
+        requests = {
+            index: ("reset", {"seed": None, "options": None})
+            if self._autoreset_envs[index]
+            else ("step", {"action": action})
+            for action, index in zip(actions, env_ids)
+        }
+        for number, items in self._by_session(requests).items():
+            self._send(number, items)
 
     def recv(self, min_envs: int = 1, timeout: float | None = None) -> tuple[Any, ...]:
         """Returns the results of the sessions that are ready, waiting for at least ``min_envs``.
@@ -290,11 +319,16 @@ class RemoteVectorEnv(VectorEnv):
         """
         if not self._pending:
             raise InvalidCall("recv() without a step in flight: send() first")
-        ready = self._wait_ready(min(min_envs, len(self._pending)), timeout)
+        in_flight = sum(len(items) for items in self._pending.values())
+        ready_sessions = self._wait_ready(min(min_envs, in_flight), timeout)
+        ops = {index: op for number in ready_sessions for index, op in self._pending[number]}
+        replies: dict[int, Any] = {}
+        for number in ready_sessions:
+            replies.update(self._receive(number))
+        ready = sorted(replies)
         observations, rewards, terminations, truncations, infos_list = [], [], [], [], []
         for index in ready:
-            op = self._pending[index]
-            observation, reward, terminated, truncated, info = _as_step_result(op, self._receive(index))
+            observation, reward, terminated, truncated, info = _as_step_result(ops[index], replies[index])
             self._autoreset_envs[index] = terminated or truncated
             observations.append(observation)
             rewards.append(reward)
@@ -331,61 +365,107 @@ class RemoteVectorEnv(VectorEnv):
     def _exchange(self, requests: dict[int, tuple[str, dict[str, Any]]]) -> dict[int, Any]:
         """Sends every request, then gathers every reply; the first failure is raised after all replies."""
         if self._pending:
-            raise InvalidCall(f"sub-envs {sorted(self._pending)} have steps in flight: recv() them first")
+            pending = sorted(index for items in self._pending.values() for index, _ in items)
+            raise InvalidCall(f"sub-envs {pending} have steps in flight: recv() them first")
         first_error: RemoteEnvError | None = None
-        for index, (op, fields) in requests.items():
+        for number, items in self._by_session(requests).items():
             try:
-                self._send(index, op, fields)
+                self._send(number, items)
             except RemoteEnvError as error:
                 first_error = first_error or error
-        replies = {}
-        for index in list(self._pending):
+        replies: dict[int, Any] = {}
+        for number in list(self._pending):
             try:
-                replies[index] = self._receive(index)
+                replies.update(self._receive(number))
             except RemoteEnvError as error:
                 first_error = first_error or error
         if first_error is not None:
             raise first_error
         return replies
 
-    def _send(self, index: int, op: str, fields: dict[str, Any]) -> None:
-        try:
-            self.envs[index]._connect().send(op, **fields)
-        except RemoteEnvError as error:
-            raise self._named(index, error) from None
-        self._pending[index] = op
+    def _by_session(
+        self, requests: dict[int, tuple[str, dict[str, Any]]]
+    ) -> dict[int, list[tuple[int, str, dict[str, Any]]]]:
+        """Requests per env, grouped by the session whose worker hosts the env."""
+        grouped: dict[int, list[tuple[int, str, dict[str, Any]]]] = {}
+        for index, (op, fields) in requests.items():
+            grouped.setdefault(self._placement[index][0], []).append((index, op, fields))
+        return grouped
 
-    def _receive(self, index: int) -> Any:
-        op = self._pending.pop(index)
-        env = self.envs[index]
+    def _send(self, number: int, items: list[tuple[int, str, dict[str, Any]]]) -> None:
+        """Sends one session its envs' requests: as they are, or as one ``batch`` for a hosting session."""
+        session = self.sessions[number]
         try:
-            return env._connect().receive(op)
+            connection = session._connect()
+            if isinstance(session, _HostingSession):
+                slots = [self._placement[index][1] for index, _, _ in items]
+                batch = [{"op": op, "env": slot, **fields} for slot, (_, op, fields) in zip(slots, items)]
+                connection.send("batch", requests=batch)
+            else:
+                ((_, op, fields),) = items
+                connection.send(op, **fields)
         except RemoteEnvError as error:
-            env._note_failure(error)
-            raise self._named(index, error) from None
+            raise self._named([index for index, _, _ in items], error) from None
+        self._pending[number] = [(index, op) for index, op, _ in items]
 
-    def _named(self, index: int, error: RemoteEnvError) -> RemoteEnvError:
-        """The same error, saying which sub-env and where."""
-        where = f"sub-env {index} ({self.env_id} at {self.envs[index].config.address})"
+    def _receive(self, number: int) -> dict[int, Any]:
+        """The replies of a session's request in flight, per env; raises the first env's error."""
+        items = self._pending.pop(number)
+        session = self.sessions[number]
+        hosting = isinstance(session, _HostingSession)
+        try:
+            reply = session._connect().receive("batch" if hosting else items[0][1])
+        except RemoteEnvError as error:
+            session._note_failure(error)
+            raise self._named([index for index, _ in items], error) from None
+        if not hosting:
+            return {items[0][0]: reply}
+        if not isinstance(reply, list) or len(reply) != len(items):
+            raise self._named([index for index, _ in items], ProtocolError("malformed reply to batch"))
+        replies = {}
+        for (index, _), outcome in zip(items, reply):
+            if not isinstance(outcome, dict) or "ok" not in outcome:
+                error = outcome.get("error") if isinstance(outcome, dict) else outcome
+                raise self._named([index], error_from_wire(error))
+            replies[index] = outcome["ok"]
+        return replies
+
+    def _named(self, indices: list[int], error: RemoteEnvError) -> RemoteEnvError:
+        """The same error, saying which sub-env(s) and where."""
+        which = f"sub-env {indices[0]}" if len(indices) == 1 else f"sub-envs {indices}"
+        address = self.sessions[self._placement[indices[0]][0]].config.address
         return type(error)(
-            f"{where}: {error.message}",
+            f"{which} ({self.env_id} at {address}): {error.message}",
             remote_type=error.remote_type,
             remote_traceback=error.remote_traceback,
         )
 
     def _wait_ready(self, count: int, timeout: float | None) -> list[int]:
+        """The sessions whose replies have arrived, once they cover at least ``count`` envs."""
         with selectors.DefaultSelector() as selector:
-            for index in self._pending:
-                selector.register(self.envs[index]._connect().fileno(), selectors.EVENT_READ, index)
+            for number in self._pending:
+                selector.register(self.sessions[number]._connect().fileno(), selectors.EVENT_READ, number)
             ready: list[int] = []
-            while len(ready) < count:
+            while sum(len(self._pending[number]) for number in ready) < count:
                 events = selector.select(timeout)
                 if not events:
                     raise InvalidCall(f"no sub-env answered within {timeout} s")
                 for key, _ in events:
                     ready.append(key.data)
                     selector.unregister(key.fileobj)
-        return sorted(ready)
+        return ready
+
+
+class _HostingSession(RemoteEnv):
+    """A session whose worker hosts several of a vector env's envs (``make`` with ``num_envs``)."""
+
+    def __init__(self, env_id: str, per_env_kwargs: list[dict[str, Any]], **arguments: Any) -> None:
+        super().__init__(env_id, **arguments)
+        self.per_env_kwargs = per_env_kwargs
+
+    def _make_fields(self) -> dict[str, Any]:
+        fields = super()._make_fields()
+        return {**fields, "num_envs": len(self.per_env_kwargs), "per_env_kwargs": self.per_env_kwargs}
 
 
 def _as_step_result(op: str, reply: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:

@@ -9,7 +9,6 @@ This module runs inside simulator interpreters: it keeps to Python 3.8 and gymna
 """
 
 import argparse
-import enum
 import gc
 import importlib
 import os
@@ -19,7 +18,7 @@ import struct
 import sys
 import threading
 import traceback
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import gymnasium as gym
 import numpy as np
@@ -40,7 +39,7 @@ from gym_remote.errors import (
 from gym_remote.protocol import IdleTimeout, MessageReader, PeerClosed, encode_frame, send_frame
 from gym_remote.spaces import encode_space
 
-__all__ = ["WorkerState", "WorkerSession", "main", "WORKER_STARTED"]
+__all__ = ["WorkerSession", "main", "WORKER_STARTED", "ENV_OPS"]
 
 # Sent to the server on the control socket once the worker runs, before it makes the env.
 WORKER_STARTED = b"\x01"
@@ -52,16 +51,17 @@ _ENV_NOT_FOUND_ERRORS = tuple(
 )
 
 
-class WorkerState(enum.Enum):
-    """Where a session is in its life: env made, reset at least once, or closed."""
-
-    MADE = "made"
-    RUNNING = "running"
-    CLOSED = "closed"
+# The ops that act on one of the session's envs (field ``env``), and so may go in a ``batch``.
+ENV_OPS = frozenset(["reset", "step", "step_chunk", "render", "getattr", "call", "setattr"])
 
 
 class WorkerSession:
-    """Serves one client: makes its env, then answers its calls until close, EOF or idleness."""
+    """Serves one client: makes its env(s), then answers its calls until close, EOF or idleness.
+
+    A session usually hosts one env; a ``make`` with ``num_envs`` makes several (a remote vector
+    env's share), each addressed by the ``env`` field of a request and stepped together in a
+    ``batch``.
+    """
 
     def __init__(self, sock: socket.socket, settings: Mapping[str, Any]) -> None:
         self.sock = sock
@@ -72,8 +72,9 @@ class WorkerSession:
         self.read_timeout = float(settings["read_timeout"])
         self.request = settings["request"]
         self.imports = list(settings.get("imports", []))
-        self.state = WorkerState.MADE
-        self.env: Optional[gym.Env] = None
+        self.closed = False
+        self.envs: List[gym.Env] = []
+        self.reset_once: List[bool] = []  # per env: reset at least once, so it may step
         self.max_message_size = int(settings["max_message_size"])
         self.reader = MessageReader(sock, self.max_message_size)
         # The same-host fast path: offered when the client asks, used once it has attached.
@@ -87,17 +88,19 @@ class WorkerSession:
             "getattr": self._getattr,
             "call": self._call,
             "setattr": self._setattr,
+            "batch": self._batch,
             "ping": lambda request: None,
             "use_shared_memory": self._use_shared_memory,
             "close": self._close,
         }
 
     def run(self) -> None:
-        """Makes the env and serves calls; returns when the session is over."""
+        """Makes the env(s) and serves calls; returns when the session is over."""
         try:
             description = self._make()
         except Exception as error:
             self._reply_error(error)
+            self._close_envs()
             return
         if self.request.get("shared_memory") and sharedmem.available():
             try:
@@ -106,7 +109,7 @@ class WorkerSession:
             except OSError as error:  # a sandbox without memfd: the socket carries everything
                 print(f"gym-remote worker: no shared memory segment ({error})", file=sys.stderr)
         self._reply(description)
-        while self.state is not WorkerState.CLOSED:
+        while not self.closed:
             try:
                 request = self.reader.receive(self.idle_timeout, self.read_timeout, self.allow_pickle)
             except PeerClosed:
@@ -131,7 +134,7 @@ class WorkerSession:
                 self._reply_error(error)
                 continue
             self._reply(result)
-        self._close_env()
+        self._close_envs()
         if self.offered_segment is not None:
             self.offered_segment.close()
 
@@ -154,13 +157,18 @@ class WorkerSession:
         kwargs = dict(self.request.get("kwargs") or {})
         if self.request.get("render_mode") is not None:
             kwargs["render_mode"] = self.request["render_mode"]
-        try:
-            self.env = gym.make(env_id, **kwargs)
-        except _ENV_NOT_FOUND_ERRORS as error:
-            raise EnvNotFound(f"{error} (env id {env_id!r})") from None
-        except ImportError as error:
-            raise SimulatorUnavailable(f"{env_id} cannot be made with {sys.executable}: {error}") from None
-        description = describe_env(self.env, self.allow_pickle)
+        for own_kwargs in _per_env_kwargs(self.request):
+            try:
+                self.envs.append(gym.make(env_id, **{**kwargs, **own_kwargs}))
+            except _ENV_NOT_FOUND_ERRORS as error:
+                raise EnvNotFound(f"{error} (env id {env_id!r})") from None
+            except ImportError as error:
+                raise SimulatorUnavailable(
+                    f"{env_id} cannot be made with {sys.executable}: {error}"
+                ) from None
+            self.reset_once.append(False)
+        description = describe_env(self.envs[0], self.allow_pickle)
+        description["num_envs"] = len(self.envs)
         # A simulator's object graph is large and lives as long as the session: keep the cyclic
         # garbage collector from walking it again and again between steps.
         gc.collect()
@@ -168,19 +176,19 @@ class WorkerSession:
         return description
 
     def _reset(self, request: Dict[str, Any]) -> Any:
-        env = self._require_env()
+        index, env = self._env(request)
         observation, info = env.reset(seed=request.get("seed"), options=request.get("options"))
-        self.state = WorkerState.RUNNING
+        self.reset_once[index] = True
         return [observation, info]
 
     def _step(self, request: Dict[str, Any]) -> Any:
-        env = self._running_env("step")
+        env = self._running_env(request, "step")
         action = request.get("action")
         _check_action(env, action, "action")
         return list(env.step(action))
 
     def _step_chunk(self, request: Dict[str, Any]) -> Any:
-        env = self._running_env("step_chunk")
+        env = self._running_env(request, "step_chunk")
         keep_observations = bool(request.get("all_observations"))
         result: Dict[str, Any] = {
             "observation": None,
@@ -206,12 +214,12 @@ class WorkerSession:
         return result
 
     def _render(self, request: Dict[str, Any]) -> Any:
-        return self._require_env().render()
+        return self._env(request)[1].render()
 
     def _getattr(self, request: Dict[str, Any]) -> Any:
         name = _attribute_name(request)
         try:
-            value = _get_attribute(self._require_env(), name)
+            value = _get_attribute(self._env(request)[1], name)
         except AttributeError:
             return {"found": False}
         if callable(value):
@@ -220,19 +228,37 @@ class WorkerSession:
 
     def _call(self, request: Dict[str, Any]) -> Any:
         name = _attribute_name(request)
-        value = _get_attribute(self._require_env(), name)
+        value = _get_attribute(self._env(request)[1], name)
         if not callable(value):
             return value
         return value(*request.get("args", ()), **request.get("kwargs", {}))
 
     def _setattr(self, request: Dict[str, Any]) -> Any:
         name = _attribute_name(request)
-        env = self._require_env()
+        env = self._env(request)[1]
         if hasattr(env, "set_wrapper_attr"):
             env.set_wrapper_attr(name, request.get("value"))
         else:
             setattr(env.unwrapped, name, request.get("value"))
         return None
+
+    def _batch(self, request: Dict[str, Any]) -> Any:
+        """Runs several env requests in order; each gets its own ``{"ok": ...}`` or ``{"error": ...}``."""
+        requests = request.get("requests")
+        if not isinstance(requests, list):
+            raise InvalidCall(f"batch needs a list of requests, got {type(requests).__name__}")
+        outcomes = []
+        for position, item in enumerate(requests):
+            try:
+                if not isinstance(item, dict) or item.get("op") not in ENV_OPS:
+                    raise InvalidCall(
+                        f"batch request {position} must be a map whose op is one of "
+                        + ", ".join(sorted(ENV_OPS))
+                    )
+                outcomes.append({"ok": self._dispatch(item)})
+            except Exception as error:
+                outcomes.append({"error": error_to_wire(error)})
+        return outcomes
 
     def _use_shared_memory(self, request: Dict[str, Any]) -> Any:
         if self.offered_segment is None:
@@ -240,27 +266,32 @@ class WorkerSession:
         self.segment = self.offered_segment
 
     def _close(self, request: Dict[str, Any]) -> Any:
-        self._close_env()
+        self._close_envs()
         return None
 
-    def _running_env(self, op: str) -> gym.Env:
-        env = self._require_env()
-        if self.state is not WorkerState.RUNNING:
+    def _running_env(self, request: Dict[str, Any], op: str) -> gym.Env:
+        index, env = self._env(request)
+        if not self.reset_once[index]:
             raise InvalidCall(f"call reset() before {op}()")
         return env
 
-    def _require_env(self) -> gym.Env:
-        if self.env is None or self.state is WorkerState.CLOSED:
+    def _env(self, request: Dict[str, Any]) -> Tuple[int, gym.Env]:
+        """The env a request addresses (field ``env``, default 0) and its index."""
+        if self.closed:
             raise InvalidCall("the env of this session is closed")
-        return self.env
+        index = request.get("env", 0)
+        if type(index) is not int or not 0 <= index < len(self.envs):
+            raise InvalidCall(f"env {index!r} is not one of this session's {len(self.envs)} envs")
+        return index, self.envs[index]
 
-    def _close_env(self) -> None:
-        if self.env is not None and self.state is not WorkerState.CLOSED:
-            self.state = WorkerState.CLOSED
-            try:
-                self.env.close()
-            except Exception:
-                traceback.print_exc()
+    def _close_envs(self) -> None:
+        if not self.closed:
+            self.closed = True
+            for env in self.envs:
+                try:
+                    env.close()
+                except Exception:
+                    traceback.print_exc()
 
     def _reply(self, result: Any) -> None:
         try:
@@ -278,7 +309,7 @@ class WorkerSession:
             send_frame(self.sock, buffers, self.segment)
         except (OSError, RemoteTimeout):
             # The client is gone: nobody is left to serve.
-            self.state = WorkerState.CLOSED
+            self._close_envs()
 
 
 def error_to_wire(error: BaseException) -> Dict[str, Any]:
@@ -375,6 +406,19 @@ def _check_action(env: gym.Env, action: Any, where: str) -> None:
     mismatch = describe_action_mismatch(env.action_space, action, where)
     if mismatch is not None:
         raise InvalidCall(f"{mismatch} does not fit action_space {env.action_space}")
+
+
+def _per_env_kwargs(request: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    """One dict of own keyword arguments per env a ``make`` asks for (``num_envs``, ``per_env_kwargs``)."""
+    count = request.get("num_envs", 1)
+    if type(count) is not int or count < 1:
+        raise InvalidCall(f"num_envs must be a positive integer, got {count!r}")
+    own = request.get("per_env_kwargs")
+    if own is None:
+        return [{}] * count
+    if not isinstance(own, list) or len(own) != count or not all(isinstance(item, dict) for item in own):
+        raise InvalidCall(f"per_env_kwargs must be a list of {count} maps")
+    return own
 
 
 def _attribute_name(request: Dict[str, Any]) -> str:

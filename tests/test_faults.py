@@ -372,3 +372,35 @@ def test_a_session_outlives_the_read_timeout(start_server):
         worker.wait(timeout=1.5)  # five read timeouts without a call: the worker must still run
     assert env.step(0)[0].shape == (4,)
     env.close()
+
+
+def test_each_request_of_a_batch_gets_its_own_answer_and_bad_ones_harm_nothing(server):
+    envs = gym_remote.RemoteVectorEnv("CartPole-v1", 2, address=server.address, envs_per_worker=2)
+    try:
+        connection = envs.sessions[0]._connect()
+        outcomes = connection.request(
+            "batch",
+            requests=[
+                {"op": "reset", "env": 1, "seed": 3},
+                {"op": "step", "env": 0, "action": 1},
+                {"op": "close"},
+                {"op": "batch", "requests": []},
+                "garbage",
+                {"op": "step", "env": 2, "action": 0},
+                {"op": "step", "env": 1, "action": 0},
+            ],
+        )
+        errors_by_item = [outcome.get("error", {}).get("message") for outcome in outcomes]
+        assert errors_by_item[0] is None and errors_by_item[6] is None
+        assert "call reset() before step()" in errors_by_item[1]
+        assert all("must be a map whose op is one of" in message for message in errors_by_item[2:5])
+        assert "env 2 is not one of this session's 2 envs" in errors_by_item[5]
+        expected, _ = gym.make("CartPole-v1").reset(seed=3)
+        assert np.array_equal(outcomes[0]["ok"][0], expected)
+        with pytest.raises(errors.InvalidCall, match="batch needs a list of requests"):
+            connection.request("batch", requests=None)
+        with pytest.raises(errors.InvalidCall, match="env -1 is not one of"):
+            connection.request("step", env=-1, action=0)
+        assert envs.reset(seed=0)[0].shape == (2, 4)  # the session goes on
+    finally:
+        envs.close()

@@ -34,13 +34,17 @@ def run_both(local, remote, steps, seed=5):
     return ended
 
 
+@pytest.mark.parametrize("envs_per_worker", [1, 2], ids=lambda count: f"{count}-per-worker")
 @pytest.mark.parametrize("mode", list(AutoresetMode), ids=lambda mode: mode.value)
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "gym_remote_testing/RichSpaces-v0"])
-def test_batches_equal_sync_vector_env(server, mode, env_id):
+def test_batches_equal_sync_vector_env(server, mode, env_id, envs_per_worker):
     import gym_remote.testing  # noqa: F401
 
     local = SyncVectorEnv([lambda: gym.make(env_id)] * NUM_ENVS, autoreset_mode=mode)
-    remote = RemoteVectorEnv(env_id, NUM_ENVS, address=server.address, autoreset_mode=mode)
+    # With 2 per worker, 3 envs make one worker hosting two (batched requests) and one plain session.
+    remote = RemoteVectorEnv(
+        env_id, NUM_ENVS, address=server.address, autoreset_mode=mode, envs_per_worker=envs_per_worker
+    )
     try:
         assert remote.metadata["autoreset_mode"] == mode
         assert remote.observation_space == local.observation_space
@@ -71,7 +75,7 @@ def test_spread_over_two_servers_and_one_going_away(start_server):
     first, second = start_server(), start_server()
     envs = RemoteVectorEnv("CartPole-v1", 4, address=[first.address, second.address])
     try:
-        assert [env.config.address for env in envs.envs] == [first.address, second.address] * 2
+        assert [env.config.address for env in envs.sessions] == [first.address, second.address] * 2
         envs.reset(seed=1)
         envs.step(np.zeros(4, np.int64))
         second.process.kill()
@@ -84,10 +88,13 @@ def test_spread_over_two_servers_and_one_going_away(start_server):
         envs.close()
 
 
-def test_a_failing_sub_env_is_named(server):
+@pytest.mark.parametrize("envs_per_worker", [1, 3])
+def test_a_failing_sub_env_is_named(server, envs_per_worker):
     import gym_remote.testing  # noqa: F401
 
-    envs = RemoteVectorEnv("gym_remote_testing/Faulty-v0", 3, address=server.address)
+    envs = RemoteVectorEnv(
+        "gym_remote_testing/Faulty-v0", 3, address=server.address, envs_per_worker=envs_per_worker
+    )
     try:
         envs.reset(seed=0)
         with pytest.raises(gym_remote.RemoteError, match="sub-env 2 .*the simulator exploded") as caught:
@@ -115,7 +122,8 @@ def test_call_get_attr_set_attr_render(server):
         envs.close()
 
 
-def test_per_env_kwargs_reach_each_session_over_the_shared_ones(server):
+@pytest.mark.parametrize("envs_per_worker", [1, 2])
+def test_per_env_kwargs_reach_each_env_over_the_shared_ones(server, envs_per_worker):
     import gym_remote.testing  # noqa: F401
 
     envs = RemoteVectorEnv(
@@ -124,8 +132,10 @@ def test_per_env_kwargs_reach_each_session_over_the_shared_ones(server):
         address=server.address,
         episode_length=9,
         per_env_kwargs=[{}, {"episode_length": 4}],
+        envs_per_worker=envs_per_worker,
     )
     try:
+        assert len(envs.sessions) == 3 - envs_per_worker
         assert envs.get_attr("episode_length") == (9, 4)
     finally:
         envs.close()
@@ -137,7 +147,7 @@ def test_private_server_for_all_sessions(monkeypatch):
     monkeypatch.delenv("GYM_REMOTE_ADDRESS", raising=False)
     envs = RemoteVectorEnv("CartPole-v1", 2)
     try:
-        assert len({env.config.address for env in envs.envs}) == 1
+        assert len({env.config.address for env in envs.sessions}) == 1
         assert envs.reset(seed=0)[0].shape == (2, 4)
     finally:
         envs.close()
@@ -182,8 +192,9 @@ def test_step_chunk_equals_single_steps_even_across_an_episode_end(server, chunk
         single.close()
 
 
-def test_vector_step_chunk(server):
-    envs = RemoteVectorEnv("CartPole-v1", 2, address=server.address)
+@pytest.mark.parametrize("envs_per_worker", [1, 2])
+def test_vector_step_chunk(server, envs_per_worker):
+    envs = RemoteVectorEnv("CartPole-v1", 2, address=server.address, envs_per_worker=envs_per_worker)
     single = [gym_remote.RemoteEnv("CartPole-v1", address=server.address) for _ in range(2)]
     try:
         envs.reset(seed=[10, 11])
@@ -206,8 +217,9 @@ def test_vector_step_chunk(server):
             env.close()
 
 
-def test_send_and_recv(server):
-    envs = RemoteVectorEnv("CartPole-v1", 3, address=server.address)
+@pytest.mark.parametrize("envs_per_worker", [1, 2])
+def test_send_and_recv(server, envs_per_worker):
+    envs = RemoteVectorEnv("CartPole-v1", 3, address=server.address, envs_per_worker=envs_per_worker)
     local = [gym.make("CartPole-v1") for _ in range(3)]
     try:
         envs.reset(seed=0)
@@ -216,8 +228,11 @@ def test_send_and_recv(server):
         envs.send(np.array([1, 0]), env_ids=[2, 0])
         with pytest.raises(gym_remote.InvalidCall, match="in flight"):
             envs.send(np.array([1]), env_ids=[0])
+        if envs_per_worker == 2:  # env 1 shares env 0's worker, whose reply is still to come
+            with pytest.raises(gym_remote.InvalidCall, match=r"sub-envs \[1\] .*in flight"):
+                envs.send(np.array([1]), env_ids=[1])
         observations, rewards, terminated, truncated, infos, env_ids = envs.recv(min_envs=2)
-        assert sorted(env_ids.tolist()) == [0, 2] and observations.shape == (2, 4)
+        assert env_ids.tolist() == [0, 2] and observations.shape == (2, 4)
         for position, index in enumerate(env_ids):
             expected = local[index].step(1 if index == 2 else 0)
             assert np.array_equal(observations[position], expected[0]) and rewards[position] == expected[1]
@@ -225,3 +240,31 @@ def test_send_and_recv(server):
             envs.recv()
     finally:
         envs.close()
+
+
+def test_a_crash_ends_every_env_of_its_worker_and_names_them(server):
+    import gym_remote.testing  # noqa: F401
+
+    envs = RemoteVectorEnv("gym_remote_testing/Faulty-v0", 4, address=server.address, envs_per_worker=2)
+    try:
+        envs.reset(seed=0)
+        with pytest.raises(gym_remote.WorkerCrashed, match=r"sub-envs \[2, 3\] "):
+            envs.step(np.array([-1, -1, -1, FAULTS.index("exit")]))
+        assert [session.state.value for session in envs.sessions] == ["active", "broken"]
+        with pytest.raises(gym_remote.SessionClosed, match=r"sub-envs \[2, 3\]"):
+            envs.step(np.array([-1, -1, -1, -1]))
+    finally:
+        envs.close()
+
+
+def test_the_server_limits_envs_per_worker(start_server):
+    server = start_server("--max-envs-per-session", "2")
+    with pytest.raises(gym_remote.InvalidCall, match="from 1 to 2 .*--max-envs-per-session.*got 3"):
+        RemoteVectorEnv("CartPole-v1", 3, address=server.address, envs_per_worker=3)
+    envs = RemoteVectorEnv("CartPole-v1", 3, address=server.address, envs_per_worker=2)
+    try:
+        assert envs.reset(seed=0)[0].shape == (3, 4)
+    finally:
+        envs.close()
+    with pytest.raises(ValueError, match="envs_per_worker must be at least 1"):
+        RemoteVectorEnv("CartPole-v1", 3, address=server.address, envs_per_worker=0)

@@ -69,7 +69,7 @@ def test_replies_larger_than_the_segment_grow_it(server):
 def test_vector_envs_use_it_too(server):
     envs = RemoteVectorEnv(IMAGE_ENV, 2, address=server.address)
     try:
-        assert all(env.uses_shared_memory for env in envs.envs)
+        assert all(env.uses_shared_memory for env in envs.sessions)
         envs.reset(seed=0)
         observations, *_ = envs.step(envs.action_space.sample())
         assert observations["pixels"]["image"][:, 0, 0, 0].tolist() == [1, 1]
