@@ -65,7 +65,8 @@ _MAX_SEND_BUFFERS = 512
 _RECEIVE_CHUNK = 1 << 16
 _POOLED_MINIMUM_BYTES = 1 << 16
 _POOL_SIZE = 4
-_NATIVE_TYPES = frozenset([type(None), bool, int, float, str, bytes])
+# bytearray travels as bytes (msgpack's bin), as the C packer sends it.
+_NATIVE_TYPES = frozenset([type(None), bool, int, float, str, bytes, bytearray])
 _ZERO_PADDING = bytes(DATA_ALIGNMENT)
 
 
@@ -107,14 +108,85 @@ def _thread_packers() -> Tuple[msgpack.Packer, msgpack.Packer]:
         return _thread_state.packers
 
 
-class _Encoder:
-    """Writes a value into a msgpack packer, moving array bytes into a data section."""
+class _DataSection:
+    """The arrays of one frame, placed at aligned offsets of its data section."""
 
-    def __init__(self, allow_pickle: bool, payload_packer: msgpack.Packer) -> None:
-        self.allow_pickle = allow_pickle
+    def __init__(self, payload_packer: msgpack.Packer) -> None:
         self.chunks: List[Any] = []
         self.size = 0
         self.pack_payload = payload_packer.pack
+
+    def place(self, array: np.ndarray) -> bytes:
+        """Adds ``array``'s bytes; returns its packed ``[dtype, shape, offset, nbytes]`` descriptor."""
+        padding = -self.size % DATA_ALIGNMENT
+        if padding:
+            self.chunks.append(_ZERO_PADDING[:padding])
+            self.size += padding
+        offset = self.size
+        nbytes = array.nbytes
+        dtype = array.dtype
+        if nbytes:
+            # sendmsg reads a C-contiguous array in place: no copy. numpy cannot export
+            # datetime buffers, so those travel as a byte view.
+            chunk = array if array.flags.c_contiguous else np.ascontiguousarray(array)
+            self.chunks.append(chunk.reshape(-1).view(np.uint8) if dtype.kind in "mM" else chunk)
+            self.size += nbytes
+        return self.pack_payload([dtype.str, list(array.shape), offset, nbytes])
+
+
+class _FastEncoder(_DataSection):
+    """Encodes the usual values with msgpack's C packer, hooking in only for numpy and tuples.
+
+    Anything it does not take (values that need pickle or an error naming their place, integers
+    beyond 64 bits) makes it raise, and :class:`_Encoder` encodes the value instead, to the same
+    bytes where both can.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(msgpack.Packer(use_bin_type=True))
+        self.packer = self._new_packer()
+
+    def _new_packer(self) -> msgpack.Packer:
+        return msgpack.Packer(use_bin_type=True, strict_types=True, default=self._extension)
+
+    def encode(self, value: Any) -> bytes:
+        self.chunks = []
+        self.size = 0
+        return self.packer.pack(value)
+
+    def _extension(self, value: Any) -> Any:
+        kind = type(value)
+        if kind is np.ndarray and not value.dtype.hasobject and value.dtype.fields is None:
+            return msgpack.ExtType(EXT_NDARRAY, self.place(value))
+        if kind is tuple or kind is GraphInstance:
+            # A packer of its own: the one that called this hook is in the middle of a message.
+            code = EXT_TUPLE if kind is tuple else EXT_GRAPH_INSTANCE
+            return msgpack.ExtType(code, self._new_packer().pack(list(value)))
+        if isinstance(value, np.generic) and not value.dtype.hasobject:
+            return msgpack.ExtType(EXT_NUMPY_SCALAR, self.pack_payload([value.dtype.str, value.tobytes()]))
+        if isinstance(value, dict):
+            return dict(value)
+        raise TypeError(kind)
+
+
+def _thread_fast_encoder() -> "_FastEncoder":
+    try:
+        return _thread_state.fast_encoder
+    except AttributeError:
+        _thread_state.fast_encoder = _FastEncoder()
+        return _thread_state.fast_encoder
+
+
+class _Encoder(_DataSection):
+    """Writes a value into a msgpack packer, moving array bytes into a data section.
+
+    The complete encoder: it also pickles (when allowed) and names the place of a value that
+    cannot travel. :class:`_FastEncoder` does the common case.
+    """
+
+    def __init__(self, allow_pickle: bool, payload_packer: msgpack.Packer) -> None:
+        super().__init__(payload_packer)
+        self.allow_pickle = allow_pickle
 
     def write(self, packer: msgpack.Packer, value: Any) -> None:
         kind = type(value)
@@ -168,23 +240,10 @@ class _Encoder:
         return packer.bytes()
 
     def _write_array(self, packer: msgpack.Packer, array: np.ndarray) -> None:
-        dtype = array.dtype
-        if dtype.hasobject or dtype.fields is not None:
+        if array.dtype.hasobject or array.dtype.fields is not None:
             self._write_fallback(packer, array)
             return
-        padding = -self.size % DATA_ALIGNMENT
-        if padding:
-            self.chunks.append(_ZERO_PADDING[:padding])
-            self.size += padding
-        offset = self.size
-        nbytes = array.nbytes
-        if nbytes:
-            # sendmsg reads a C-contiguous array in place: no copy. numpy cannot export
-            # datetime buffers, so those travel as a byte view.
-            chunk = array if array.flags.c_contiguous else np.ascontiguousarray(array)
-            self.chunks.append(chunk.reshape(-1).view(np.uint8) if dtype.kind in "mM" else chunk)
-            self.size += nbytes
-        packer.pack_ext_type(EXT_NDARRAY, self.pack_payload([dtype.str, list(array.shape), offset, nbytes]))
+        packer.pack_ext_type(EXT_NDARRAY, self.place(array))
 
     def _write_fallback(self, packer: msgpack.Packer, value: Any) -> None:
         if not self.allow_pickle:
@@ -201,6 +260,16 @@ def encode_frame(value: Any, allow_pickle: bool = False) -> List[Any]:
         UnsupportedValue: ``value`` holds something the format cannot express and
             ``allow_pickle`` is false; the message names where it is.
     """
+    fast = _thread_fast_encoder()
+    try:
+        header = fast.encode(value)
+    except Exception:  # not the usual kind of value: the complete encoder takes it
+        return _encode_frame_completely(value, allow_pickle)
+    return [PREFIX.pack(MAGIC, len(header), fast.size), header] + fast.chunks
+
+
+def _encode_frame_completely(value: Any, allow_pickle: bool) -> List[Any]:
+    """:func:`encode_frame` with the complete encoder, which pickles or names what cannot travel."""
     header_packer, payload_packer = _thread_packers()
     encoder = _Encoder(allow_pickle, payload_packer)
     try:

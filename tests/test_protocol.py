@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections import OrderedDict
 
 import msgpack
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from gymnasium.spaces import GraphInstance
 from gymnasium.utils.env_checker import data_equivalence
 
+from gym_remote import protocol
 from gym_remote.errors import MessageTooLarge, ProtocolError, UnsupportedValue
 from gym_remote.protocol import (
     EXT_NDARRAY,
@@ -111,6 +113,27 @@ def test_nested_containers_keep_their_types():
     assert decoded[7] == "int key" and decoded[(1, 2)] == "tuple key"
     assert type(decoded["graph"]) is GraphInstance and decoded["graph"].edges is None
     assert decoded["big"] == 2**63 + 5 and decoded["negative"] == -(2**63)
+
+
+def test_the_fast_encoder_writes_the_same_frames_as_the_complete_one():
+    values = [
+        {"ok": [np.arange(4, dtype=np.float32), 1.0, False, True, {}]},
+        {"ok": [{"ok": [np.zeros((2, 3), np.uint8), np.float64(0.5), np.bool_(False), False, {"k": 1}]}] * 3},
+        {"tuple": (1, np.int16(2), (np.ones(3),)), "graph": GraphInstance(np.zeros((2, 3)), None, None)},
+        {"ordered": OrderedDict(b=np.arange(3)[::2], a="x"), 7: None, (1, "two"): [b"raw", 2**64 - 1]},
+        {"times": np.array(["2024-01-01"], dtype="datetime64[ns]"), "empty": np.zeros((0, 5))},
+    ]
+
+    def as_bytes(buffers):
+        return [bytes(protocol._byte_view(chunk)) for chunk in buffers]
+
+    for value in values:
+        protocol._thread_fast_encoder().encode(value)  # takes it: no fallback to the complete encoder
+        assert as_bytes(encode_frame(value)) == as_bytes(protocol._encode_frame_completely(value, False))
+
+
+def test_bytearray_travels_as_bytes():
+    assert round_trip({"raw": bytearray(b"\x00\x01")}) == {"raw": b"\x00\x01"}
 
 
 def test_python_scalars_keep_their_types():
