@@ -9,6 +9,7 @@ This module runs inside simulator interpreters: it keeps to Python 3.8 and gymna
 """
 
 import argparse
+import ctypes
 import gc
 import importlib
 import os
@@ -449,6 +450,33 @@ def _exit_when_server_goes(control: socket.socket) -> None:
     os._exit(0)
 
 
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory_for_reuse() -> bool:
+    """Has glibc keep freed memory in the worker for the next step, rather than unmap it.
+
+    Envs make fresh observation arrays every step. With glibc's defaults, a worker holding
+    several of them at once (several envs, large images) hands the memory back to the kernel
+    after each reply and faults it in again for the next step: measured here, a third of the
+    image env's step time with 4 envs per worker. Skipped when glibc's own ``MALLOC_*``
+    variables are set (the user's choice), and where there is no ``mallopt``.
+
+    Returns:
+        Whether glibc took the settings.
+    """
+    if any(name.startswith("MALLOC_") for name in os.environ):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    # 32 MiB is glibc's largest mmap threshold: smaller blocks come from the heap.
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 128 << 20))
+
+
 def main(argv: Optional[list] = None) -> None:
     """Entry point of ``python -m gym_remote.worker --client-fd N --control-fd M``."""
     parser = argparse.ArgumentParser(description="gym-remote worker (started by the server)")
@@ -458,6 +486,7 @@ def main(argv: Optional[list] = None) -> None:
     arguments = parser.parse_args(argv)
     # Ctrl-C in a terminal reaches the whole process group; the server decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    keep_freed_memory_for_reuse()
     control = socket.socket(fileno=arguments.control_fd)
     settings = MessageReader(control).receive(wait=arguments.settings_timeout)
     control.sendall(WORKER_STARTED)

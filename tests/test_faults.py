@@ -404,3 +404,19 @@ def test_each_request_of_a_batch_gets_its_own_answer_and_bad_ones_harm_nothing(s
         assert envs.reset(seed=0)[0].shape == (2, 4)  # the session goes on
     finally:
         envs.close()
+
+
+@pytest.mark.parametrize("user_setting", [{}, {"MALLOC_ARENA_MAX": "2"}])
+def test_workers_keep_freed_memory_unless_the_user_tuned_glibc(user_setting):
+    import os
+
+    script = "from gym_remote.worker import keep_freed_memory_for_reuse as keep; print(keep())"
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_")}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**environment, **user_setting},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.strip() == ("False" if user_setting else "True"), result.stderr

@@ -268,3 +268,26 @@ def test_the_server_limits_envs_per_worker(start_server):
         envs.close()
     with pytest.raises(ValueError, match="envs_per_worker must be at least 1"):
         RemoteVectorEnv("CartPole-v1", 3, address=server.address, envs_per_worker=0)
+
+
+def test_new_batches_reuse_memory_only_when_the_caller_let_go(server):
+    import gym_remote.testing  # noqa: F401
+
+    envs = RemoteVectorEnv("gym_remote_testing/ImageEnv-v0", 2, address=server.address, envs_per_worker=2)
+    actions = np.zeros((2, 7), np.float32)
+    try:
+        envs.reset(seed=0)
+        kept = [envs.step(actions)[0] for _ in range(5)]  # the pixels differ from step to step
+        view = envs.step(actions)[0]["pixels"]["image"][1]  # only a view of the batch survives
+        view_before = view.copy()
+        leaves_used = []
+        for _ in range(10):
+            observations = envs.step(actions)[0]
+            leaves_used.append(id(observations["pixels"]["image"]))  # the pool keeps them alive
+        assert len(set(leaves_used[2:])) <= 3, "released batches are reused"
+        for number, batch in enumerate(kept, start=1):
+            assert (batch["pixels"]["image"] == number % 256).all(), "a kept batch was overwritten"
+        assert np.array_equal(view, view_before)
+        assert all(len(arrays) <= 3 for arrays in envs._batches._arrays.values())
+    finally:
+        envs.close()
