@@ -62,9 +62,11 @@ def test_make_vec_uses_the_vector_entry_point(server):
         vectorization_mode="vector_entry_point",
         env_id="CartPole-v1",
         address=server.address,
+        envs_per_worker=2,
     )
     try:
         assert isinstance(envs.unwrapped, RemoteVectorEnv)
+        assert len(envs.unwrapped.sessions) == 1, "both envs in one worker"
         observations, _ = envs.reset(seed=0)
         assert observations.shape == (2, 4)
     finally:
