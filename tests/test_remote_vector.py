@@ -107,11 +107,16 @@ def test_a_failing_sub_env_is_named(server, envs_per_worker):
         envs.close()
 
 
-def test_call_get_attr_set_attr_render(server):
+@pytest.mark.parametrize("envs_per_worker", [1, 2])
+def test_call_get_attr_set_attr_render(server, envs_per_worker):
     import gym_remote.testing  # noqa: F401
 
     envs = RemoteVectorEnv(
-        "gym_remote_testing/ImageEnv-v0", 2, address=server.address, render_mode="rgb_array"
+        "gym_remote_testing/ImageEnv-v0",
+        2,
+        address=server.address,
+        render_mode="rgb_array",
+        envs_per_worker=envs_per_worker,
     )
     try:
         assert envs.get_attr("task_description") == ("look at the two cameras",) * 2
