@@ -45,6 +45,10 @@ class RemoteVectorEnv(VectorEnv):
             processes share the cores. A crash ends every env of its worker.
         **env_kwargs: Keyword arguments of every remote ``gym.make``.
 
+    Attributes:
+        sessions: One :class:`~gym_remote.RemoteEnv` per worker session, in env order (env i is
+            in session ``i // envs_per_worker``).
+
     Example:
         >>> envs = RemoteVectorEnv("CartPole-v1", num_envs=4)
         >>> observations, infos = envs.reset(seed=0)
