@@ -14,17 +14,17 @@ This module runs inside simulator interpreters too: it keeps to Python 3.8.
 import mmap
 import os
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-__all__ = ["SharedSegment", "available", "MINIMUM_SHARED_BYTES"]
+__all__ = ["SharedSegment", "available", "write_row", "MINIMUM_SHARED_BYTES", "DATA_START"]
 
 # Data sections smaller than this go on the socket: a copy through memory saves nothing there.
 MINIMUM_SHARED_BYTES = 1 << 16
 _INITIAL_BYTES = 1 << 20
 _TOKEN_BYTES = 16
-_DATA_START = 64  # the token, then the data section, 8-byte aligned
+DATA_START = 64  # the token, then the data section, 8-byte aligned
 
 
 def available() -> bool:
@@ -48,12 +48,13 @@ class SharedSegment:
         self._map_size(size)
 
     @classmethod
-    def create(cls, limit: int) -> "SharedSegment":
-        """A new segment of the worker's; data sections above ``limit`` bytes stay on the socket."""
+    def create(cls, limit: int, size: int = _INITIAL_BYTES) -> "SharedSegment":
+        """A new segment of ``size`` bytes (data starts at :data:`DATA_START`); data sections above
+        ``limit`` bytes stay on the socket."""
         fd = os.memfd_create("gym-remote", getattr(os, "MFD_CLOEXEC", 1))
         try:
-            os.ftruncate(fd, _INITIAL_BYTES)
-            segment = cls(fd, _INITIAL_BYTES, True, os.urandom(_TOKEN_BYTES), limit)
+            os.ftruncate(fd, size)
+            segment = cls(fd, size, True, os.urandom(_TOKEN_BYTES), limit)
         except BaseException:
             os.close(fd)
             raise
@@ -61,8 +62,8 @@ class SharedSegment:
         return segment
 
     @classmethod
-    def attach(cls, offer: Dict[str, Any]) -> "SharedSegment":
-        """Opens the segment a worker offered (see :meth:`offer`).
+    def attach(cls, offer: Dict[str, Any], writable: bool = False) -> "SharedSegment":
+        """Opens the segment another process offered (see :meth:`offer`).
 
         Raises:
             OSError: it cannot be opened from here (another host, container or user).
@@ -70,9 +71,9 @@ class SharedSegment:
         """
         path = "/proc/{}/fd/{}".format(int(offer["pid"]), int(offer["fd"]))
         token = bytes.fromhex(str(offer["token"]))
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0))
         try:
-            segment = cls(fd, os.fstat(fd).st_size, False, token, 0)
+            segment = cls(fd, os.fstat(fd).st_size, writable, token, 0)
         except BaseException:
             os.close(fd)
             raise
@@ -89,14 +90,14 @@ class SharedSegment:
         """Lays a data section's chunks (1-D byte buffers) out as on the wire; False when it cannot."""
         if nbytes > self.limit:
             return False
-        if _DATA_START + nbytes > len(self._map):
-            size = max(2 * len(self._map), _DATA_START + nbytes)
+        if DATA_START + nbytes > len(self._map):
+            size = max(2 * len(self._map), DATA_START + nbytes)
             try:
                 os.ftruncate(self.fd, size)
                 self._map_size(size)
             except OSError:  # no memory for a larger segment: this reply takes the socket
                 return False
-        position = _DATA_START
+        position = DATA_START
         for chunk in chunks:
             self._bytes[position : position + chunk.nbytes] = chunk
             position += chunk.nbytes
@@ -104,18 +105,28 @@ class SharedSegment:
 
     def read_into(self, destination: memoryview) -> None:
         """Copies the data section of the last reply (``len(destination)`` bytes) out."""
-        end = _DATA_START + destination.nbytes
+        end = DATA_START + destination.nbytes
         if end > len(self._map):
             self._map_size(os.fstat(self.fd).st_size)
             if end > len(self._map):
                 raise ValueError(f"a {destination.nbytes}-byte data section does not fit the segment")
-        np.frombuffer(destination, dtype=np.uint8)[:] = self._bytes[_DATA_START:end]
+        np.frombuffer(destination, dtype=np.uint8)[:] = self._bytes[DATA_START:end]
+
+    def array(self, dtype: Any, shape: Tuple[int, ...], offset: int) -> np.ndarray:
+        """An array over the segment's bytes from ``offset`` (views of it keep the mapping alive)."""
+        count = int(np.prod(shape))
+        if offset < DATA_START or offset + count * np.dtype(dtype).itemsize > len(self._map):
+            raise ValueError(f"an array of {dtype} {shape} at {offset} does not fit the segment")
+        return np.frombuffer(self._map, dtype=dtype, count=count, offset=offset).reshape(shape)
 
     def close(self) -> None:
-        """Unmaps and closes the segment (idempotent)."""
+        """Closes the segment (idempotent); the mapping goes when no array over it is left."""
         if self._map is not None:
             self._bytes = None
-            self._map.close()
+            try:
+                self._map.close()
+            except BufferError:  # arrays made by array() still use it: they unmap it when they go
+                pass
             self._map = None
             os.close(self.fd)
 
@@ -127,3 +138,28 @@ class SharedSegment:
             self._map.close()
         self._map = mapping
         self._bytes = np.frombuffer(mapping, dtype=np.uint8)
+
+
+def write_row(leaves: List[Tuple[list, np.ndarray]], row: int, observation: Any, exact: bool) -> bool:
+    """Writes one env's ``observation`` into row ``row`` of a batch, leaf by leaf.
+
+    ``leaves`` pairs each leaf's path (keys and indices into the observation) with the leaf's
+    batch array (first axis: the env). With ``exact``, only numpy arrays of the batch's own
+    dtype are taken, so the row equals the observation; otherwise values are cast as
+    Gymnasium's batching casts them (``same_kind``). Returns False, having maybe written part
+    of the row, where the observation does not fit.
+    """
+    try:
+        for path, batch in leaves:
+            value = observation
+            for key in path:
+                value = value[key]
+            destination = batch[row, ...]
+            if np.shape(value) != destination.shape:
+                return False
+            if exact and (type(value) is not np.ndarray or value.dtype != destination.dtype):
+                return False
+            np.copyto(destination, value, casting="same_kind")
+    except (LookupError, TypeError, ValueError):
+        return False
+    return True

@@ -6,24 +6,26 @@ or several) run at the same time with no process or thread per env in the client
 
 from __future__ import annotations
 
+import logging
 import selectors
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
-import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
+from gym_remote.batches import PooledBatches, SharedBatches
 from gym_remote.client import ChunkResult, RemoteEnv
 from gym_remote.config import ClientConfig, resolve
 from gym_remote.connection import error_from_wire
 from gym_remote.embedded import EmbeddedServer
 from gym_remote.errors import InvalidCall, ProtocolError, RemoteEnvError
+from gym_remote.sharedmem import write_row
 
 __all__ = ["RemoteVectorEnv"]
+
+logger = logging.getLogger(__name__)
 
 
 class RemoteVectorEnv(VectorEnv):
@@ -146,7 +148,8 @@ class RemoteVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._observations = create_empty_array(self.single_observation_space, n=num_envs, fn=np.zeros)
-        self._batches = _BatchMemory(self.single_observation_space, num_envs)
+        self._batches = PooledBatches(self.single_observation_space, num_envs)
+        self._shared: SharedBatches | None = None
         self._env_observations: list[Any] = [None] * num_envs
         self._rewards = np.zeros((num_envs,), dtype=np.float64)
         self._terminations = np.zeros((num_envs,), dtype=np.bool_)
@@ -154,6 +157,11 @@ class RemoteVectorEnv(VectorEnv):
         self._autoreset_envs = np.zeros((num_envs,), dtype=np.bool_)
         # Session number -> the (env index, op) pairs of the request in flight there.
         self._pending: dict[int, list[tuple[int, str]]] = {}
+        try:
+            self._shared = self._share_batches()
+        except BaseException:
+            self.close()
+            raise
 
     # ----------------------------------------------------------------- the VectorEnv API
 
@@ -171,15 +179,21 @@ class RemoteVectorEnv(VectorEnv):
         self._terminations[mask] = False
         self._truncations[mask] = False
         self._autoreset_envs[mask] = False
-        indices = [index for index in range(self.num_envs) if mask[index]]
-        replies = self._exchange(
-            {index: ("reset", {"seed": seeds[index], "options": options}) for index in indices}
-        )
+        buffer = self._take_shared_buffer()
+        # Envs left out of a partial reset keep their observation: their workers send it again.
+        requests = {
+            index: ("reset", {"seed": seeds[index], "options": options}) if mask[index] else ("observe", {})
+            for index in range(self.num_envs)
+        }
+        replies = self._exchange(self._placed(requests, buffer))
         infos: dict[str, Any] = {}
-        for index in indices:
-            self._env_observations[index], env_info = replies[index]
-            infos = self._add_info(infos, env_info, index)
-        return self._batched_observations(), infos
+        for index in range(self.num_envs):
+            if mask[index]:
+                self._env_observations[index], env_info = replies[index]
+                infos = self._add_info(infos, env_info, index)
+            else:
+                self._env_observations[index] = replies[index]
+        return self._batch(buffer), infos
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Steps every session at once (sessions awaiting an autoreset are reset instead)."""
@@ -192,9 +206,10 @@ class RemoteVectorEnv(VectorEnv):
                 if self.autoreset_mode == AutoresetMode.DISABLED and self._autoreset_envs[index]:
                     raise InvalidCall(f"sub-env {index} ended its episode: reset it (autoreset is disabled)")
                 requests[index] = ("step", {"action": action})
-        replies = self._exchange(requests)
-        infos: dict[str, Any] = {}
-        finished = []
+        buffer = self._take_shared_buffer()
+        replies = self._exchange(self._placed(requests, buffer))
+        env_infos: list[dict[str, Any]] = []
+        finals: dict[int, dict[str, Any]] = {}  # SAME_STEP: the episodes that ended, by env
         for index in range(self.num_envs):
             (
                 self._env_observations[index],
@@ -203,24 +218,31 @@ class RemoteVectorEnv(VectorEnv):
                 self._truncations[index],
                 env_info,
             ) = _as_step_result(requests[index][0], replies[index])
+            env_infos.append(env_info)
             # An autoreset's result never ends an episode, so only steps can reach this.
             if self.autoreset_mode == AutoresetMode.SAME_STEP and (
                 self._terminations[index] or self._truncations[index]
             ):
-                finished.append(index)
-                infos = self._add_info(
-                    infos, {"final_obs": self._env_observations[index], "final_info": env_info}, index
-                )
-                continue
+                final_observation = self._env_observations[index]
+                if final_observation is None:  # its worker wrote it into the shared batch
+                    assert self._shared is not None and buffer is not None
+                    final_observation = self._shared.row_copy(buffer, index)
+                finals[index] = {"final_obs": final_observation, "final_info": env_info}
+        if finals:
+            resets = self._exchange(
+                self._placed({index: ("reset", {"seed": None, "options": None}) for index in finals}, buffer)
+            )
+            for index in finals:
+                self._env_observations[index], env_infos[index] = resets[index]
+        # In env order, as SyncVectorEnv adds them: the first value of a key sets its array's dtype.
+        infos: dict[str, Any] = {}
+        for index, env_info in enumerate(env_infos):
+            if index in finals:
+                infos = self._add_info(infos, finals[index], index)
             infos = self._add_info(infos, env_info, index)
-        if finished:
-            resets = self._exchange({index: ("reset", {"seed": None, "options": None}) for index in finished})
-            for index in finished:
-                self._env_observations[index], env_info = resets[index]
-                infos = self._add_info(infos, env_info, index)
         self._autoreset_envs = np.logical_or(self._terminations, self._truncations)
         return (
-            self._batched_observations(),
+            self._batch(buffer),
             np.copy(self._rewards),
             np.copy(self._terminations),
             np.copy(self._truncations),
@@ -259,6 +281,10 @@ class RemoteVectorEnv(VectorEnv):
         """Closes every session, then the private server if this vector env started one."""
         for session in getattr(self, "sessions", []):
             session.close()
+        if getattr(self, "_shared", None) is not None:
+            self._shared.close()
+            self._shared = None
+        self._observations = None  # batches the caller still holds stay valid
         if self._embedded is not None:
             self._embedded.stop()
             self._embedded = None
@@ -358,6 +384,57 @@ class RemoteVectorEnv(VectorEnv):
         )
 
     # ----------------------------------------------------------------- helpers
+
+    @property
+    def uses_shared_batches(self) -> bool:
+        """Whether the workers write observations straight into this vector env's batches
+        (every session on this host, observations made of arrays)."""
+        return self._shared is not None
+
+    def _share_batches(self) -> SharedBatches | None:
+        """Batches in shared memory for the workers to fill, when every session can take them."""
+        if not all(session.uses_shared_memory for session in self.sessions):
+            return None
+        shared = SharedBatches.for_space(self.single_observation_space, self.num_envs)
+        if shared is None:
+            return None
+        try:
+            for session in self.sessions:
+                session._connect().request("use_shared_batches", **shared.offer())
+        except InvalidCall as error:  # a worker that cannot open them (or predates them)
+            logger.debug("no shared batches (%s): observations come in the replies", error)
+            shared.close()
+            return None
+        return shared
+
+    def _take_shared_buffer(self) -> int | None:
+        """The shared batch buffer this call's observations go into, or None (they come in replies)."""
+        if self._shared is None:
+            return None
+        return self._shared.take() if self.copy else 0
+
+    def _placed(
+        self, requests: dict[int, tuple[str, dict[str, Any]]], buffer: int | None
+    ) -> dict[int, tuple[str, dict[str, Any]]]:
+        """The requests, asking each worker to write its env's observation into row ``index``."""
+        if buffer is None:
+            return requests
+        return {index: (op, {**fields, "into": [buffer, index]}) for index, (op, fields) in requests.items()}
+
+    def _batch(self, buffer: int | None) -> Any:
+        """This call's batch: the shared ``buffer`` (rows of observations that came in replies
+        written in), or the observations gathered into new memory."""
+        if buffer is None:
+            return self._batched_observations()
+        assert self._shared is not None
+        leaves = self._shared.leaves(buffer)
+        for index, observation in enumerate(self._env_observations):
+            if observation is not None and not write_row(leaves, index, observation, exact=False):
+                raise ValueError(
+                    f"the observation of sub-env {index} does not fit {self.single_observation_space}"
+                )
+        self._observations = self._shared.batch(buffer)
+        return self._observations
 
     def _batched_observations(self) -> Any:
         # With copy, each batch is memory the caller does not hold, which the observations go
@@ -459,49 +536,6 @@ class RemoteVectorEnv(VectorEnv):
                     ready.append(key.data)
                     selector.unregister(key.fileobj)
         return ready
-
-
-class _BatchMemory:
-    """Arrays for new observation batches, reusing those that nobody holds any more.
-
-    A fresh multi-megabyte array per step costs page faults (glibc maps and unmaps big blocks):
-    about 1 ms per step for 8 image observations here, more than copying them. An array is reused
-    only when this pool's references are the only ones left, so no batch (or view of one) that
-    the caller kept is ever overwritten.
-    """
-
-    _KEPT_PER_LEAF = 3
-
-    def __init__(self, space: gym.Space, num_envs: int) -> None:
-        self.space = space
-        self.num_envs = num_envs
-        self._arrays: dict[int, list[np.ndarray]] = {}
-
-    def take(self) -> Any:
-        """A batch laid out as ``create_empty_array(space, num_envs)``, with contents to overwrite."""
-        return self._build(self.space, iter(range(1 << 30)))
-
-    def _build(self, space: gym.Space, leaf_numbers: Iterator[int]) -> Any:
-        if isinstance(space, spaces.Dict):
-            return {key: self._build(subspace, leaf_numbers) for key, subspace in space.spaces.items()}
-        if isinstance(space, spaces.Tuple):
-            return tuple(self._build(subspace, leaf_numbers) for subspace in space.spaces)
-        if isinstance(space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
-            return self._free_array(next(leaf_numbers), space)
-        return create_empty_array(space, n=self.num_envs, fn=np.empty)
-
-    def _free_array(self, leaf_number: int, space: gym.Space) -> np.ndarray:
-        arrays = self._arrays.setdefault(leaf_number, [])
-        for array in arrays:
-            # References: the list, `array`, and getrefcount's argument.
-            if sys.getrefcount(array) == 3:
-                return array
-        # All held by the caller: a new array, which the pool keeps in place of its oldest.
-        array = create_empty_array(space, n=self.num_envs, fn=np.empty)
-        arrays.append(array)
-        if len(arrays) > self._KEPT_PER_LEAF:
-            del arrays[0]
-        return array
 
 
 class _HostingSession(RemoteEnv):

@@ -53,7 +53,7 @@ _ENV_NOT_FOUND_ERRORS = tuple(
 
 
 # The ops that act on one of the session's envs (field ``env``), and so may go in a ``batch``.
-ENV_OPS = frozenset(["reset", "step", "step_chunk", "render", "getattr", "call", "setattr"])
+ENV_OPS = frozenset(["reset", "step", "step_chunk", "observe", "render", "getattr", "call", "setattr"])
 
 
 class WorkerSession:
@@ -76,11 +76,13 @@ class WorkerSession:
         self.closed = False
         self.envs: List[gym.Env] = []
         self.reset_once: List[bool] = []  # per env: reset at least once, so it may step
+        self.last_observations: List[Any] = []  # per env: what its last reset or step returned
         self.max_message_size = int(settings["max_message_size"])
         self.reader = MessageReader(sock, self.max_message_size)
         # The same-host fast path: offered when the client asks, used once it has attached.
         self.offered_segment: Optional[sharedmem.SharedSegment] = None
         self.segment: Optional[sharedmem.SharedSegment] = None
+        self.batches: Optional[BatchWriter] = None  # a remote vector env's shared batches
         self._handlers: Dict[str, Callable[[Dict[str, Any]], Any]] = {
             "reset": self._reset,
             "step": self._step,
@@ -89,9 +91,11 @@ class WorkerSession:
             "getattr": self._getattr,
             "call": self._call,
             "setattr": self._setattr,
+            "observe": self._observe,
             "batch": self._batch,
             "ping": lambda request: None,
             "use_shared_memory": self._use_shared_memory,
+            "use_shared_batches": self._use_shared_batches,
             "close": self._close,
         }
 
@@ -138,6 +142,8 @@ class WorkerSession:
         self._close_envs()
         if self.offered_segment is not None:
             self.offered_segment.close()
+        if self.batches is not None:
+            self.batches.close()
 
     def _dispatch(self, request: Any) -> Any:
         if not isinstance(request, dict):
@@ -168,6 +174,7 @@ class WorkerSession:
                     f"{env_id} cannot be made with {sys.executable}: {error}"
                 ) from None
             self.reset_once.append(False)
+            self.last_observations.append(None)
         description = describe_env(self.envs[0], self.allow_pickle)
         description["num_envs"] = len(self.envs)
         # A simulator's object graph is large and lives as long as the session: keep the cyclic
@@ -180,16 +187,34 @@ class WorkerSession:
         index, env = self._env(request)
         observation, info = env.reset(seed=request.get("seed"), options=request.get("options"))
         self.reset_once[index] = True
-        return [observation, info]
+        self.last_observations[index] = observation
+        return [self._placed(observation, request), info]
 
     def _step(self, request: Dict[str, Any]) -> Any:
-        env = self._running_env(request, "step")
+        index, env = self._running_env(request, "step")
         action = request.get("action")
         _check_action(env, action, "action")
-        return list(env.step(action))
+        result = list(env.step(action))
+        self.last_observations[index] = result[0]
+        result[0] = self._placed(result[0], request)
+        return result
+
+    def _observe(self, request: Dict[str, Any]) -> Any:
+        index, _ = self._running_env(request, "observe")
+        return self._placed(self.last_observations[index], request)
+
+    def _placed(self, observation: Any, request: Dict[str, Any]) -> Any:
+        """None when the request's ``into`` names a shared batch row the observation now fills;
+        otherwise the observation, to travel in the reply."""
+        into = request.get("into")
+        if into is None:
+            return observation
+        if self.batches is None:
+            raise InvalidCall("into: this session has no shared batches (use_shared_batches first)")
+        return None if self.batches.write(observation, into) else observation
 
     def _step_chunk(self, request: Dict[str, Any]) -> Any:
-        env = self._running_env(request, "step_chunk")
+        env_index, env = self._running_env(request, "step_chunk")
         keep_observations = bool(request.get("all_observations"))
         result: Dict[str, Any] = {
             "observation": None,
@@ -204,6 +229,7 @@ class WorkerSession:
             _check_action(env, action, f"actions[{index}]")
             observation, reward, terminated, truncated, info = env.step(action)
             result["observation"] = observation
+            self.last_observations[env_index] = observation
             result["rewards"].append(reward)
             result["terminated"].append(terminated)
             result["truncated"].append(truncated)
@@ -266,15 +292,20 @@ class WorkerSession:
             raise InvalidCall("use_shared_memory: this session offered no shared memory segment")
         self.segment = self.offered_segment
 
+    def _use_shared_batches(self, request: Dict[str, Any]) -> Any:
+        if self.batches is not None:
+            raise InvalidCall("use_shared_batches: this session already has shared batches")
+        self.batches = BatchWriter.attach(request.get("buffers"), request.get("layout"))
+
     def _close(self, request: Dict[str, Any]) -> Any:
         self._close_envs()
         return None
 
-    def _running_env(self, request: Dict[str, Any], op: str) -> gym.Env:
+    def _running_env(self, request: Dict[str, Any], op: str) -> Tuple[int, gym.Env]:
         index, env = self._env(request)
         if not self.reset_once[index]:
             raise InvalidCall(f"call reset() before {op}()")
-        return env
+        return index, env
 
     def _env(self, request: Dict[str, Any]) -> Tuple[int, gym.Env]:
         """The env a request addresses (field ``env``, default 0) and its index."""
@@ -311,6 +342,68 @@ class WorkerSession:
         except (OSError, RemoteTimeout):
             # The client is gone: nobody is left to serve.
             self._close_envs()
+
+
+class BatchWriter:
+    """Writes observations straight into a remote vector env's batch memory (same host only).
+
+    The client makes the buffers (shared memory segments, one whole observation batch each)
+    and says where each leaf of the observation lies in them: ``layout`` lists, per leaf, its
+    ``path`` of keys and indices into the observation, its ``offset`` in a buffer, and the
+    ``dtype`` and ``shape`` of the leaf's whole batch (first axis: the env).
+    """
+
+    def __init__(self, segments: List[sharedmem.SharedSegment], leaves: List[Tuple[list, list]]) -> None:
+        self.segments = segments
+        self.leaves = leaves  # per leaf: its path, and its batch array in each buffer
+
+    @classmethod
+    def attach(cls, buffers: Any, layout: Any) -> "BatchWriter":
+        """Opens the client's buffers (writable) and maps each leaf's batch in each of them.
+
+        Raises:
+            InvalidCall: the buffers cannot be opened from here, or the layout is malformed.
+        """
+        if not isinstance(buffers, list) or not isinstance(layout, list):
+            raise InvalidCall("use_shared_batches needs lists of buffers and of leaves")
+        segments: List[sharedmem.SharedSegment] = []
+        try:
+            for offer in buffers:
+                segments.append(sharedmem.SharedSegment.attach(offer, writable=True))
+            leaves = [
+                (
+                    list(leaf["path"]),
+                    [
+                        segment.array(np.dtype(leaf["dtype"]), tuple(leaf["shape"]), leaf["offset"])
+                        for segment in segments
+                    ],
+                )
+                for leaf in layout
+            ]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            for segment in segments:
+                segment.close()
+            raise InvalidCall(f"use_shared_batches: {type(error).__name__}: {error}") from None
+        return cls(segments, leaves)
+
+    def write(self, observation: Any, into: Any) -> bool:
+        """Writes ``observation`` into row ``into[1]`` of buffer ``into[0]``; False unless its leaves
+        are arrays of the batch's dtypes and shapes (then the reply carries it instead)."""
+        if not isinstance(into, list) or len(into) != 2 or not all(type(item) is int for item in into):
+            raise InvalidCall(f"into must be [buffer, row], got {into!r}")
+        buffer, row = into
+        if not 0 <= buffer < len(self.segments) or row < 0:
+            raise InvalidCall(
+                f"into names buffer {buffer}, row {row}: there are {len(self.segments)} buffers"
+            )
+        leaves = [(path, batches[buffer]) for path, batches in self.leaves]
+        return sharedmem.write_row(leaves, row, observation, exact=True)
+
+    def close(self) -> None:
+        """Closes the buffers (the client's batches stay: the client holds them too)."""
+        self.leaves = []
+        for segment in self.segments:
+            segment.close()
 
 
 def error_to_wire(error: BaseException) -> Dict[str, Any]:

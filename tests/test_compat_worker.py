@@ -82,3 +82,20 @@ def test_old_worker_sends_large_replies_through_shared_memory(compat_server):
         assert pixels == list(range(254, 248, -1))
     finally:
         env.close()
+
+
+def test_old_workers_host_several_envs_and_write_into_shared_batches(compat_server):
+    import gym_remote.testing  # noqa: F401
+
+    env_id = "gym_remote_testing/ImageEnv-v0"
+    local = gym.vector.SyncVectorEnv([lambda: gym.make(env_id)] * 3)
+    remote = gym_remote.RemoteVectorEnv(env_id, 3, address=compat_server.address, envs_per_worker=2)
+    try:
+        assert remote.uses_shared_batches
+        assert data_equivalence(local.reset(seed=1), remote.reset(seed=1), exact=True)
+        actions = np.zeros((3, 7), np.float32)
+        for _ in range(3):
+            assert data_equivalence(local.step(actions), remote.step(actions), exact=True)
+    finally:
+        local.close()
+        remote.close()

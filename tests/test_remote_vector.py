@@ -36,7 +36,15 @@ def run_both(local, remote, steps, seed=5):
 
 @pytest.mark.parametrize("envs_per_worker", [1, 2], ids=lambda count: f"{count}-per-worker")
 @pytest.mark.parametrize("mode", list(AutoresetMode), ids=lambda mode: mode.value)
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "gym_remote_testing/RichSpaces-v0"])
+@pytest.mark.parametrize(
+    "env_id",
+    [
+        "CartPole-v1",  # observations written straight into shared batches by the workers
+        "gym_remote_testing/ImageEnv-v0",  # the same, for a dict of arrays
+        "FrozenLake-v1",  # integer observations: they come in the replies, into shared batches
+        "gym_remote_testing/RichSpaces-v0",  # spaces that are not arrays: no shared batches
+    ],
+)
 def test_batches_equal_sync_vector_env(server, mode, env_id, envs_per_worker):
     import gym_remote.testing  # noqa: F401
 
@@ -46,6 +54,7 @@ def test_batches_equal_sync_vector_env(server, mode, env_id, envs_per_worker):
         env_id, NUM_ENVS, address=server.address, autoreset_mode=mode, envs_per_worker=envs_per_worker
     )
     try:
+        assert remote.uses_shared_batches == ("RichSpaces" not in env_id)
         assert remote.metadata["autoreset_mode"] == mode
         assert remote.observation_space == local.observation_space
         assert remote.action_space == local.action_space
@@ -296,5 +305,40 @@ def test_new_batches_reuse_memory_only_when_the_caller_let_go(server):
             assert (batch["pixels"]["image"] == number % 256).all(), "a kept batch was overwritten"
         assert np.array_equal(view, view_before)
         assert all(len(arrays) <= 3 for arrays in envs._batches._arrays.values())
+    finally:
+        envs.close()
+
+
+def test_a_partial_reset_gives_the_envs_own_observations_whatever_the_caller_did_to_its_batch(server):
+    local = SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2)
+    remote = RemoteVectorEnv("CartPole-v1", 2, address=server.address)
+    try:
+        for envs in (local, remote):
+            observations, _ = envs.reset(seed=7)
+            observations[:] = 99.0  # the caller's own batch
+            envs.step(np.array([0, 1]))[0][:] = -1.0
+        options = {"reset_mask": np.array([True, False])}
+        assert data_equivalence(
+            local.reset(options=dict(options)), remote.reset(options=dict(options)), exact=True
+        )
+    finally:
+        local.close()
+        remote.close()
+
+
+def test_shared_batches_only_where_every_worker_can_write_them(server, monkeypatch):
+    envs = RemoteVectorEnv("CartPole-v1", 2, address=server.address, copy=False)
+    try:
+        assert envs.uses_shared_batches
+        first, _ = envs.reset(seed=0)
+        second = envs.step(np.array([0, 1]))[0]
+        assert np.shares_memory(first, second), "copy=False reuses one batch, as SyncVectorEnv does"
+    finally:
+        envs.close()
+    monkeypatch.setenv("GYM_REMOTE_SHARED_MEMORY", "0")
+    envs = RemoteVectorEnv("CartPole-v1", 2, address=server.address)
+    try:
+        assert not envs.uses_shared_batches
+        assert envs.reset(seed=0)[0].shape == (2, 4)
     finally:
         envs.close()

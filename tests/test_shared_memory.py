@@ -13,6 +13,7 @@ from gymnasium.utils.env_checker import data_equivalence
 
 import gym_remote
 from gym_remote import RemoteEnv, RemoteVectorEnv, WorkerCrashed
+from gym_remote.batches import SharedBatches
 from gym_remote.sharedmem import available
 from tests.helpers import all_gone, wait_for, worker_pids
 
@@ -91,6 +92,25 @@ def test_no_segment_remains_after_close(start_server):
     assert not [name for name in os.listdir("/dev/shm") if "gym" in name]
 
 
+def test_shared_batches_leave_no_segment_after_close_but_kept_batches_stay_valid(start_server):
+    server = start_server("--import", "gym_remote.testing")
+    before = mapped_segments()
+    envs = RemoteVectorEnv(IMAGE_ENV, 2, address=server.address, envs_per_worker=2)
+    assert envs.uses_shared_batches
+    (worker,) = worker_pids(server.pid)
+    assert mapped_segments(worker) == 1 + SharedBatches.COUNT  # its own, and the client's batches
+    assert mapped_segments() == before + 1 + SharedBatches.COUNT
+    observations, _ = envs.reset(seed=0)
+    kept = observations["pixels"]["image"]
+    del observations
+    envs.close()
+    assert all_gone({worker})
+    assert mapped_segments() == before + 1, "only the batch still held stays mapped"
+    assert (kept == 0).all()
+    del kept
+    assert mapped_segments() == before
+
+
 def test_no_segment_remains_after_the_worker_is_killed(start_server):
     server = start_server("--import", "gym_remote.testing")
     before = mapped_segments()
@@ -105,16 +125,28 @@ def test_no_segment_remains_after_the_worker_is_killed(start_server):
     env.close()
 
 
-def test_no_segment_remains_after_the_client_is_killed(start_server):
+@pytest.mark.parametrize(
+    ("make", "check", "segments_in_worker"),
+    [
+        ("gym_remote.RemoteEnv({env!r}, address={address!r})", "env.uses_shared_memory", 1),
+        (
+            "gym_remote.RemoteVectorEnv({env!r}, 2, address={address!r}, envs_per_worker=2)",
+            "env.uses_shared_batches",
+            1 + SharedBatches.COUNT,
+        ),
+    ],
+    ids=["env", "vector env"],
+)
+def test_no_segment_remains_after_the_client_is_killed(start_server, make, check, segments_in_worker):
     server = start_server("--import", "gym_remote.testing")
     client = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import sys, gym_remote\n"
-            f"env = gym_remote.RemoteEnv({IMAGE_ENV!r}, address={server.address!r})\n"
+            f"env = {make.format(env=IMAGE_ENV, address=server.address)}\n"
             "env.reset(seed=0)\n"
-            "assert env.uses_shared_memory\n"
+            f"assert {check}\n"
             "print('ready', flush=True)\n"
             "sys.stdin.read()\n",
         ],
@@ -125,7 +157,7 @@ def test_no_segment_remains_after_the_client_is_killed(start_server):
     try:
         assert client.stdout.readline().strip() == "ready"
         (worker,) = worker_pids(server.pid)
-        assert mapped_segments(worker) == 1
+        assert mapped_segments(worker) == segments_in_worker
         client.kill()
         client.wait(timeout=15)
         # The worker sees its client go, ends, and with it the segment's last reference.

@@ -1,0 +1,171 @@
+"""Memory for a remote vector env's observation batches.
+
+A batch has Gymnasium's layout (``create_empty_array(space, num_envs)``): dicts and tuples of
+arrays whose first axis is the env. Batches handed to the caller are reused only once the
+caller holds no reference to them (nor to a view of them), so a kept batch is never
+overwritten; a fresh multi-megabyte array per step would cost page faults instead (glibc maps
+and unmaps big blocks), about 1 ms per step for 8 image observations here.
+
+:class:`SharedBatches` puts whole batches in shared memory segments that the workers on this
+host write observations into, so replies carry no observation and the client copies nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Iterator
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector.utils import create_empty_array
+
+from gym_remote.sharedmem import DATA_START, SharedSegment
+
+__all__ = ["PooledBatches", "SharedBatches", "array_leaves"]
+
+_ARRAY_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+_LEAF_ALIGNMENT = 64
+
+
+def array_leaves(space: gym.Space, num_envs: int) -> list[tuple[list, np.dtype, tuple[int, ...]]] | None:
+    """Each leaf's path, dtype and batch shape, in Gymnasium's batch order; None unless every
+    leaf is a fixed-shape array (Box, Discrete, MultiDiscrete, MultiBinary in Dicts and Tuples)."""
+    if isinstance(space, spaces.Dict):
+        items: list[tuple[Any, gym.Space]] = list(space.spaces.items())
+    elif isinstance(space, spaces.Tuple):
+        items = list(enumerate(space.spaces))
+    elif isinstance(space, _ARRAY_SPACES):
+        batch = create_empty_array(space, n=num_envs, fn=np.empty)
+        return [([], batch.dtype, batch.shape)]
+    else:
+        return None
+    leaves = []
+    for key, subspace in items:
+        below = array_leaves(subspace, num_envs)
+        if below is None:
+            return None
+        leaves += [([key, *path], dtype, shape) for path, dtype, shape in below]
+    return leaves
+
+
+def _structure(space: gym.Space, arrays: Iterator[np.ndarray]) -> Any:
+    """The batch of ``space`` whose leaves are ``arrays``, taken in Gymnasium's batch order."""
+    if isinstance(space, spaces.Dict):
+        return {key: _structure(subspace, arrays) for key, subspace in space.spaces.items()}
+    if isinstance(space, spaces.Tuple):
+        return tuple(_structure(subspace, arrays) for subspace in space.spaces)
+    return next(arrays)
+
+
+def _only_held_here(arrays: list[np.ndarray]) -> bool:
+    """Whether this module's list ``arrays`` holds the only references to its arrays."""
+    # References to each: the list, `array`, and getrefcount's argument.
+    return all(sys.getrefcount(array) == 3 for array in arrays)
+
+
+class PooledBatches:
+    """New batches in ordinary memory, each leaf reused once the caller let go of it."""
+
+    _KEPT_PER_LEAF = 3
+
+    def __init__(self, space: gym.Space, num_envs: int) -> None:
+        self.space = space
+        self.num_envs = num_envs
+        self._arrays: dict[int, list[np.ndarray]] = {}
+
+    def take(self) -> Any:
+        """A batch laid out as ``create_empty_array(space, num_envs)``, with contents to overwrite."""
+        return self._build(self.space, iter(range(1 << 30)))
+
+    def _build(self, space: gym.Space, leaf_numbers: Iterator[int]) -> Any:
+        if isinstance(space, spaces.Dict):
+            return {key: self._build(subspace, leaf_numbers) for key, subspace in space.spaces.items()}
+        if isinstance(space, spaces.Tuple):
+            return tuple(self._build(subspace, leaf_numbers) for subspace in space.spaces)
+        if isinstance(space, _ARRAY_SPACES):
+            return self._free_array(next(leaf_numbers), space)
+        return create_empty_array(space, n=self.num_envs, fn=np.empty)
+
+    def _free_array(self, leaf_number: int, space: gym.Space) -> np.ndarray:
+        arrays = self._arrays.setdefault(leaf_number, [])
+        for array in arrays:
+            # References: the list, `array`, and getrefcount's argument.
+            if sys.getrefcount(array) == 3:
+                return array
+        # All held by the caller: a new array, which the pool keeps in place of its oldest.
+        array = create_empty_array(space, n=self.num_envs, fn=np.empty)
+        arrays.append(array)
+        if len(arrays) > self._KEPT_PER_LEAF:
+            del arrays[0]
+        return array
+
+
+class SharedBatches:
+    """A few whole batches in shared memory segments, which workers on this host fill in place.
+
+    Workers get :meth:`offer` once (``use_shared_batches``); then a ``step`` or ``reset`` request
+    with ``into: [buffer, row]`` has the worker write its observation into that row. When every
+    buffer is still held by the caller, :meth:`take` says so and the observations travel in
+    the replies as usual.
+    """
+
+    COUNT = 3
+
+    def __init__(self, space: gym.Space, leaves: list[tuple[list, np.dtype, tuple[int, ...]]]) -> None:
+        self.space = space
+        self.paths = [path for path, _, _ in leaves]
+        self.layout = []
+        offset = DATA_START
+        for path, dtype, shape in leaves:
+            self.layout.append({"path": path, "offset": offset, "dtype": dtype.str, "shape": list(shape)})
+            nbytes = int(np.prod(shape)) * dtype.itemsize
+            offset += nbytes + (-nbytes % _LEAF_ALIGNMENT)
+        self.segments: list[SharedSegment] = []
+        try:
+            for _ in range(self.COUNT):
+                self.segments.append(SharedSegment.create(0, size=offset))
+        except BaseException:
+            self.close()
+            raise
+        self._arrays = [
+            [
+                segment.array(dtype, shape, entry["offset"])
+                for entry, (_, dtype, shape) in zip(self.layout, leaves)
+            ]
+            for segment in self.segments
+        ]
+
+    @classmethod
+    def for_space(cls, space: gym.Space, num_envs: int) -> SharedBatches | None:
+        """Shared batches for ``space``, or None when its batches are not plain arrays."""
+        leaves = array_leaves(space, num_envs)
+        return None if leaves is None else cls(space, leaves)
+
+    def offer(self) -> dict[str, Any]:
+        """The fields of ``use_shared_batches``: the buffers and where each leaf lies in them."""
+        return {"buffers": [segment.offer() for segment in self.segments], "layout": self.layout}
+
+    def take(self) -> int | None:
+        """A buffer the caller holds nothing of (to be written now), or None."""
+        for buffer, arrays in enumerate(self._arrays):
+            if _only_held_here(arrays):
+                return buffer
+        return None
+
+    def batch(self, buffer: int) -> Any:
+        """The batch that lives in ``buffer``."""
+        return _structure(self.space, iter(self._arrays[buffer]))
+
+    def leaves(self, buffer: int) -> list[tuple[list, np.ndarray]]:
+        """Each leaf's path with its batch array in ``buffer``."""
+        return list(zip(self.paths, self._arrays[buffer]))
+
+    def row_copy(self, buffer: int, row: int) -> Any:
+        """A copy of one env's observation from ``buffer``."""
+        return _structure(self.space, (array[row].copy() for array in self._arrays[buffer]))
+
+    def close(self) -> None:
+        """Closes the segments; batches the caller still holds stay valid."""
+        for segment in self.segments:
+            segment.close()
