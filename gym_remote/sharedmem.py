@@ -115,7 +115,11 @@ class SharedSegment:
     def array(self, dtype: Any, shape: Tuple[int, ...], offset: int) -> np.ndarray:
         """An array over the segment's bytes from ``offset`` (views of it keep the mapping alive)."""
         count = int(np.prod(shape))
-        if offset < DATA_START or offset + count * np.dtype(dtype).itemsize > len(self._map):
+        if (
+            min(shape, default=0) < 0
+            or offset < DATA_START
+            or offset + count * np.dtype(dtype).itemsize > len(self._map)
+        ):
             raise ValueError(f"an array of {dtype} {shape} at {offset} does not fit the segment")
         return np.frombuffer(self._map, dtype=dtype, count=count, offset=offset).reshape(shape)
 

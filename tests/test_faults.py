@@ -420,3 +420,36 @@ def test_workers_keep_freed_memory_unless_the_user_tuned_glibc(user_setting):
         timeout=60,
     )
     assert result.stdout.strip() == ("False" if user_setting else "True"), result.stderr
+
+
+def test_bad_shared_batches_are_invalid_calls_and_the_session_goes_on(server):
+    from gym_remote.sharedmem import SharedSegment
+
+    env = remote(server, "CartPole-v1")
+    segment = SharedSegment.create(0, size=4096)
+    try:
+        env.reset(seed=0)
+        connection = env._connect()
+        with pytest.raises(errors.InvalidCall, match="no shared batches"):
+            connection.request("step", action=0, into=[0, 0])
+        leaf = {"path": [], "offset": 64, "dtype": "<f4", "shape": [1, 4]}
+        bad_requests = [
+            ({"buffers": None, "layout": []}, "lists of buffers and of leaves"),
+            ({"buffers": [{"pid": 1, "fd": 999, "token": "00"}], "layout": [leaf]}, "use_shared_batches"),
+            ({"buffers": [segment.offer()], "layout": [{**leaf, "shape": [-1, 4]}]}, "does not fit"),
+            ({"buffers": [segment.offer()], "layout": [{**leaf, "dtype": "|O"}]}, "use_shared_batches"),
+            ({"buffers": [segment.offer()], "layout": [{**leaf, "offset": 4090}]}, "does not fit"),
+        ]
+        for fields, message in bad_requests:
+            with pytest.raises(errors.InvalidCall, match=message):
+                connection.request("use_shared_batches", **fields)
+        connection.request("use_shared_batches", buffers=[segment.offer()], layout=[leaf])
+        with pytest.raises(errors.InvalidCall, match=r"into must be \[buffer, row\]"):
+            connection.request("step", action=0, into=[0])
+        observation, *_ = connection.request("step", action=0, into=[0, 0])
+        assert observation is None, "written into the batch, not sent"
+        assert np.array_equal(segment.array(np.float32, (1, 4), 64)[0], connection.request("observe"))
+        assert env.step(1)[0].shape == (4,)  # plain requests go on as before
+    finally:
+        env.close()
+        segment.close()
