@@ -145,6 +145,51 @@ def test_libero_local_equals_remote_for_the_same_init_state_and_actions(server):
 
 
 @needs_libero
+def test_libero_envs_sharing_a_worker_equal_sessions_of_their_own(server):
+    """Two LIBERO envs in one worker, writing into shared batches, against one session each."""
+    kwargs = {"task_suite": "libero_goal", "task_id": 1, "observation_height": 96, "observation_width": 96}
+    per_env_kwargs = [{"init_state_id": 2}, {"init_state_id": 5}]
+    actions = [np.array([[0.2, 0.1, -0.1, 0, 0, 0, -1], [-0.2, 0, 0.1, 0, 0, 0, 1]], np.float32)] * 3
+    envs = gym_remote.RemoteVectorEnv(
+        "gym_remote/Libero-v0",
+        2,
+        address=server.address,
+        envs_per_worker=2,
+        per_env_kwargs=per_env_kwargs,
+        **kwargs,
+    )
+    singles = [
+        gym_remote.RemoteEnv("gym_remote/Libero-v0", address=server.address, **kwargs, **own)
+        for own in per_env_kwargs
+    ]
+    try:
+        assert envs.uses_shared_batches and len(envs.sessions) == 1
+        batch, _ = envs.reset(seed=0)  # env i gets seed i, as in Gymnasium's vector envs
+        expected = [env.reset(seed=index)[0] for index, env in enumerate(singles)]
+        for action in actions:
+            for index in range(2):
+                assert_same_observation(batch, index, expected[index])
+            batch = envs.step(action)[0]
+            expected = [env.step(action[index])[0] for index, env in enumerate(singles)]
+        for index in range(2):
+            assert_same_observation(batch, index, expected[index])
+        assert envs.get_attr("task_description") == (singles[0].get_wrapper_attr("task_description"),) * 2
+    finally:
+        envs.close()
+        for env in singles:
+            env.close()
+
+
+def assert_same_observation(batch, index, observation):
+    if isinstance(observation, dict):
+        assert batch.keys() == observation.keys()
+        for key in observation:
+            assert_same_observation(batch[key], index, observation[key])
+    else:
+        assert np.array_equal(batch[index], observation)
+
+
+@needs_libero
 def test_libero_takes_lerobots_observation_options(server):
     """obs_type, camera_name_mapping and seed_restarts_init_states, as LeRobot's libero flags need."""
     env = gym.make(
