@@ -150,6 +150,7 @@ class RemoteVectorEnv(VectorEnv):
         self._observations = create_empty_array(self.single_observation_space, n=num_envs, fn=np.zeros)
         self._batches = PooledBatches(self.single_observation_space, num_envs)
         self._shared: SharedBatches | None = None
+        # This call's observation of each env; None where its worker wrote it into a shared batch.
         self._env_observations: list[Any] = [None] * num_envs
         self._rewards = np.zeros((num_envs,), dtype=np.float64)
         self._terminations = np.zeros((num_envs,), dtype=np.bool_)
