@@ -8,6 +8,9 @@ the segment once neither process holds it, however either of them ends.
 A reply whose data section goes there is a frame with the magic ``GYMS`` and no data on the
 socket (see ``docs/protocol.md``). The client copies the data section out before it sends its
 next request, and the worker writes only in reply to a request, so the two never overlap.
+
+The other way round, a remote vector env makes segments holding whole observation batches and
+its workers write observations straight into them (:class:`BatchWriter`, "shared batches").
 This module runs inside simulator interpreters too: it keeps to Python 3.8.
 """
 
@@ -18,7 +21,9 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-__all__ = ["SharedSegment", "available", "write_row", "MINIMUM_SHARED_BYTES", "DATA_START"]
+from gym_remote.errors import InvalidCall
+
+__all__ = ["SharedSegment", "BatchWriter", "available", "write_row", "MINIMUM_SHARED_BYTES", "DATA_START"]
 
 # Data sections smaller than this go on the socket: a copy through memory saves nothing there.
 MINIMUM_SHARED_BYTES = 1 << 16
@@ -167,3 +172,65 @@ def write_row(leaves: List[Tuple[list, np.ndarray]], row: int, observation: Any,
     except (LookupError, TypeError, ValueError):
         return False
     return True
+
+
+class BatchWriter:
+    """Writes observations straight into a remote vector env's batch memory (same host only).
+
+    The client makes the buffers (shared memory segments, one whole observation batch each)
+    and says where each leaf of the observation lies in them: ``layout`` lists, per leaf, its
+    ``path`` of keys and indices into the observation, its ``offset`` in a buffer, and the
+    ``dtype`` and ``shape`` of the leaf's whole batch (first axis: the env).
+    """
+
+    def __init__(self, segments: List[SharedSegment], leaves: List[Tuple[list, list]]) -> None:
+        self.segments = segments
+        self.leaves = leaves  # per leaf: its path, and its batch array in each buffer
+
+    @classmethod
+    def attach(cls, buffers: Any, layout: Any) -> "BatchWriter":
+        """Opens the client's buffers (writable) and maps each leaf's batch in each of them.
+
+        Raises:
+            InvalidCall: the buffers cannot be opened from here, or the layout is malformed.
+        """
+        if not isinstance(buffers, list) or not isinstance(layout, list):
+            raise InvalidCall("use_shared_batches needs lists of buffers and of leaves")
+        segments: List[SharedSegment] = []
+        try:
+            for offer in buffers:
+                segments.append(SharedSegment.attach(offer, writable=True))
+            leaves = [
+                (
+                    list(leaf["path"]),
+                    [
+                        segment.array(np.dtype(leaf["dtype"]), tuple(leaf["shape"]), leaf["offset"])
+                        for segment in segments
+                    ],
+                )
+                for leaf in layout
+            ]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            for segment in segments:
+                segment.close()
+            raise InvalidCall(f"use_shared_batches: {type(error).__name__}: {error}") from None
+        return cls(segments, leaves)
+
+    def write(self, observation: Any, into: Any) -> bool:
+        """Writes ``observation`` into row ``into[1]`` of buffer ``into[0]``; False unless its leaves
+        are arrays of the batch's dtypes and shapes (then the reply carries it instead)."""
+        if not isinstance(into, list) or len(into) != 2 or not all(type(item) is int for item in into):
+            raise InvalidCall(f"into must be [buffer, row], got {into!r}")
+        buffer, row = into
+        if not 0 <= buffer < len(self.segments) or row < 0:
+            raise InvalidCall(
+                f"into names buffer {buffer}, row {row}: there are {len(self.segments)} buffers"
+            )
+        leaves = [(path, batches[buffer]) for path, batches in self.leaves]
+        return write_row(leaves, row, observation, exact=True)
+
+    def close(self) -> None:
+        """Closes the buffers (the client's batches stay: the client holds them too)."""
+        self.leaves = []
+        for segment in self.segments:
+            segment.close()

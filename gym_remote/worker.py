@@ -82,7 +82,7 @@ class WorkerSession:
         # The same-host fast path: offered when the client asks, used once it has attached.
         self.offered_segment: Optional[sharedmem.SharedSegment] = None
         self.segment: Optional[sharedmem.SharedSegment] = None
-        self.batches: Optional[BatchWriter] = None  # a remote vector env's shared batches
+        self.batches: Optional[sharedmem.BatchWriter] = None  # a remote vector env's shared batches
         self._handlers: Dict[str, Callable[[Dict[str, Any]], Any]] = {
             "reset": self._reset,
             "step": self._step,
@@ -295,7 +295,7 @@ class WorkerSession:
     def _use_shared_batches(self, request: Dict[str, Any]) -> Any:
         if self.batches is not None:
             raise InvalidCall("use_shared_batches: this session already has shared batches")
-        self.batches = BatchWriter.attach(request.get("buffers"), request.get("layout"))
+        self.batches = sharedmem.BatchWriter.attach(request.get("buffers"), request.get("layout"))
 
     def _close(self, request: Dict[str, Any]) -> Any:
         self._close_envs()
@@ -342,68 +342,6 @@ class WorkerSession:
         except (OSError, RemoteTimeout):
             # The client is gone: nobody is left to serve.
             self._close_envs()
-
-
-class BatchWriter:
-    """Writes observations straight into a remote vector env's batch memory (same host only).
-
-    The client makes the buffers (shared memory segments, one whole observation batch each)
-    and says where each leaf of the observation lies in them: ``layout`` lists, per leaf, its
-    ``path`` of keys and indices into the observation, its ``offset`` in a buffer, and the
-    ``dtype`` and ``shape`` of the leaf's whole batch (first axis: the env).
-    """
-
-    def __init__(self, segments: List[sharedmem.SharedSegment], leaves: List[Tuple[list, list]]) -> None:
-        self.segments = segments
-        self.leaves = leaves  # per leaf: its path, and its batch array in each buffer
-
-    @classmethod
-    def attach(cls, buffers: Any, layout: Any) -> "BatchWriter":
-        """Opens the client's buffers (writable) and maps each leaf's batch in each of them.
-
-        Raises:
-            InvalidCall: the buffers cannot be opened from here, or the layout is malformed.
-        """
-        if not isinstance(buffers, list) or not isinstance(layout, list):
-            raise InvalidCall("use_shared_batches needs lists of buffers and of leaves")
-        segments: List[sharedmem.SharedSegment] = []
-        try:
-            for offer in buffers:
-                segments.append(sharedmem.SharedSegment.attach(offer, writable=True))
-            leaves = [
-                (
-                    list(leaf["path"]),
-                    [
-                        segment.array(np.dtype(leaf["dtype"]), tuple(leaf["shape"]), leaf["offset"])
-                        for segment in segments
-                    ],
-                )
-                for leaf in layout
-            ]
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            for segment in segments:
-                segment.close()
-            raise InvalidCall(f"use_shared_batches: {type(error).__name__}: {error}") from None
-        return cls(segments, leaves)
-
-    def write(self, observation: Any, into: Any) -> bool:
-        """Writes ``observation`` into row ``into[1]`` of buffer ``into[0]``; False unless its leaves
-        are arrays of the batch's dtypes and shapes (then the reply carries it instead)."""
-        if not isinstance(into, list) or len(into) != 2 or not all(type(item) is int for item in into):
-            raise InvalidCall(f"into must be [buffer, row], got {into!r}")
-        buffer, row = into
-        if not 0 <= buffer < len(self.segments) or row < 0:
-            raise InvalidCall(
-                f"into names buffer {buffer}, row {row}: there are {len(self.segments)} buffers"
-            )
-        leaves = [(path, batches[buffer]) for path, batches in self.leaves]
-        return sharedmem.write_row(leaves, row, observation, exact=True)
-
-    def close(self) -> None:
-        """Closes the buffers (the client's batches stay: the client holds them too)."""
-        self.leaves = []
-        for segment in self.segments:
-            segment.close()
 
 
 def error_to_wire(error: BaseException) -> Dict[str, Any]:
