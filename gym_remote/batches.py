@@ -163,7 +163,8 @@ class SharedBatches:
 
     def row_copy(self, buffer: int, row: int) -> Any:
         """A copy of one env's observation from ``buffer``."""
-        return _structure(self.space, (array[row].copy() for array in self._arrays[buffer]))
+        # `[row, ...]`: a 0-d array where a leaf holds scalars, as the worker wrote only arrays.
+        return _structure(self.space, (array[row, ...].copy() for array in self._arrays[buffer]))
 
     def close(self) -> None:
         """Closes the segments; batches the caller still holds stay valid."""
