@@ -12,8 +12,9 @@ host write observations into, so replies carry no observation and the client cop
 
 from __future__ import annotations
 
+import itertools
 import sys
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -49,13 +50,14 @@ def array_leaves(space: gym.Space, num_envs: int) -> list[tuple[list, np.dtype, 
     return leaves
 
 
-def _structure(space: gym.Space, arrays: Iterator[np.ndarray]) -> Any:
-    """The batch of ``space`` whose leaves are ``arrays``, taken in Gymnasium's batch order."""
+def _structure(space: gym.Space, make_leaf: Callable[[gym.Space], Any]) -> Any:
+    """A batch of ``space``: its Dicts and Tuples as dicts and tuples, and ``make_leaf(subspace)``
+    for every other subspace, called in Gymnasium's batch order."""
     if isinstance(space, spaces.Dict):
-        return {key: _structure(subspace, arrays) for key, subspace in space.spaces.items()}
+        return {key: _structure(subspace, make_leaf) for key, subspace in space.spaces.items()}
     if isinstance(space, spaces.Tuple):
-        return tuple(_structure(subspace, arrays) for subspace in space.spaces)
-    return next(arrays)
+        return tuple(_structure(subspace, make_leaf) for subspace in space.spaces)
+    return make_leaf(space)
 
 
 def _only_held_here(arrays: list[np.ndarray]) -> bool:
@@ -76,16 +78,14 @@ class PooledBatches:
 
     def take(self) -> Any:
         """A batch laid out as ``create_empty_array(space, num_envs)``, with contents to overwrite."""
-        return self._build(self.space, iter(range(1 << 30)))
+        leaf_numbers = itertools.count()
 
-    def _build(self, space: gym.Space, leaf_numbers: Iterator[int]) -> Any:
-        if isinstance(space, spaces.Dict):
-            return {key: self._build(subspace, leaf_numbers) for key, subspace in space.spaces.items()}
-        if isinstance(space, spaces.Tuple):
-            return tuple(self._build(subspace, leaf_numbers) for subspace in space.spaces)
-        if isinstance(space, _ARRAY_SPACES):
-            return self._free_array(next(leaf_numbers), space)
-        return create_empty_array(space, n=self.num_envs, fn=np.empty)
+        def make_leaf(space: gym.Space) -> Any:
+            if isinstance(space, _ARRAY_SPACES):
+                return self._free_array(next(leaf_numbers), space)
+            return create_empty_array(space, n=self.num_envs, fn=np.empty)
+
+        return _structure(self.space, make_leaf)
 
     def _free_array(self, leaf_number: int, space: gym.Space) -> np.ndarray:
         arrays = self._arrays.setdefault(leaf_number, [])
@@ -155,7 +155,8 @@ class SharedBatches:
 
     def batch(self, buffer: int) -> Any:
         """The batch that lives in ``buffer``."""
-        return _structure(self.space, iter(self._arrays[buffer]))
+        arrays = iter(self._arrays[buffer])
+        return _structure(self.space, lambda _: next(arrays))
 
     def leaves(self, buffer: int) -> list[tuple[list, np.ndarray]]:
         """Each leaf's path with its batch array in ``buffer``."""
@@ -164,7 +165,8 @@ class SharedBatches:
     def row_copy(self, buffer: int, row: int) -> Any:
         """A copy of one env's observation from ``buffer``."""
         # `[row, ...]`: a 0-d array where a leaf holds scalars, as the worker wrote only arrays.
-        return _structure(self.space, (array[row, ...].copy() for array in self._arrays[buffer]))
+        rows = (array[row, ...].copy() for array in self._arrays[buffer])
+        return _structure(self.space, lambda _: next(rows))
 
     def close(self) -> None:
         """Closes the segments; batches the caller still holds stay valid."""
