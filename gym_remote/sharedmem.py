@@ -183,9 +183,11 @@ class BatchWriter:
     ``dtype`` and ``shape`` of the leaf's whole batch (first axis: the env).
     """
 
-    def __init__(self, segments: List[SharedSegment], leaves: List[Tuple[list, list]]) -> None:
+    def __init__(
+        self, segments: List[SharedSegment], leaves_by_buffer: List[List[Tuple[list, np.ndarray]]]
+    ) -> None:
         self.segments = segments
-        self.leaves = leaves  # per leaf: its path, and its batch array in each buffer
+        self.leaves_by_buffer = leaves_by_buffer  # per buffer: each leaf's path and its batch array there
 
     @classmethod
     def attach(cls, buffers: Any, layout: Any) -> "BatchWriter":
@@ -200,21 +202,21 @@ class BatchWriter:
         try:
             for offer in buffers:
                 segments.append(SharedSegment.attach(offer, writable=True))
-            leaves = [
-                (
-                    list(leaf["path"]),
-                    [
-                        segment.array(np.dtype(leaf["dtype"]), tuple(leaf["shape"]), leaf["offset"])
-                        for segment in segments
-                    ],
-                )
-                for leaf in layout
+            leaves_by_buffer = [
+                [
+                    (
+                        list(leaf["path"]),
+                        segment.array(np.dtype(leaf["dtype"]), tuple(leaf["shape"]), leaf["offset"]),
+                    )
+                    for leaf in layout
+                ]
+                for segment in segments
             ]
         except (OSError, ValueError, KeyError, TypeError) as error:
             for segment in segments:
                 segment.close()
             raise InvalidCall(f"use_shared_batches: {type(error).__name__}: {error}") from None
-        return cls(segments, leaves)
+        return cls(segments, leaves_by_buffer)
 
     def write(self, observation: Any, into: Any) -> bool:
         """Writes ``observation`` into row ``into[1]`` of buffer ``into[0]``; False unless its leaves
@@ -226,11 +228,10 @@ class BatchWriter:
             raise InvalidCall(
                 f"into names buffer {buffer}, row {row}: there are {len(self.segments)} buffers"
             )
-        leaves = [(path, batches[buffer]) for path, batches in self.leaves]
-        return write_row(leaves, row, observation, exact=True)
+        return write_row(self.leaves_by_buffer[buffer], row, observation, exact=True)
 
     def close(self) -> None:
         """Closes the buffers (the client's batches stay: the client holds them too)."""
-        self.leaves = []
+        self.leaves_by_buffer = []
         for segment in self.segments:
             segment.close()
