@@ -346,11 +346,11 @@ class RemoteEnv(gym.Env):
             **fields,
             shared_memory=config.shared_memory and parsed.is_loopback and sharedmem.available(),
         )
-        if description.get("num_envs", 1) != fields.get("num_envs", 1):
+        asked, made = fields.get("num_envs", 1), description.get("num_envs", 1)
+        if made != asked:
             raise VersionMismatch(
-                f"the server at {address} made {description.get('num_envs', 1)} env(s) where "
-                f"{fields.get('num_envs', 1)} were asked for: its gym-remote is older than "
-                "envs_per_worker; upgrade it there, or use envs_per_worker=1"
+                f"the server at {address} made {made} env(s) where {asked} were asked for: its "
+                "gym-remote is older than envs_per_worker; upgrade it there, or use envs_per_worker=1"
             )
         if "shared_memory" in description:
             self._attach_shared_memory(description["shared_memory"])
