@@ -131,7 +131,11 @@ class _DataSection:
             chunk = array if array.flags.c_contiguous else np.ascontiguousarray(array)
             self.chunks.append(chunk.reshape(-1).view(np.uint8) if dtype.kind in "mM" else chunk)
             self.size += nbytes
-        return self.pack_payload([dtype.str, list(array.shape), offset, nbytes])
+        return self.pack_payload([_dtype_text(dtype), list(array.shape), offset, nbytes])
+
+    def scalar_payload(self, value: np.generic) -> bytes:
+        """The packed ``[dtype, bytes]`` payload of a numpy scalar."""
+        return self.pack_payload([_dtype_text(value.dtype), value.tobytes()])
 
 
 class _FastEncoder(_DataSection):
@@ -157,16 +161,22 @@ class _FastEncoder(_DataSection):
     def _extension(self, value: Any) -> Any:
         kind = type(value)
         if kind is np.ndarray and not value.dtype.hasobject and value.dtype.fields is None:
-            return msgpack.ExtType(EXT_NDARRAY, self.place(value))
+            return _ext_type(EXT_NDARRAY, self.place(value))
         if kind is tuple or kind is GraphInstance:
             # A packer of its own: the one that called this hook is in the middle of a message.
             code = EXT_TUPLE if kind is tuple else EXT_GRAPH_INSTANCE
-            return msgpack.ExtType(code, self._new_packer().pack(list(value)))
+            return _ext_type(code, self._new_packer().pack(list(value)))
         if isinstance(value, np.generic) and not value.dtype.hasobject:
-            return msgpack.ExtType(EXT_NUMPY_SCALAR, self.pack_payload([value.dtype.str, value.tobytes()]))
+            return _ext_type(EXT_NUMPY_SCALAR, self.scalar_payload(value))
         if isinstance(value, dict):
             return dict(value)
         raise TypeError(kind)
+
+
+def _ext_type(code: int, data: bytes) -> msgpack.ExtType:
+    """``msgpack.ExtType(code, data)`` without its argument checks (a Python-level ``__new__``
+    that costs more than the rest of encoding a small array): our codes and payloads are valid."""
+    return tuple.__new__(msgpack.ExtType, (code, data))
 
 
 def _thread_fast_encoder() -> "_FastEncoder":
@@ -221,7 +231,7 @@ class _Encoder(_DataSection):
             # plain dicts, which keep insertion order.
             self.write(packer, dict(value))
         elif isinstance(value, np.generic) and not value.dtype.hasobject:
-            packer.pack_ext_type(EXT_NUMPY_SCALAR, self.pack_payload([value.dtype.str, value.tobytes()]))
+            packer.pack_ext_type(EXT_NUMPY_SCALAR, self.scalar_payload(value))
         else:
             self._write_fallback(packer, value)
 
@@ -335,7 +345,7 @@ class _Decoder:
 
     def ext_hook(self, code: int, payload: bytes) -> Any:
         if code == EXT_NDARRAY:
-            return _decode_array(msgpack.unpackb(payload, raw=False), self.data)
+            return _decode_array(msgpack.unpackb(payload), self.data)
         if code == EXT_TUPLE:
             return tuple(self.decode(payload))
         if code == EXT_GRAPH_INSTANCE:
@@ -344,11 +354,11 @@ class _Decoder:
                 raise ProtocolError("malformed graph instance")
             return GraphInstance(*parts)
         if code == EXT_NUMPY_SCALAR:
-            dtype_text, raw = msgpack.unpackb(payload, raw=False)
+            dtype_text, raw = msgpack.unpackb(payload)
             dtype = _safe_dtype(dtype_text)
             if len(raw) != dtype.itemsize:
                 raise ProtocolError(f"numpy scalar of {dtype} has {len(raw)} bytes")
-            return np.frombuffer(raw, dtype=dtype)[0]
+            return np.frombuffer(raw, dtype)[0]
         if code == EXT_PICKLE:
             if not self.allow_pickle:
                 raise UnsupportedValue(
@@ -389,23 +399,38 @@ def _safe_dtype(text: Any) -> np.dtype:
     return dtype
 
 
+_DTYPE_TEXTS: Dict[np.dtype, str] = {}
+
+
+def _dtype_text(dtype: np.dtype) -> str:
+    """``dtype.str`` (numpy formats it anew on every access), remembered per dtype."""
+    text = _DTYPE_TEXTS.get(dtype)
+    if text is None:
+        text = dtype.str
+        if len(_DTYPE_TEXTS) < _DTYPE_CACHE_LIMIT:
+            _DTYPE_TEXTS[dtype] = text
+    return text
+
+
 def _decode_array(payload: Any, data: memoryview) -> np.ndarray:
+    """The array an ``[dtype, shape, offset, nbytes]`` descriptor places in ``data``, as a view.
+
+    numpy itself refuses negative dimensions and views past the end of ``data``.
+    """
     try:
         dtype_text, shape, offset, nbytes = payload
-        shape = tuple(shape)
-        count = math.prod(shape)
-        valid = min(shape, default=0) >= 0 and offset >= 0
-    except (TypeError, ValueError):
-        raise ProtocolError(f"malformed array descriptor {payload!r}") from None
-    dtype = _safe_dtype(dtype_text)
-    if not valid or count * dtype.itemsize != nbytes or offset + nbytes > len(data):
+        dtype = _safe_dtype(dtype_text)
+        if math.prod(shape) * dtype.itemsize != nbytes:
+            raise ValueError("nbytes does not match dtype and shape")
+        if offset < 0:
+            raise ValueError("negative offset")
+        if nbytes == 0:
+            return np.empty(shape, dtype)
+        return np.ndarray(shape, dtype, data, offset)
+    except (TypeError, ValueError) as error:
         raise ProtocolError(
-            f"array {dtype} {shape} claims bytes {offset}..{offset + nbytes} "
-            f"of a {len(data)}-byte data section"
-        )
-    if nbytes == 0:
-        return np.empty(shape, dtype=dtype)
-    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+            f"malformed array descriptor {payload!r} for a {len(data)}-byte data section ({error})"
+        ) from None
 
 
 def send_message(sock: socket.socket, value: Any, allow_pickle: bool = False) -> None:
@@ -520,6 +545,16 @@ class MessageReader:
         else:
             self._set_timeout(wait)
             buffer = self._recv_chunk(started=False)
+        if len(buffer) >= PREFIX.size:
+            magic, header_length, data_length = PREFIX.unpack_from(buffer)
+            end = PREFIX.size + header_length + data_length
+            if magic == MAGIC and end <= len(buffer) and end - PREFIX.size <= self.max_message_size:
+                # The usual small message, whole in hand: one copy of its data section (an
+                # allocation of its own, so aligned and writable) and no other work.
+                if len(buffer) > end:
+                    self._pending = bytes(buffer[end:])
+                header_end = PREFIX.size + header_length
+                return buffer[PREFIX.size : header_end], bytearray(buffer[header_end:end])
         deadline = None if read_timeout is None else time.monotonic() + read_timeout
         if len(buffer) < PREFIX.size:
             buffer = bytes(buffer)
