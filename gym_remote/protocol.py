@@ -341,7 +341,12 @@ class _Decoder:
         self.allow_pickle = allow_pickle
 
     def decode(self, payload: Any) -> Any:
-        return _unpack(payload, self.ext_hook)
+        try:
+            return msgpack.unpackb(payload, raw=False, strict_map_key=False, ext_hook=self.ext_hook)
+        except (UnsupportedValue, ProtocolError):
+            raise
+        except Exception as error:
+            raise ProtocolError(f"malformed message header: {error}") from None
 
     def ext_hook(self, code: int, payload: bytes) -> Any:
         if code == EXT_NDARRAY:
@@ -369,15 +374,6 @@ class _Decoder:
 
             return cloudpickle.loads(payload)
         raise ProtocolError(f"unknown extension type {code}")
-
-
-def _unpack(payload: Any, ext_hook: Any) -> Any:
-    try:
-        return msgpack.unpackb(payload, raw=False, strict_map_key=False, ext_hook=ext_hook)
-    except (UnsupportedValue, ProtocolError):
-        raise
-    except Exception as error:
-        raise ProtocolError(f"malformed message header: {error}") from None
 
 
 _DTYPE_CACHE: Dict[Any, np.dtype] = {}
@@ -543,7 +539,8 @@ class MessageReader:
         if buffer:
             self._pending = b""
         else:
-            self._set_timeout(wait)
+            if wait != self._receive_timeout:
+                self._set_timeout(wait)
             buffer = self._recv_chunk(started=False)
         if len(buffer) >= PREFIX.size:
             magic, header_length, data_length = PREFIX.unpack_from(buffer)
@@ -613,7 +610,8 @@ class MessageReader:
             if started:
                 raise ProtocolError("connection closed in the middle of a frame")
             raise PeerClosed("the peer closed the connection")
-        _check_deadline(deadline)
+        if deadline is not None:
+            _check_deadline(deadline)
         return chunk
 
     def _recv_into(self, view: memoryview, deadline: Optional[float]) -> None:
