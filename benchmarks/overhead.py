@@ -3,9 +3,11 @@
 For CartPole-v1 and a 393 KB image env (two 256x256x3 uint8 images and a 9-float state), in
 one run: local steps/s, remote steps/s over loopback TCP, the per-step overhead (remote step
 time minus local step time), and a bare TCP_NODELAY socket round trip that carries the same
-payload sizes. Target: overhead <= 2x the bare round trip. Results go to docs/benchmarks.md.
+payload sizes. Target: overhead <= 2x the bare round trip. Beside it, the same ratio for the
+minimal Python pair of ``benchmarks/python_floor.py``: what any Python remote env costs. All
+take turns in rounds and the medians are reported. Results go to docs/benchmarks.md.
 
-Run: ``python benchmarks/overhead.py [--steps N]``.
+Run: ``python -m benchmarks.overhead [--steps N] [--rounds R] [--same-core]``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import multiprocessing
 import os
 import socket
+import statistics
 import time
 
 import gymnasium as gym
@@ -22,6 +25,7 @@ import numpy as np
 import gym_remote
 import gym_remote.testing  # noqa: F401  (registers the image env)
 from benchmarks.common import machine_line, record
+from benchmarks.python_floor import MinimalPythonEnv
 from gym_remote.sharedmem import MINIMUM_SHARED_BYTES
 from gym_remote.testing import ServerProcess
 
@@ -76,35 +80,84 @@ def _echo_server(listener: socket.socket, request_bytes: int, reply_bytes: int) 
         connection.sendall(reply)
 
 
-def bare_socket_round_trip(request_bytes: int, reply_bytes: int, count: int) -> float:
-    """Seconds per round trip of a bare TCP_NODELAY socket carrying these payloads."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    server = multiprocessing.get_context("fork").Process(
-        target=_echo_server, args=(listener, request_bytes, reply_bytes), daemon=True
-    )
-    server.start()
-    client = socket.create_connection(listener.getsockname())
-    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    request = bytes(request_bytes)
-    reply = bytearray(reply_bytes)
-    view = memoryview(reply)
-    for _ in range(2):  # warm-up, then the timed run
+class BareSocket:
+    """A bare TCP_NODELAY round trip to a forked Python echo server, with fixed payload sizes."""
+
+    def __init__(self, request_bytes: int, reply_bytes: int) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._server = multiprocessing.get_context("fork").Process(
+            target=_echo_server, args=(self._listener, request_bytes, reply_bytes), daemon=True
+        )
+        self._server.start()
+        self._client = socket.create_connection(self._listener.getsockname())
+        self._client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._request = bytes(request_bytes)
+        self._reply = bytearray(reply_bytes)
+
+    def round_trip_seconds(self, count: int) -> float:
+        """Seconds per round trip over ``count`` round trips."""
+        view = memoryview(self._reply)
         start = time.perf_counter()
         for _ in range(count):
-            client.sendall(request)
+            self._client.sendall(self._request)
             received = 0
-            while received < reply_bytes:
-                received += client.recv_into(view[received:])
-        elapsed = (time.perf_counter() - start) / count
-    client.close()
-    server.join(10)
-    listener.close()
-    return elapsed
+            while received < len(view):
+                received += self._client.recv_into(view[received:])
+        return (time.perf_counter() - start) / count
+
+    def close(self) -> None:
+        self._client.close()
+        self._server.join(10)
+        self._listener.close()
+
+
+def measure_workload(
+    env_id: str, address: str, steps: int, rounds: int
+) -> list[tuple[str, float, float, float, float]]:
+    """``(transport, local, remote, minimal Python pair, bare round trip)``, in seconds per step,
+    per reply transport: the medians of ``rounds`` rounds in which the local env, each remote
+    env, the minimal Python pair and the bare socket take turns, so that the machine's drift hits
+    them alike."""
+    local_env = gym.make(env_id)
+    local_env.action_space.seed(0)
+    actions = [local_env.action_space.sample() for _ in range(steps)]
+    request_bytes, reply_bytes = payload_sizes(env_id)
+    bare = BareSocket(request_bytes, reply_bytes)
+    # Replies with 64 KiB of arrays or more take the same-host shared memory path.
+    transports = ("shared memory", "socket") if reply_bytes >= MINIMUM_SHARED_BYTES else ("socket",)
+    remote_envs = {}
+    for transport in transports:
+        os.environ["GYM_REMOTE_SHARED_MEMORY"] = str(int(transport == "shared memory"))
+        remote_envs[transport] = gym_remote.RemoteEnv(env_id, address=address)
+    os.environ.pop("GYM_REMOTE_SHARED_MEMORY")
+    minimal = MinimalPythonEnv(env_id)
+    envs = {"local": local_env, **remote_envs, "minimal": minimal}
+    samples: dict[str, list[float]] = {name: [] for name in (*envs, "bare")}
+    try:
+        for env in envs.values():  # warm-up
+            run_episodes(env, actions[: steps // 10])
+        bare.round_trip_seconds(steps // 10)
+        for _ in range(rounds):
+            for name, env in envs.items():
+                samples[name].append(run_episodes(env, actions))
+            samples["bare"].append(bare.round_trip_seconds(steps))
+    finally:
+        for env in envs.values():
+            env.close()
+        bare.close()
+    median = {name: statistics.median(values) for name, values in samples.items()}
+    return [
+        (transport, median["local"], median[transport], median["minimal"], median["bare"])
+        for transport in transports
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5000, help="steps per measurement")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="rounds in which every measurement takes a turn"
+    )
     parser.add_argument("--no-record", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument(
         "--same-core",
@@ -119,40 +172,37 @@ def main() -> None:
     with ServerProcess("--import", "gym_remote.testing") as server:
         for name, env_id in WORKLOADS.items():
             steps = arguments.steps if "CartPole" in env_id else max(arguments.steps // 5, 200)
-            local_env = gym.make(env_id)
-            local_env.action_space.seed(0)
-            actions = [local_env.action_space.sample() for _ in range(steps)]
-            run_episodes(local_env, actions[: steps // 10])
-            local = run_episodes(local_env, actions)
-            local_env.close()
-
-            request_bytes, reply_bytes = payload_sizes(env_id)
-            floor = bare_socket_round_trip(request_bytes, reply_bytes, steps)
-            # Replies with 64 KiB of arrays or more take the same-host shared memory path.
-            transports = ("shared memory", "socket") if reply_bytes >= MINIMUM_SHARED_BYTES else ("socket",)
-            for transport in transports:
-                os.environ["GYM_REMOTE_SHARED_MEMORY"] = str(int(transport == "shared memory"))
-                remote_env = gym_remote.RemoteEnv(env_id, address=server.address)
-                run_episodes(remote_env, actions[: steps // 10])
-                remote = run_episodes(remote_env, actions)
-                remote_env.close()
+            for transport, local, remote, minimal, floor in measure_workload(
+                env_id, server.address, steps, arguments.rounds
+            ):
                 overhead = remote - local
                 rows.append(
-                    (name, transport, 1 / local, 1 / remote, overhead * 1e6, floor * 1e6, overhead / floor)
+                    (
+                        name,
+                        transport,
+                        1 / local,
+                        1 / remote,
+                        overhead * 1e6,
+                        floor * 1e6,
+                        overhead / floor,
+                        (minimal - local) / floor,
+                    )
                 )
 
     lines = [
-        f"Measured {machine_line()}; loopback TCP, {arguments.steps} steps, "
+        f"Measured {machine_line()}; loopback TCP, {arguments.steps} steps per measurement, the "
+        f"median of {arguments.rounds} rounds in which every measurement takes a turn; "
         + ("every process on one core." if arguments.same_core else "processes scheduled freely."),
         "",
         "| workload | reply through | local steps/s | remote steps/s | overhead per step "
-        "| bare TCP round trip | overhead / round trip (target <= 2) |",
-        "|---|---|---|---|---|---|---|",
+        "| bare TCP round trip | overhead / round trip (target <= 2) "
+        "| minimal Python pair: overhead / round trip |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, transport, local_rate, remote_rate, overhead_us, floor_us, ratio in rows:
+    for name, transport, local_rate, remote_rate, overhead_us, floor_us, ratio, minimal_ratio in rows:
         lines.append(
             f"| {name} | {transport} | {local_rate:,.0f} | {remote_rate:,.0f} | {overhead_us:.1f} us "
-            f"| {floor_us:.1f} us | {ratio:.2f}x |"
+            f"| {floor_us:.1f} us | {ratio:.2f}x | {minimal_ratio:.2f}x |"
         )
     table = "\n".join(lines)
     print(table)
