@@ -96,6 +96,7 @@ class MinimalPythonEnv:
             (path, array.dtype, array.shape, array.nbytes) for path, array in _leaves(observation)
         ]
         listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(60)  # a worker that never connects is an error, not a hang
         self._worker = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.python_floor", env_id, str(listener.getsockname()[1])],
             cwd=pathlib.Path(__file__).resolve().parent.parent,

@@ -1,0 +1,67 @@
+"""The overhead benchmark's floors stay honest and the script keeps running (no timings asserted)."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import gym_remote.testing  # noqa: F401  (registers the image env)
+from benchmarks.python_floor import MinimalPythonEnv
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "gym_remote_testing/ImageEnv-v0"])
+def test_the_minimal_python_pair_returns_what_the_local_env_does(env_id):
+    local_env = gym.make(env_id)
+    minimal = MinimalPythonEnv(env_id)
+    try:
+        local_env.action_space.seed(0)
+        expected, _ = local_env.reset(seed=3)
+        observation, _ = minimal.reset(seed=3)
+        for _ in range(60):
+            _assert_same(observation, expected)
+            action = local_env.action_space.sample()
+            expected, reward, terminated, truncated, _ = local_env.step(action)
+            observation, remote_reward, remote_terminated, remote_truncated, _ = minimal.step(action)
+            assert (remote_reward, remote_terminated, remote_truncated) == (reward, terminated, truncated)
+            if terminated or truncated:
+                expected, _ = local_env.reset(seed=4)
+                observation, _ = minimal.reset(seed=4)
+        _assert_same(observation, expected)
+    finally:
+        minimal.close()
+        local_env.close()
+
+
+def _assert_same(observation, expected) -> None:
+    if isinstance(expected, dict):
+        assert observation.keys() == expected.keys()
+        for key in expected:
+            _assert_same(observation[key], expected[key])
+    else:
+        assert observation.dtype == expected.dtype and observation.flags.writeable
+        np.testing.assert_array_equal(observation, expected)
+
+
+def test_the_overhead_benchmark_prints_its_table_without_recording():
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.overhead", "--steps", "200", "--rounds", "1", "--no-record"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("| CartPole", "| image"))]
+    assert len(rows) == 3  # CartPole over the socket, the image env over shared memory and the socket
+    for row in rows:
+        ratios = [float(value) for value in re.findall(r"\| ([\d.]+)x", row)]
+        assert len(ratios) == 2 and all(ratio > 0 for ratio in ratios), row
+    assert "results written" not in result.stdout
