@@ -539,8 +539,7 @@ class MessageReader:
         if buffer:
             self._pending = b""
         else:
-            if wait != self._receive_timeout:
-                self._set_timeout(wait)
+            self._set_timeout(wait)
             buffer = self._recv_chunk(started=False)
         if len(buffer) >= PREFIX.size:
             magic, header_length, data_length = PREFIX.unpack_from(buffer)
@@ -610,8 +609,7 @@ class MessageReader:
             if started:
                 raise ProtocolError("connection closed in the middle of a frame")
             raise PeerClosed("the peer closed the connection")
-        if deadline is not None:
-            _check_deadline(deadline)
+        _check_deadline(deadline)
         return chunk
 
     def _recv_into(self, view: memoryview, deadline: Optional[float]) -> None:
