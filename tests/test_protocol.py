@@ -299,6 +299,21 @@ def test_large_receive_buffers_are_reused_once_released():
         assert second["image"].flags.writeable and (second["image"] == 1).all()
 
 
+@pytest.mark.parametrize("header_length", [1, 5, 8, 131])
+@pytest.mark.parametrize("socket_start", [0, 1, 65520, 65531])
+def test_receive_buffers_align_the_data_and_put_the_socket_copy_mid_page(header_length, socket_start):
+    from gym_remote.protocol import _BodyBufferPool
+
+    pool = _BodyBufferPool()
+    for body_length in (header_length + 100, header_length + 400_000):
+        body = pool.take(body_length, header_length, socket_start)
+        address = body.__array_interface__["data"][0]
+        assert body.nbytes == body_length and body.flags.writeable
+        assert (address + header_length) % 8 == 0  # every array in the data section is aligned
+        # The kernel's copy lands mid-page, away from the page starts socket data tends to have.
+        assert 2048 <= (address + socket_start) % 4096 < 2048 + 8
+
+
 def test_decoded_frames_free_their_buffers_without_the_garbage_collector():
     import gc
     import weakref
