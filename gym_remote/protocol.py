@@ -641,10 +641,10 @@ class _BodyBufferPool:
         the kernel copies out of the socket.
 
         The data section (and so every array in it) is 8-byte aligned. The socket's part starts
-        mid-page: the kernel copies with ``rep movsb``, which on some CPUs (AMD's, these
-        machines' included) runs 3-4x slower when its destination is a few bytes ahead of its
-        source modulo 4 KiB, and socket data, like malloc's large blocks, starts near page
-        boundaries (measured: 270 instead of 180 us per 393 KB step on one core).
+        mid-page: the kernel's copy into memory just past a page boundary, where malloc puts
+        large blocks, measured 3-4x slower on the benchmark machine (AMD; most likely the 4 KiB
+        aliasing of ``rep movsb``, as socket data starts near page boundaries too): 270 instead
+        of 185 us per 393 KB step on one core.
         """
         buffer = self._buffer(nbytes + _PAGE_SIZE + DATA_ALIGNMENT)
         address = buffer.__array_interface__["data"][0]
