@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import pathlib
 import platform
+from typing import Any
 
 import numpy as np
 
@@ -32,3 +33,10 @@ def record(section: str, markdown: str) -> None:
         text = text.rstrip() + "\n\n" + block + "\n"
     DOCS.write_text(text)
     print(f"results written to {DOCS}")
+
+
+def observation_leaves(value: Any, path: tuple = ()) -> list[tuple[tuple, np.ndarray]]:
+    """The arrays of an observation (nested dicts of arrays), each with its path of keys."""
+    if isinstance(value, dict):
+        return [leaf for key, item in value.items() for leaf in observation_leaves(item, (*path, key))]
+    return [(path, np.asarray(value))]

@@ -24,7 +24,7 @@ import numpy as np
 
 import gym_remote
 import gym_remote.testing  # noqa: F401  (registers the image env)
-from benchmarks.common import machine_line, record
+from benchmarks.common import machine_line, observation_leaves, record
 from benchmarks.python_floor import MinimalPythonEnv
 from gym_remote.sharedmem import MINIMUM_SHARED_BYTES
 from gym_remote.testing import ServerProcess
@@ -52,16 +52,8 @@ def payload_sizes(env_id: str) -> tuple[int, int]:
     observation, _ = env.reset(seed=0)
     action = env.action_space.sample()
     env.close()
-    observation_bytes = sum(np.asarray(leaf).nbytes for leaf in _leaves(observation))
+    observation_bytes = sum(leaf.nbytes for _, leaf in observation_leaves(observation))
     return max(np.asarray(action).nbytes, 1), observation_bytes
-
-
-def _leaves(value):  # type: ignore[no-untyped-def]
-    if isinstance(value, dict):
-        for item in value.values():
-            yield from _leaves(item)
-    else:
-        yield value
 
 
 def _echo_server(listener: socket.socket, request_bytes: int, reply_bytes: int) -> None:

@@ -21,15 +21,11 @@ import gymnasium as gym
 import msgpack
 import numpy as np
 
+from benchmarks.common import observation_leaves
+
 # Every message: the header's length and the data's length, then a msgpack header, then data.
 _PREFIX = struct.Struct("<II")
 _SCRATCH_BYTES = 1 << 16
-
-
-def _leaves(value: Any, path: tuple = ()) -> list[tuple[tuple, np.ndarray]]:
-    if isinstance(value, dict):
-        return [leaf for key, item in value.items() for leaf in _leaves(item, (*path, key))]
-    return [(path, np.asarray(value))]
 
 
 def _receive(sock: socket.socket, scratch: bytearray) -> tuple[bytes, np.ndarray]:
@@ -82,7 +78,8 @@ def _worker(env_id: str, port: int) -> None:
             if not action.shape:
                 action = action[()]
             observation, reward, terminated, truncated, _ = env.step(action)
-        _send(sock, [float(reward), bool(terminated), bool(truncated)], [a for _, a in _leaves(observation)])
+        arrays = [array for _, array in observation_leaves(observation)]
+        _send(sock, [float(reward), bool(terminated), bool(truncated)], arrays)
 
 
 class MinimalPythonEnv:
@@ -93,7 +90,7 @@ class MinimalPythonEnv:
         observation, _ = local_env.reset(seed=0)
         local_env.close()
         self._layout = [
-            (path, array.dtype, array.shape, array.nbytes) for path, array in _leaves(observation)
+            (path, array.dtype, array.shape, array.nbytes) for path, array in observation_leaves(observation)
         ]
         listener = socket.create_server(("127.0.0.1", 0))
         listener.settimeout(60)  # a worker that never connects is an error, not a hang
