@@ -220,6 +220,27 @@ def test_garbage_gives_protocol_error(frame):
         _receive_raw(frame)
 
 
+def test_frames_that_arrive_together_or_split_are_each_received_whole():
+    small = {"op": "step", "action": np.arange(3, dtype=np.float32)}
+    large = {"image": np.arange(200_000, dtype=np.uint8)}
+    frames = [b"".join(bytes(chunk) for chunk in encode_frame(value)) for value in (small, large, small)]
+    stream = b"".join(frames)
+    left, right = socket.socketpair()
+    with left, right:
+        reader = MessageReader(right)
+        # Everything in one send, so one receive holds the first frame and the start of the next.
+        left.sendall(stream[: len(frames[0]) + 10])
+        first = reader.receive(2.0)
+        left.sendall(stream[len(frames[0]) + 10 :])
+        second, third = reader.receive(2.0), reader.receive(2.0)
+        # Two whole small frames in one receive: the second waits in hand for the next call.
+        left.sendall(frames[0] + frames[2])
+        fourth, fifth = reader.receive(2.0), reader.receive(2.0)
+    for received in (first, third, fourth, fifth):
+        assert received["op"] == "step" and np.array_equal(received["action"], small["action"])
+    assert np.array_equal(second["image"], large["image"]) and second["image"].flags.writeable
+
+
 def test_truncated_frame_gives_protocol_error():
     frame = b"".join(bytes(chunk) for chunk in encode_frame({"x": np.zeros(1000)}))
     for cut in (3, 20, len(frame) - 1):
