@@ -1,11 +1,12 @@
 """The least a Python remote env can do per step: a second floor beside the bare socket.
 
-A minimal client and worker that do only what any Python remote env must: send the action,
-step the env in a separately started interpreter (as gym-remote's workers are), send the
-observation's arrays back and rebuild them as writable numpy arrays. No checks, no deadlines,
-no spaces, no typed errors, no general encoding: both ends know the observation's layout in
-advance, and infos are dropped. What gym-remote costs beyond this pair is its own design; what
-the pair costs beyond the bare socket is Python's.
+A minimal client and worker that do only what any Python remote env must: send the action's
+bytes, step the env in a separately started interpreter (as gym-remote's workers are), send the
+observation's arrays back and rebuild them as writable numpy arrays. Fixed binary headers
+(``struct``), no general encoding, no checks, deadlines, spaces or typed errors: both ends know
+the action's and the observation's layout in advance, rewards travel as float64 and infos are
+dropped. What gym-remote costs beyond this pair is its own design; what the pair costs beyond
+the bare socket is Python's.
 """
 
 from __future__ import annotations
@@ -18,68 +19,38 @@ import sys
 from typing import Any
 
 import gymnasium as gym
-import msgpack
 import numpy as np
 
 from benchmarks.common import observation_leaves
 
-# Every message: the header's length and the data's length, then a msgpack header, then data.
-_PREFIX = struct.Struct("<II")
+# A request: reset (with a seed, -1 for none) or step, then the action's bytes.
+_REQUEST = struct.Struct("<?q")
+# A reply: reward, terminated, truncated and the length of the observation's bytes that follow.
+_REPLY = struct.Struct("<d??I")
 _SCRATCH_BYTES = 1 << 16
-
-
-def _receive(sock: socket.socket, scratch: bytearray) -> tuple[bytes, np.ndarray]:
-    """One message: its header and its data (writable memory of its own). A small message takes
-    one ``recv``; a large one's data is received in place after the part that came first."""
-    view = memoryview(scratch)
-    received = 0
-    while received < _PREFIX.size:
-        count = sock.recv_into(view[received:])
-        if not count:
-            raise EOFError
-        received += count
-    header_length, data_length = _PREFIX.unpack_from(scratch)
-    header_end = _PREFIX.size + header_length
-    while received < min(header_end + data_length, len(scratch)):
-        received += sock.recv_into(view[received:])
-    data = np.empty(data_length, dtype=np.uint8)
-    have = received - header_end
-    data[:have] = view[header_end:received]
-    data_view = memoryview(data)
-    while have < data_length:
-        have += sock.recv_into(data_view[have:])
-    return view[_PREFIX.size : header_end].tobytes(), data
-
-
-def _send(sock: socket.socket, header: Any, data: list) -> None:
-    packed = msgpack.packb(header)
-    sock.sendmsg([_PREFIX.pack(len(packed), sum(chunk.nbytes for chunk in data)), packed, *data])
 
 
 def _worker(env_id: str, port: int) -> None:
     import gym_remote.testing  # noqa: F401  (registers the image env)
 
     env = gym.make(env_id)
-    action_space = env.action_space
+    action_dtype, action_shape = env.action_space.dtype, env.action_space.shape
+    action_count = int(np.prod(action_shape))
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     scratch = bytearray(_SCRATCH_BYTES)
-    while True:
-        try:
-            header, data = _receive(sock, scratch)
-        except EOFError:
-            return
-        operation, seed = msgpack.unpackb(header)
-        if operation == "reset":
-            observation, _ = env.reset(seed=seed)
-            reward, terminated, truncated = 0.0, False, False
-        else:
-            action = data.view(action_space.dtype).reshape(action_space.shape)
-            if not action.shape:
-                action = action[()]
+    while sock.recv_into(scratch):  # requests are small: one receive each
+        is_step, seed = _REQUEST.unpack_from(scratch)
+        if is_step:
+            action = np.frombuffer(scratch, action_dtype, action_count, _REQUEST.size)
+            action = action.reshape(action_shape).copy() if action_shape else action[0]
             observation, reward, terminated, truncated, _ = env.step(action)
+        else:
+            observation, _ = env.reset(seed=None if seed < 0 else seed)
+            reward, terminated, truncated = 0.0, False, False
         arrays = [array for _, array in observation_leaves(observation)]
-        _send(sock, [float(reward), bool(terminated), bool(truncated)], arrays)
+        header = _REPLY.pack(reward, terminated, truncated, sum(array.nbytes for array in arrays))
+        sock.sendmsg([header, *arrays])
 
 
 class MinimalPythonEnv:
@@ -101,34 +72,56 @@ class MinimalPythonEnv:
         self._sock, _ = listener.accept()
         listener.close()
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A worker that dies makes receives fail after a minute instead of hanging (the kernel's
+        # timeout: no extra poll per receive).
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 60, 0))
         self._scratch = bytearray(_SCRATCH_BYTES)
 
     def reset(self, seed: int | None = None) -> tuple[Any, dict]:
-        _send(self._sock, ["reset", seed], [])
+        self._sock.sendall(_REQUEST.pack(False, -1 if seed is None else seed))
         observation, _, _, _ = self._reply()
         return observation, {}
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
-        _send(self._sock, ["step", None], [np.ascontiguousarray(action)])
+        self._sock.sendmsg([_REQUEST.pack(True, 0), np.ascontiguousarray(action)])
         observation, reward, terminated, truncated = self._reply()
         return observation, reward, terminated, truncated, {}
 
     def _reply(self) -> tuple[Any, float, bool, bool]:
-        header, data = _receive(self._sock, self._scratch)
-        reward, terminated, truncated = msgpack.unpackb(header)
+        """One reply, its observation's bytes in memory of their own: a small reply takes one
+        ``recv``, a large one's bytes after the first part are received in place."""
+        view = memoryview(self._scratch)
+        received = self._sock.recv_into(view)
+        while received < _REPLY.size:
+            received += self._sock.recv_into(view[received:])
+        reward, terminated, truncated, data_length = _REPLY.unpack_from(view)
+        end = _REPLY.size + data_length
+        if end <= len(view):
+            while received < end:
+                received += self._sock.recv_into(view[received:end])
+            data: Any = bytearray(view[_REPLY.size : end])
+        else:
+            data = np.empty(data_length, dtype=np.uint8)
+            data[: received - _REPLY.size] = view[_REPLY.size : received]
+            data_view = memoryview(data)
+            have = received - _REPLY.size
+            while have < data_length:
+                have += self._sock.recv_into(data_view[have:])
+        return self._observation(data), reward, terminated, truncated
+
+    def _observation(self, data: Any) -> Any:
         observation: Any = {}
         offset = 0
         for path, dtype, shape, nbytes in self._layout:
-            array = data[offset : offset + nbytes].view(dtype).reshape(shape)
+            array = np.frombuffer(data, dtype, nbytes // dtype.itemsize, offset).reshape(shape)
             offset += nbytes
             if not path:
-                observation = array
-                break
+                return array
             place = observation
             for key in path[:-1]:
                 place = place.setdefault(key, {})
             place[path[-1]] = array
-        return observation, reward, terminated, truncated
+        return observation
 
     def close(self) -> None:
         self._sock.close()
