@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import os
 import pathlib
 import platform
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -14,8 +16,6 @@ DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 def machine_line() -> str:
     """Today's date and what this machine is, for the results table."""
-    import os
-
     return (
         f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}"
@@ -40,3 +40,18 @@ def observation_leaves(value: Any, path: tuple = ()) -> list[tuple[tuple, np.nda
     if isinstance(value, dict):
         return [leaf for key, item in value.items() for leaf in observation_leaves(item, (*path, key))]
     return [(path, np.asarray(value))]
+
+
+@contextlib.contextmanager
+def shared_memory_setting(enabled: bool) -> Iterator[None]:
+    """Sets ``GYM_REMOTE_SHARED_MEMORY`` for the remote envs made inside (their configs read it
+    when they are made), then leaves the caller's own setting as it was."""
+    previous = os.environ.get("GYM_REMOTE_SHARED_MEMORY")
+    os.environ["GYM_REMOTE_SHARED_MEMORY"] = str(int(enabled))
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["GYM_REMOTE_SHARED_MEMORY"]
+        else:
+            os.environ["GYM_REMOTE_SHARED_MEMORY"] = previous

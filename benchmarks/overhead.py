@@ -24,7 +24,7 @@ import numpy as np
 
 import gym_remote
 import gym_remote.testing  # noqa: F401  (registers the image env)
-from benchmarks.common import machine_line, observation_leaves, record
+from benchmarks.common import machine_line, observation_leaves, record, shared_memory_setting
 from benchmarks.python_floor import MinimalPythonEnv
 from gym_remote.sharedmem import MINIMUM_SHARED_BYTES
 from gym_remote.testing import ServerProcess
@@ -103,20 +103,6 @@ class BareSocket:
         self._listener.close()
 
 
-def _remote_env(env_id: str, address: str, shared_memory: bool) -> gym_remote.RemoteEnv:
-    """A RemoteEnv that takes large replies through shared memory or not (``GYM_REMOTE_SHARED_MEMORY``
-    is read when it is made; the caller's own setting is left as it was)."""
-    previous = os.environ.get("GYM_REMOTE_SHARED_MEMORY")
-    os.environ["GYM_REMOTE_SHARED_MEMORY"] = str(int(shared_memory))
-    try:
-        return gym_remote.RemoteEnv(env_id, address=address)
-    finally:
-        if previous is None:
-            del os.environ["GYM_REMOTE_SHARED_MEMORY"]
-        else:
-            os.environ["GYM_REMOTE_SHARED_MEMORY"] = previous
-
-
 def measure_workload(
     env_id: str, address: str, steps: int, rounds: int
 ) -> list[tuple[str, float, float, float, float]]:
@@ -131,10 +117,10 @@ def measure_workload(
     bare = BareSocket(request_bytes, reply_bytes)
     # Replies with 64 KiB of arrays or more take the same-host shared memory path.
     transports = ("shared memory", "socket") if reply_bytes >= MINIMUM_SHARED_BYTES else ("socket",)
-    remote_envs = {
-        transport: _remote_env(env_id, address, shared_memory=transport == "shared memory")
-        for transport in transports
-    }
+    remote_envs = {}
+    for transport in transports:
+        with shared_memory_setting(transport == "shared memory"):
+            remote_envs[transport] = gym_remote.RemoteEnv(env_id, address=address)
     minimal = MinimalPythonEnv(env_id)
     envs = {"local": local_env, **remote_envs, "minimal": minimal}
     samples: dict[str, list[float]] = {name: [] for name in (*envs, "bare")}

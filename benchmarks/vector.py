@@ -14,7 +14,6 @@ Run: ``python -m benchmarks.vector [--steps N]``.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -25,7 +24,7 @@ import psutil
 
 import gym_remote
 import gym_remote.testing  # noqa: F401  (registers the image env)
-from benchmarks.common import machine_line, record
+from benchmarks.common import machine_line, record, shared_memory_setting
 from gym_remote.testing import ServerProcess
 
 NUM_ENVS = 8
@@ -67,11 +66,8 @@ def vectorizers(
         return gym.make(env_id)
 
     def socket_only() -> gym.vector.VectorEnv:
-        os.environ["GYM_REMOTE_SHARED_MEMORY"] = "0"  # read when the sessions' configs are made
-        try:
+        with shared_memory_setting(False):
             return gym_remote.RemoteVectorEnv(env_id, NUM_ENVS, address=address)
-        finally:
-            del os.environ["GYM_REMOTE_SHARED_MEMORY"]
 
     grouped = f"RemoteVectorEnv, {ENVS_PER_WORKER} envs per worker"
     return {
