@@ -17,6 +17,7 @@ from gym_remote.config import ClientConfig, resolve
 from gym_remote.connection import Connection
 from gym_remote.embedded import EmbeddedServer
 from gym_remote.errors import RemoteEnvError, ServerUnavailable, SessionClosed, VersionMismatch
+from gym_remote.fixed import FixedLayout
 from gym_remote.registration import REMOTE_ENTRY_POINT
 from gym_remote.spaces import decode_space
 
@@ -156,8 +157,12 @@ class RemoteEnv(gym.Env):
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         """Steps the remote env with ``action``."""
-        observation, reward, terminated, truncated, info = self._request("step", action=action)
-        return observation, reward, terminated, truncated, info
+        connection = self._connect()
+        try:
+            return connection.step(action)
+        except RemoteEnvError as error:
+            self._note_failure(error)
+            raise
 
     def step_chunk(self, actions: Any, all_observations: bool = False) -> ChunkResult:
         """Runs a chunk of actions in one round trip, stopping where the episode ends.
@@ -345,6 +350,7 @@ class RemoteEnv(gym.Env):
             "make",
             **fields,
             shared_memory=config.shared_memory and parsed.is_loopback and sharedmem.available(),
+            fixed_steps=True,
         )
         asked, made = fields.get("num_envs", 1), description.get("num_envs", 1)
         if made != asked:
@@ -354,6 +360,8 @@ class RemoteEnv(gym.Env):
             )
         if "shared_memory" in description:
             self._attach_shared_memory(description["shared_memory"])
+        if "fixed_steps" in description:
+            self._connection.fixed_layout = FixedLayout.from_wire(description["fixed_steps"])
         allow_pickle = self._connection.allow_pickle
         self._remote = _RemoteDescription(
             observation_space=decode_space(description["observation_space"], allow_pickle),

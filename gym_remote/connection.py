@@ -19,10 +19,12 @@ from gym_remote.errors import (
     WorkerCrashed,
     error_from_code,
 )
+from gym_remote.fixed import FixedLayout
 from gym_remote.protocol import (
     PROTOCOL_VERSION,
     MessageReader,
     PeerClosed,
+    decode_frame,
     encode_frame,
     send_buffers,
 )
@@ -55,6 +57,8 @@ class Connection:
         self.allow_pickle = allow_pickle
         self.in_session = False
         self.closed = False
+        # The layout of fixed-layout steps, once the worker offered one (see gym_remote.fixed).
+        self.fixed_layout: FixedLayout | None = None
         self._sock = connect(address, timeout)
         timeval = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
@@ -84,21 +88,55 @@ class Connection:
         Several connections can be sent to first and received from after, so that their
         workers run at the same time.
         """
+        fields["op"] = op
+        self._send_buffers(op, encode_frame(fields, self.allow_pickle))
+
+    def receive(self, op: str) -> Any:
+        """Receives the reply to the request ``op`` sent last: its result, or its error raised."""
+        return self._result(op, self._receive_frame(op, fixed_allowed=False))
+
+    def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """Steps the session's env: in a fixed-layout frame where ``action`` fits the offered
+        layout, otherwise in an ordinary ``step`` request."""
+        layout = self.fixed_layout
+        buffers = None if layout is None else layout.encode_action(action)
+        if buffers is None:
+            return tuple(self.request("step", action=action))  # type: ignore[return-value]
+        self._send_buffers("step", buffers)
+        frame = self._receive_frame("step", fixed_allowed=True)
+        if frame[2]:
+            try:
+                return layout.decode_reply(frame[0], frame[1], self.allow_pickle)  # type: ignore[union-attr]
+            except ProtocolError:
+                self.close()
+                raise
+        return tuple(self._result("step", frame))
+
+    def _send_buffers(self, op: str, buffers: list[Any]) -> None:
         if self.closed:
             raise ServerUnavailable(f"the connection to {self.address} is closed")
-        fields["op"] = op
-        buffers = encode_frame(fields, self.allow_pickle)
         try:
             send_buffers(self._sock, buffers)
         except (RemoteTimeout, ProtocolError, OSError) as error:
             raise self._failure(op, error) from None
 
-    def receive(self, op: str) -> Any:
-        """Receives the reply to the request ``op`` sent last: its result, or its error raised."""
+    def _receive_frame(self, op: str, fixed_allowed: bool) -> tuple[Any, Any, bool]:
         try:
-            reply = self._reader.receive(self.timeout, allow_pickle=self.allow_pickle)
+            frame = self._reader.receive_frame(self.timeout)
         except (RemoteTimeout, ProtocolError, OSError) as error:
             raise self._failure(op, error) from None
+        if frame[2] and not fixed_allowed:
+            self.close()
+            raise ProtocolError(f"a fixed-layout frame in reply to {op}")
+        return frame
+
+    def _result(self, op: str, frame: tuple[Any, Any, bool]) -> Any:
+        """The result a MessagePack reply frame carries, or its error raised."""
+        try:
+            reply = decode_frame(frame[0], frame[1], self.allow_pickle)
+        except ProtocolError:
+            self.close()
+            raise
         if not isinstance(reply, dict):
             self.close()
             raise ProtocolError(f"reply to {op} is not a map")

@@ -51,6 +51,9 @@ PROTOCOL_VERSION = 1
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 30
 MAGIC = b"GYMR"
 MAGIC_SHARED = b"GYMS"
+# Fixed-layout step frames (gym_remote.fixed): data on the socket, or in shared memory.
+MAGIC_FIXED = b"GYMF"
+MAGIC_FIXED_SHARED = b"GYMG"
 PREFIX = struct.Struct("<4sIQ")
 DATA_ALIGNMENT = 8
 
@@ -69,6 +72,9 @@ _PAGE_SIZE = 4096
 # bytearray travels as bytes (msgpack's bin), as the C packer sends it.
 _NATIVE_TYPES = frozenset([type(None), bool, int, float, str, bytes, bytearray])
 _ZERO_PADDING = bytes(DATA_ALIGNMENT)
+_SOCKET_DATA_MAGICS = (MAGIC, MAGIC_FIXED)
+_SHARED_DATA_MAGICS = (MAGIC_SHARED, MAGIC_FIXED_SHARED)
+_FIXED_MAGICS = (MAGIC_FIXED, MAGIC_FIXED_SHARED)
 
 
 class PeerClosed(ProtocolError):
@@ -442,11 +448,12 @@ def send_frame(sock: socket.socket, buffers: List[Any], segment: Any = None) -> 
         segment: A :class:`~gym_remote.sharedmem.SharedSegment` the peer has attached, or None.
     """
     if segment is not None:
-        _, header_length, data_length = PREFIX.unpack(buffers[0])
+        magic, header_length, data_length = PREFIX.unpack(buffers[0])
         if data_length >= MINIMUM_SHARED_BYTES and segment.write(
             [_byte_view(chunk) for chunk in buffers[2:]], data_length
         ):
-            send_buffers(sock, [PREFIX.pack(MAGIC_SHARED, header_length, data_length), buffers[1]])
+            shared_magic = MAGIC_FIXED_SHARED if magic == MAGIC_FIXED else MAGIC_SHARED
+            send_buffers(sock, [PREFIX.pack(shared_magic, header_length, data_length), buffers[1]])
             return
     send_buffers(sock, buffers)
 
@@ -454,7 +461,8 @@ def send_frame(sock: socket.socket, buffers: List[Any], segment: Any = None) -> 
 def send_buffers(sock: socket.socket, buffers: List[Any]) -> None:
     """Sends a frame's ``buffers`` in order, handling partial sends without joining them.
 
-    The data section is what the prefix says follows the header on the socket (none for ``GYMS``).
+    The data section is what the prefix says follows the header on the socket (none for the
+    shared memory magics ``GYMS`` and ``GYMG``).
 
     Raises:
         RemoteTimeout: the peer did not take the bytes within the socket's send timeout.
@@ -462,7 +470,7 @@ def send_buffers(sock: socket.socket, buffers: List[Any]) -> None:
     if len(buffers) > _MAX_SEND_BUFFERS:
         buffers = buffers[:2] + [b"".join(_byte_view(chunk) for chunk in buffers[2:])]
     magic, header_length, data_length = PREFIX.unpack(buffers[0])
-    remaining = PREFIX.size + header_length + (data_length if magic == MAGIC else 0)
+    remaining = PREFIX.size + header_length + (data_length if magic in _SOCKET_DATA_MAGICS else 0)
     try:
         sent = sock.sendmsg(buffers)
         remaining -= sent
@@ -527,13 +535,16 @@ class MessageReader:
             RemoteTimeout: a started message did not complete in time.
             ProtocolError / MessageTooLarge: the bytes are not a valid frame.
         """
-        header, data = self.receive_frame(wait, read_timeout)
+        header, data, fixed = self.receive_frame(wait, read_timeout)
+        if fixed:
+            raise ProtocolError("a fixed-layout step frame where a MessagePack frame was expected")
         return decode_frame(header, data, allow_pickle)
 
     def receive_frame(
         self, wait: Optional[float], read_timeout: Optional[float] = None
-    ) -> Tuple[memoryview, Any]:
-        """Receives one frame without decoding it: returns its header and its data section."""
+    ) -> Tuple[memoryview, Any, bool]:
+        """Receives one frame without decoding it: returns its header, its data section and
+        whether it is a fixed-layout step frame (``GYMF``/``GYMG``, see ``gym_remote.fixed``)."""
         if read_timeout is None:
             read_timeout = wait
         buffer: Any = self._pending
@@ -545,13 +556,21 @@ class MessageReader:
         if len(buffer) >= PREFIX.size:
             magic, header_length, data_length = PREFIX.unpack_from(buffer)
             end = PREFIX.size + header_length + data_length
-            if magic == MAGIC and end <= len(buffer) and end - PREFIX.size <= self.max_message_size:
+            if (
+                magic in _SOCKET_DATA_MAGICS
+                and end <= len(buffer)
+                and end - PREFIX.size <= self.max_message_size
+            ):
                 # The usual small message, whole in hand: one copy of its data section (an
                 # allocation of its own, so aligned and writable) and no other work.
                 if len(buffer) > end:
                     self._pending = bytes(buffer[end:])
                 header_end = PREFIX.size + header_length
-                return buffer[PREFIX.size : header_end], bytearray(buffer[header_end:end])
+                return (
+                    buffer[PREFIX.size : header_end],
+                    bytearray(buffer[header_end:end]),
+                    magic == MAGIC_FIXED,
+                )
         deadline = None if read_timeout is None else time.monotonic() + read_timeout
         if len(buffer) < PREFIX.size:
             buffer = bytes(buffer)
@@ -559,8 +578,8 @@ class MessageReader:
             while len(buffer) < PREFIX.size:
                 buffer += self._recv_chunk(started=True, deadline=deadline)
         magic, header_length, data_length = PREFIX.unpack_from(buffer)
-        shared = magic == MAGIC_SHARED and self.segment is not None
-        if magic != MAGIC and not shared:
+        shared = magic in _SHARED_DATA_MAGICS and self.segment is not None
+        if magic not in _SOCKET_DATA_MAGICS and not shared:
             raise ProtocolError(f"not a gym-remote frame (bad magic {bytes(magic)!r})")
         body_length = header_length + data_length
         if body_length > self.max_message_size:
@@ -583,7 +602,7 @@ class MessageReader:
                 self.segment.read_into(view[header_length:])
             except ValueError as error:
                 raise ProtocolError(f"shared memory frame: {error}") from None
-        return view[:header_length], view[header_length:]
+        return view[:header_length], view[header_length:], magic in _FIXED_MAGICS
 
     def _set_timeout(self, seconds: Optional[float]) -> None:
         if seconds != self._receive_timeout:

@@ -5,6 +5,8 @@ Serve them with ``gym-remote serve --import gym_remote.testing``. The ids:
 - ``gym_remote_testing/ImageEnv-v0``: two 256x256x3 uint8 images and a 9-float state (393 KB
   per observation), like a two-camera robot env;
 - ``gym_remote_testing/RichSpaces-v0``: Dict, Tuple, Text, MultiBinary and Sequence spaces;
+- ``gym_remote_testing/VaryingSteps-v0``: steps whose values change type from step to step,
+  to test that fixed-layout steps fall back wherever a value does not fit;
 - ``gym_remote_testing/Faulty-v0``: misbehaves on request (``options={"fault": ...}`` on reset,
   or the action that names the fault), to test crashes, exceptions and slow calls.
 
@@ -20,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["ImageEnv", "RichSpacesEnv", "FaultyEnv", "FAULTS"]
+__all__ = ["ImageEnv", "RichSpacesEnv", "VaryingStepsEnv", "FaultyEnv", "FAULTS"]
 
 IMAGE_SHAPE = (256, 256, 3)
 
@@ -117,6 +119,51 @@ class RichSpacesEnv(gym.Env):
         return np.zeros((16, 16, 3), dtype=np.uint8)
 
 
+class VaryingStepsEnv(gym.Env):
+    """Fixed-shape spaces, but step values whose types change from step to step: rewards of
+    every kind, Python and numpy flags, infos with and without values (arrays too), and now and
+    then an observation leaf of another dtype or a list for a tuple."""
+
+    metadata = {"render_modes": []}
+    REWARDS = (1.5, 2, np.float64(0.25), np.float32(-0.5), np.int32(3), -(2**63), True, 2**63 - 1)
+    INFOS = ({}, {"is_success": False}, {"array": np.arange(3)}, {"nested": {"pair": (1, "a")}})
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Dict(
+            {
+                "camera": spaces.Box(0, 255, (4, 4, 3), np.uint8),
+                "joints": spaces.Tuple((spaces.Box(-9.0, 9.0, (3,), np.float32), spaces.MultiBinary(2))),
+            }
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self._steps = 0
+
+    def _observation(self) -> Dict[str, Any]:
+        steps = self._steps
+        positions = np.array([steps, -steps, steps / 2], np.float64 if steps % 5 == 4 else np.float32)
+        joints: Any = (positions, np.array([steps % 2, 1], np.int8))
+        return {
+            "camera": np.full((4, 4, 3), steps % 256, np.uint8),
+            "joints": list(joints) if steps % 6 == 3 else joints,
+        }
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> Tuple[Any, dict]:
+        super().reset(seed=seed)
+        self._steps = 0
+        return self._observation(), {}
+
+    def step(self, action: Any) -> Tuple[Any, Any, Any, Any, dict]:
+        self._steps += 1
+        steps = self._steps
+        observation = self._observation()
+        observation["camera"][0, 0, :2] = (np.asarray(action) * 100).astype(np.uint8)
+        ending = steps % 13 == 0
+        terminated = np.bool_(ending) if steps % 2 else ending
+        truncated = np.False_ if steps % 3 else False
+        info = dict(self.INFOS[steps % len(self.INFOS)])
+        return observation, self.REWARDS[steps % len(self.REWARDS)], terminated, truncated, info
+
+
 FAULTS = ("raise", "exit", "segfault", "sleep", "custom_info", "allocate")
 
 
@@ -173,6 +220,7 @@ def _register(env_id: str, entry_point: str, **kwargs: Any) -> None:
 
 _register("gym_remote_testing/ImageEnv-v0", "gym_remote.testing:ImageEnv")
 _register("gym_remote_testing/RichSpaces-v0", "gym_remote.testing:RichSpacesEnv", max_episode_steps=100)
+_register("gym_remote_testing/VaryingSteps-v0", "gym_remote.testing:VaryingStepsEnv")
 _register("gym_remote_testing/Faulty-v0", "gym_remote.testing:FaultyEnv")
 
 

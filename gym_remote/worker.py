@@ -37,7 +37,8 @@ from gym_remote.errors import (
     SimulatorUnavailable,
     UnsupportedValue,
 )
-from gym_remote.protocol import IdleTimeout, MessageReader, PeerClosed, encode_frame, send_frame
+from gym_remote.fixed import FixedLayout
+from gym_remote.protocol import IdleTimeout, MessageReader, PeerClosed, decode_frame, encode_frame, send_frame
 from gym_remote.spaces import encode_space
 
 __all__ = ["WorkerSession", "main", "WORKER_STARTED", "ENV_OPS"]
@@ -51,6 +52,9 @@ _ENV_NOT_FOUND_ERRORS = tuple(
     if hasattr(gym.error, name)
 )
 
+
+# The fields of a request addressed to a session's first env.
+_FIRST_ENV: Dict[str, Any] = {}
 
 # The ops that act on one of the session's envs (field ``env``), and so may go in a ``batch``.
 ENV_OPS = frozenset(["reset", "step", "step_chunk", "observe", "render", "getattr", "call", "setattr"])
@@ -83,6 +87,7 @@ class WorkerSession:
         self.offered_segment: Optional[sharedmem.SharedSegment] = None
         self.segment: Optional[sharedmem.SharedSegment] = None
         self.batches: Optional[sharedmem.BatchWriter] = None  # a remote vector env's shared batches
+        self.fixed_layout: Optional[FixedLayout] = None  # offered when the client asks
         self._handlers: Dict[str, Callable[[Dict[str, Any]], Any]] = {
             "reset": self._reset,
             "step": self._step,
@@ -113,10 +118,15 @@ class WorkerSession:
                 description["shared_memory"] = self.offered_segment.offer()
             except OSError as error:  # a sandbox without memfd: the socket carries everything
                 print(f"gym-remote worker: no shared memory segment ({error})", file=sys.stderr)
+        if self.request.get("fixed_steps") and len(self.envs) == 1:
+            self.fixed_layout = FixedLayout.for_env(self.envs[0])
+            if self.fixed_layout is not None:
+                description["fixed_steps"] = self.fixed_layout.to_wire()
         self._reply(description)
         while not self.closed:
             try:
-                request = self.reader.receive(self.idle_timeout, self.read_timeout, self.allow_pickle)
+                header, data, fixed = self.reader.receive_frame(self.idle_timeout, self.read_timeout)
+                request = None if fixed else decode_frame(header, data, self.allow_pickle)
             except PeerClosed:
                 break
             except IdleTimeout:
@@ -134,6 +144,9 @@ class WorkerSession:
                 self._reply_error(error)
                 break
             try:
+                if fixed:
+                    self._fixed_step(header, data)
+                    continue
                 result = self._dispatch(request)
             except Exception as error:
                 self._reply_error(error)
@@ -198,6 +211,21 @@ class WorkerSession:
         self.last_observations[index] = result[0]
         result[0] = self._placed(result[0], request)
         return result
+
+    def _fixed_step(self, header: Any, data: Any) -> None:
+        """Answers a fixed-layout step frame: with a fixed-layout reply where the step's values
+        fit the layout exactly, otherwise with an ordinary one."""
+        if self.fixed_layout is None:
+            raise InvalidCall("a fixed-layout step frame, but this session offered no fixed layout")
+        action = self.fixed_layout.decode_action(header, data)
+        _, env = self._running_env(_FIRST_ENV, "step")
+        result = list(env.step(action))
+        self.last_observations[0] = result[0]
+        buffers = self.fixed_layout.encode_reply(*result, self.allow_pickle) if len(result) == 5 else None
+        if buffers is None:
+            self._reply(list(result))
+        else:
+            self._send(buffers)
 
     def _observe(self, request: Dict[str, Any]) -> Any:
         index, _ = self._running_env(request, "observe")

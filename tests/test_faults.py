@@ -173,8 +173,9 @@ def _raw_socket(server) -> socket.socket:
         PREFIX.pack(b"GYMR", 50, 0) + b"\x01\x02",  # a truncated frame, then silence
         PREFIX.pack(b"GYMR", 10, 1 << 40),  # oversized before hello
         PREFIX.pack(b"GYMR", 1, 0) + b"\xc1",  # malformed msgpack
+        PREFIX.pack(b"GYMF", 8, 8) + bytes(16),  # a fixed-layout step, outside any session
     ],
-    ids=["zeros", "http", "truncated", "oversized", "malformed"],
+    ids=["zeros", "http", "truncated", "oversized", "malformed", "fixed-step"],
 )
 def test_garbage_to_the_server_is_dropped_and_others_are_served(start_server, payload):
     server = start_server("--read-timeout", "1")

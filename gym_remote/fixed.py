@@ -1,0 +1,387 @@
+"""Fixed-layout steps: a ``step`` and its reply as raw bytes behind a small binary header.
+
+When a session's action is one fixed-shape array (Box, Discrete, MultiDiscrete, MultiBinary)
+and its observation is such arrays in Dicts and Tuples, the worker offers a layout in its
+``make`` reply and the client may then send steps as ``GYMF`` frames::
+
+    request header = action kind: uint8 | 7 zero bytes          data = the action's bytes
+    reply header   = reward: 8 bytes | reward kind: uint8 | terminated: uint8 | truncated: uint8
+                     | 1 zero byte | info length: uint32 | info  data = the observation's arrays
+
+where info is a MessagePack value as in ordinary headers (empty for ``{}``). Both ends fall back
+to ordinary frames wherever a value does not fit exactly (another action type, a reward or
+flag of another type, an info holding arrays, an observation of another dtype, shape or
+structure), so what user code gets is always what the env returned. See
+``docs/protocol.md``. This module runs inside simulator interpreters too: it keeps to
+Python 3.8 and gymnasium 0.29.
+"""
+
+import struct
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from gym_remote.errors import InvalidCall, ProtocolError, UnsupportedValue
+from gym_remote.protocol import DATA_ALIGNMENT, MAGIC_FIXED, PREFIX, decode_frame, encode_frame
+
+__all__ = ["FixedLayout", "ACTION_HEADER", "REPLY_HEADER"]
+
+ACTION_HEADER = struct.Struct("<B7x")
+REPLY_HEADER = struct.Struct("<8sBBBxI")
+
+# Action kinds: an array of the layout's dtype and shape, or (for a scalar layout) a numpy
+# scalar of its dtype or a Python int (sent as int64).
+ACTION_ARRAY, ACTION_NUMPY_SCALAR, ACTION_INT = 0, 1, 2
+# Reward kinds, each with how its 8 bytes hold the value.
+_REWARD_KINDS = [
+    (float, struct.Struct("<d")),
+    (int, struct.Struct("<q")),
+    (np.float64, struct.Struct("<d")),
+    (np.float32, struct.Struct("<d")),  # widened: float32 -> float64 -> float32 is exact
+]
+_REWARD_KIND_OF = {kind: (number, packer) for number, (kind, packer) in enumerate(_REWARD_KINDS)}
+# Flag codes for terminated and truncated: Python bools, then numpy bools.
+_FLAGS = [False, True, np.False_, np.True_]
+_INT64_RANGE = range(-(1 << 63), 1 << 63)
+_FIXED_SHAPE_SPACES = (spaces.Box, spaces.MultiDiscrete, spaces.MultiBinary)
+
+# An observation's structure: a leaf number, or a dict (keys and their structures) or a tuple.
+_Structure = Union[int, Tuple[str, list]]
+
+
+class _Leaf:
+    """One array of the observation: where it lies in the data section and what it is."""
+
+    def __init__(self, path: list, dtype: np.dtype, shape: Tuple[int, ...], offset: int) -> None:
+        self.path = path
+        self.dtype = dtype
+        self.shape = shape
+        self.offset = offset
+        self.nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+    def to_wire(self) -> Dict[str, Any]:
+        return {"path": self.path, "dtype": self.dtype.str, "shape": list(self.shape), "offset": self.offset}
+
+
+class FixedLayout:
+    """What fixed-layout step frames hold in one session: the action's array and the
+    observation's arrays, in order, each at an 8-byte aligned offset of the data section."""
+
+    def __init__(self, action_dtype: np.dtype, action_shape: Tuple[int, ...], leaves: List[_Leaf]) -> None:
+        self.action_dtype = action_dtype
+        self.action_shape = action_shape
+        self.action_nbytes = int(np.prod(action_shape, dtype=np.int64)) * action_dtype.itemsize
+        self.leaves = leaves
+        self.observation_nbytes = max([leaf.offset + leaf.nbytes for leaf in leaves] + [0])
+        self._structure = _structure_of([leaf.path for leaf in leaves])
+        self._single_array = leaves[0] if self._structure == 0 else None
+
+    # ------------------------------------------------------------------ agreeing on it
+
+    @classmethod
+    def for_env(cls, env: gym.Env) -> Optional["FixedLayout"]:
+        """The layout of ``env``'s steps, or None when its spaces are not fixed-shape arrays."""
+        action_space = env.action_space
+        if isinstance(action_space, spaces.Discrete):
+            action_shape: Tuple[int, ...] = ()
+        elif isinstance(action_space, _FIXED_SHAPE_SPACES):
+            action_shape = tuple(action_space.shape)
+        else:
+            return None
+        paths = _array_paths(env.observation_space)
+        if not paths:
+            return None
+        leaves = []
+        offset = 0
+        for path, subspace in paths:
+            leaf = _Leaf(path, np.dtype(subspace.dtype), tuple(subspace.shape), offset)
+            leaves.append(leaf)
+            offset += leaf.nbytes + (-leaf.nbytes % DATA_ALIGNMENT)
+        return cls(np.dtype(action_space.dtype), action_shape, leaves)
+
+    def to_wire(self) -> Dict[str, Any]:
+        """The ``fixed_steps`` field of a ``make`` reply."""
+        return {
+            "action": {"dtype": self.action_dtype.str, "shape": list(self.action_shape)},
+            "observation": [leaf.to_wire() for leaf in self.leaves],
+        }
+
+    @classmethod
+    def from_wire(cls, payload: Any) -> "FixedLayout":
+        """The layout a ``make`` reply's ``fixed_steps`` field describes.
+
+        Raises:
+            ProtocolError: the field is malformed.
+        """
+        try:
+            action = payload["action"]
+            leaves = [
+                _Leaf(
+                    list(leaf["path"]),
+                    _plain_dtype(leaf["dtype"]),
+                    _shape(leaf["shape"]),
+                    int(leaf["offset"]),
+                )
+                for leaf in payload["observation"]
+            ]
+            if not leaves or any(leaf.offset < 0 or leaf.offset % DATA_ALIGNMENT for leaf in leaves):
+                raise ValueError("observation leaves must be at 8-byte aligned offsets")
+            return cls(_plain_dtype(action["dtype"]), _shape(action["shape"]), leaves)
+        except (LookupError, TypeError, ValueError) as error:
+            raise ProtocolError(f"malformed fixed_steps layout {payload!r}: {error}") from None
+
+    # ------------------------------------------------------------------ the client's end
+
+    def encode_action(self, action: Any) -> Optional[List[Any]]:
+        """The buffers of a fixed-layout step request for ``action``; None if it does not fit."""
+        kind_of = type(action)
+        if kind_of is np.ndarray:
+            if action.dtype != self.action_dtype or action.shape != self.action_shape:
+                return None
+            kind, payload = ACTION_ARRAY, np.ascontiguousarray(action)
+        elif self.action_shape:
+            return None
+        elif kind_of is int and action in _INT64_RANGE:
+            kind, payload = ACTION_INT, action.to_bytes(8, "little", signed=True)
+        elif kind_of is self.action_dtype.type and action.dtype == self.action_dtype:
+            kind, payload = ACTION_NUMPY_SCALAR, action.tobytes()
+        else:
+            return None
+        nbytes = 8 if kind == ACTION_INT else self.action_nbytes
+        return [PREFIX.pack(MAGIC_FIXED, ACTION_HEADER.size, nbytes), ACTION_HEADER.pack(kind), payload]
+
+    def decode_reply(
+        self, header: Any, data: Any, allow_pickle: bool = False
+    ) -> Tuple[Any, Any, Any, Any, Dict[str, Any]]:
+        """A fixed-layout reply's ``(observation, reward, terminated, truncated, info)``.
+
+        Raises:
+            ProtocolError: the header or data section does not fit the layout.
+        """
+        try:
+            reward_bytes, reward_kind, terminated, truncated, info_length = REPLY_HEADER.unpack_from(header)
+            kind, packer = _REWARD_KINDS[reward_kind]
+            reward = kind(packer.unpack(reward_bytes)[0])
+            flags = _FLAGS[terminated], _FLAGS[truncated]
+        except (struct.error, IndexError) as error:
+            raise ProtocolError(f"malformed fixed-layout reply header ({error})") from None
+        if len(header) != REPLY_HEADER.size + info_length:
+            raise ProtocolError(
+                f"fixed-layout reply header has {len(header)} bytes, its info length says "
+                f"{REPLY_HEADER.size + info_length}"
+            )
+        info = decode_frame(header[REPLY_HEADER.size :], b"", allow_pickle) if info_length else {}
+        if type(info) is not dict:
+            raise ProtocolError(f"the info of a fixed-layout reply is a {type(info).__name__}, not a map")
+        if len(data) != self.observation_nbytes:
+            raise ProtocolError(
+                f"fixed-layout reply has {len(data)} bytes of observation, expected {self.observation_nbytes}"
+            )
+        leaf = self._single_array
+        if leaf is not None:
+            observation: Any = _leaf_array(leaf, data)
+        else:
+            observation = _build(self._structure, [_leaf_array(leaf, data) for leaf in self.leaves])
+        return observation, reward, flags[0], flags[1], info
+
+    # ------------------------------------------------------------------ the worker's end
+
+    def decode_action(self, header: Any, data: Any) -> Any:
+        """The action a fixed-layout step request carries.
+
+        Raises:
+            InvalidCall: the header or data section does not fit the layout.
+        """
+        if len(header) != ACTION_HEADER.size:
+            raise InvalidCall(f"a fixed-layout step header has {ACTION_HEADER.size} bytes, got {len(header)}")
+        kind = ACTION_HEADER.unpack(header)[0]
+        expected = 8 if kind == ACTION_INT else self.action_nbytes
+        if kind > ACTION_INT or (kind != ACTION_ARRAY and self.action_shape):
+            raise InvalidCall(f"action kind {kind} does not fit the action layout {self.action_shape}")
+        if len(data) != expected:
+            raise InvalidCall(f"a fixed-layout action of kind {kind} has {expected} bytes, got {len(data)}")
+        if kind == ACTION_INT:
+            return int.from_bytes(data, "little", signed=True)
+        if kind == ACTION_NUMPY_SCALAR:
+            return np.frombuffer(data, self.action_dtype)[0]
+        return np.ndarray(self.action_shape, self.action_dtype, data)
+
+    def encode_reply(
+        self,
+        observation: Any,
+        reward: Any,
+        terminated: Any,
+        truncated: Any,
+        info: Any,
+        allow_pickle: bool = False,
+    ) -> Optional[List[Any]]:
+        """The buffers of a fixed-layout step reply; None unless every value fits it exactly."""
+        reward_kind = _REWARD_KIND_OF.get(type(reward))
+        terminated_code = _flag_code(terminated)
+        truncated_code = _flag_code(truncated)
+        if reward_kind is None or terminated_code is None or truncated_code is None:
+            return None
+        if type(info) is not dict:
+            return None
+        info_bytes = _encoded_info(info, allow_pickle) if info else b""
+        if info_bytes is None:
+            return None
+        number, packer = reward_kind
+        if number == 1 and reward not in _INT64_RANGE:
+            return None
+        if self._single_array is not None:
+            if not _fits(self._single_array, observation):
+                return None
+            arrays: Optional[List[Any]] = [observation]
+        else:
+            arrays = _leaf_values(self._structure, observation, [])
+            if arrays is None or not all(_fits(leaf, array) for leaf, array in zip(self.leaves, arrays)):
+                return None
+        header = REPLY_HEADER.pack(
+            packer.pack(reward), number, terminated_code, truncated_code, len(info_bytes)
+        )
+        header_length = REPLY_HEADER.size + len(info_bytes)
+        buffers = [PREFIX.pack(MAGIC_FIXED, header_length, self.observation_nbytes), header + info_bytes]
+        end = 0
+        for leaf, array in zip(self.leaves, arrays):
+            if leaf.offset > end:
+                buffers.append(bytes(leaf.offset - end))
+            if leaf.nbytes:
+                buffers.append(array if array.flags.c_contiguous else np.ascontiguousarray(array))
+            end = leaf.offset + leaf.nbytes
+        return buffers
+
+
+def _array_paths(space: gym.Space) -> Optional[List[Tuple[list, gym.Space]]]:
+    """Each fixed-shape array subspace with its path of str keys and int indices, in Gymnasium's
+    order; None unless every leaf is one (a Dict's keys must be strings)."""
+    if isinstance(space, _FIXED_SHAPE_SPACES):
+        return [([], space)]
+    if isinstance(space, spaces.Dict) and all(type(key) is str for key in space.spaces):
+        items: List[Tuple[Any, gym.Space]] = list(space.spaces.items())
+    elif isinstance(space, spaces.Tuple):
+        items = list(enumerate(space.spaces))
+    else:
+        return None
+    paths = []
+    for key, subspace in items:
+        below = _array_paths(subspace)
+        if below is None:
+            return None
+        paths += [([key] + path, leaf) for path, leaf in below]
+    return paths
+
+
+def _structure_of(paths: List[list]) -> _Structure:
+    """The nesting the leaves' paths describe: str keys make dicts, int indices tuples.
+
+    Raises:
+        ValueError: the paths do not describe one tree with leaves in order.
+    """
+    if paths == [[]]:
+        return 0
+    numbers = iter(range(len(paths)))
+
+    def build(prefix: list, group: List[list]) -> _Structure:
+        if group == [[]]:
+            return next(numbers)
+        if not group or [] in group:
+            raise ValueError("a leaf's path is the prefix of another's")
+        keys: list = []
+        for path in group:
+            if not keys or keys[-1] != path[0]:
+                if path[0] in keys:
+                    raise ValueError(f"the leaves under {prefix + [path[0]]} are not together")
+                keys.append(path[0])
+        kinds = {type(key) for key in keys}
+        if kinds == {int} and keys == list(range(len(keys))):
+            container = "tuple"
+        elif kinds == {str}:
+            container = "dict"
+        else:
+            raise ValueError(f"the keys under {prefix} are neither strings nor indices 0, 1, ...")
+        return (
+            container,
+            [(key, build(prefix + [key], [path[1:] for path in group if path[0] == key])) for key in keys],
+        )
+
+    return build([], paths)
+
+
+def _build(structure: _Structure, arrays: List[np.ndarray]) -> Any:
+    if type(structure) is int:
+        return arrays[structure]
+    container, items = structure
+    if container == "dict":
+        return {key: _build(below, arrays) for key, below in items}
+    return tuple(_build(below, arrays) for _, below in items)
+
+
+def _leaf_values(structure: _Structure, value: Any, found: List[Any]) -> Optional[List[Any]]:
+    """The observation's leaves in layout order; None unless its dicts (exactly ``dict``, keys
+    in the layout's order) and tuples are the layout's."""
+    if type(structure) is int:
+        found.append(value)
+        return found
+    container, items = structure
+    if container == "dict":
+        if type(value) is not dict or len(value) != len(items):
+            return None
+        for (key, below), value_key in zip(items, value):
+            if key != value_key or _leaf_values(below, value[key], found) is None:
+                return None
+        return found
+    if type(value) is not tuple or len(value) != len(items):
+        return None
+    for (_, below), item in zip(items, value):
+        if _leaf_values(below, item, found) is None:
+            return None
+    return found
+
+
+def _encoded_info(info: Dict[str, Any], allow_pickle: bool) -> Optional[bytes]:
+    """``info`` as an ordinary frame's header; None if it holds arrays (they need a data section)
+    or values that cannot travel (the ordinary reply then says which)."""
+    try:
+        _, header, *data = encode_frame(info, allow_pickle)
+    except UnsupportedValue:
+        return None
+    return None if data else bytes(header)
+
+
+def _flag_code(value: Any) -> Optional[int]:
+    """The code of a terminated or truncated flag; None unless it is a Python or numpy bool."""
+    kind = type(value)
+    if kind is bool:
+        return int(value)
+    if kind is np.bool_:
+        return 2 + int(value)
+    return None
+
+
+def _fits(leaf: _Leaf, value: Any) -> bool:
+    return type(value) is np.ndarray and value.dtype == leaf.dtype and value.shape == leaf.shape
+
+
+def _leaf_array(leaf: _Leaf, data: Any) -> np.ndarray:
+    """A writable view of ``leaf``'s bytes in ``data`` (an empty array for an empty leaf)."""
+    if not leaf.nbytes:
+        return np.empty(leaf.shape, leaf.dtype)
+    return np.ndarray(leaf.shape, leaf.dtype, data, leaf.offset)
+
+
+def _plain_dtype(text: Any) -> np.dtype:
+    if not isinstance(text, str):
+        raise TypeError(f"dtype {text!r} is not a string")
+    dtype = np.dtype(text)
+    if dtype.hasobject or dtype.fields is not None:
+        raise ValueError(f"dtype {text!r} is not a plain numeric dtype")
+    return dtype
+
+
+def _shape(value: Any) -> Tuple[int, ...]:
+    if not isinstance(value, list) or not all(type(size) is int and size >= 0 for size in value):
+        raise ValueError(f"shape {value!r} is not a list of sizes")
+    return tuple(value)

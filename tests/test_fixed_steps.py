@@ -1,0 +1,371 @@
+"""Fixed-layout steps (``GYMF`` frames): the layout, exact values, fallbacks and bad frames."""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+from gymnasium.utils.env_checker import data_equivalence
+
+import gym_remote
+import gym_remote.testing  # noqa: F401  (registers the test envs)
+from gym_remote import errors
+from gym_remote.fixed import ACTION_HEADER, REPLY_HEADER, FixedLayout
+from gym_remote.protocol import PREFIX, MessageReader, _byte_view, decode_bytes, decode_frame, encode_bytes
+
+VARYING = "gym_remote_testing/VaryingSteps-v0"
+TWO_ACTIONS = spaces.Discrete(2)
+
+
+class SpacesOnly(gym.Env):
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space) -> None:
+        self.observation_space = observation_space
+        self.action_space = action_space
+
+
+def layout_for(observation_space: gym.Space, action_space: gym.Space = TWO_ACTIONS) -> FixedLayout | None:
+    return FixedLayout.for_env(SpacesOnly(observation_space, action_space))
+
+
+def through_the_wire(layout: FixedLayout) -> FixedLayout:
+    return FixedLayout.from_wire(decode_bytes(encode_bytes(layout.to_wire())))
+
+
+def _split(frame: bytes) -> tuple[bytes, bytearray]:
+    _, header_length, _ = PREFIX.unpack_from(frame)
+    return frame[PREFIX.size : PREFIX.size + header_length], bytearray(frame[PREFIX.size + header_length :])
+
+
+def _header_and_data(buffers: list) -> tuple[bytes, bytearray]:
+    frame = b"".join(bytes(_byte_view(chunk)) for chunk in buffers)
+    magic, header_length, data_length = PREFIX.unpack_from(frame)
+    assert magic == b"GYMF" and len(frame) == PREFIX.size + header_length + data_length
+    return _split(frame)
+
+
+NESTED = spaces.Dict(
+    {
+        "camera": spaces.Box(0, 255, (5, 3), np.uint8),
+        "arm": spaces.Tuple((spaces.Box(-1, 1, (3,), np.float64), spaces.MultiBinary(3))),
+        "levels": spaces.MultiDiscrete([2, 3]),
+    }
+)
+
+
+def nested_observation(value: int = 7) -> dict:
+    """An observation of NESTED, its keys in the space's (sorted) order."""
+    return {
+        "arm": (np.array([0.5, -0.5, value], np.float64), np.array([1, 0, 1], np.int8)),
+        "camera": np.full((5, 3), value, np.uint8),
+        "levels": np.array([1, 2], np.int64),
+    }
+
+
+@pytest.mark.parametrize(
+    "observation_space, action_space, fixed",
+    [
+        (spaces.Box(-1, 1, (4,), np.float32), spaces.Discrete(2), True),
+        (NESTED, spaces.Box(-1, 1, (7,), np.float32), True),
+        (spaces.Box(0, 1, (), np.float32), spaces.MultiDiscrete([3, 3]), True),
+        (spaces.Discrete(4), spaces.Discrete(2), False),  # observations are Python ints
+        (spaces.Tuple((spaces.Discrete(4), spaces.Discrete(2))), spaces.Discrete(2), False),
+        (spaces.Dict({"text": spaces.Text(4)}), spaces.Discrete(2), False),
+        (spaces.Box(-1, 1, (4,), np.float32), spaces.Dict({"a": spaces.Discrete(2)}), False),
+    ],
+)
+def test_only_fixed_shape_array_spaces_get_a_layout(observation_space, action_space, fixed):
+    assert (layout_for(observation_space, action_space) is not None) is fixed
+
+
+def test_leaves_lie_in_gymnasium_order_at_aligned_offsets_and_survive_the_wire():
+    layout = through_the_wire(layout_for(NESTED))
+    assert [leaf.path for leaf in layout.leaves] == [["arm", 0], ["arm", 1], ["camera"], ["levels"]]
+    assert [leaf.offset for leaf in layout.leaves] == [0, 24, 32, 48]
+    assert layout.observation_nbytes == 64
+
+
+@pytest.mark.parametrize("reward", [1.5, -3, np.float64(0.25), np.float32(-0.125), -(2**63), 2**63 - 1])
+@pytest.mark.parametrize("flags", [(False, True), (np.True_, np.False_)])
+def test_a_fixed_reply_gives_back_exactly_what_the_env_returned(reward, flags):
+    worker_side = layout_for(NESTED)
+    client_side = through_the_wire(worker_side)
+    info = {"is_success": np.True_, "pair": (1, "a")} if isinstance(reward, float) else {}
+    step = (nested_observation(), reward, *flags, info)
+    buffers = worker_side.encode_reply(*step)
+    assert buffers is not None
+    decoded = client_side.decode_reply(*_header_and_data(buffers))
+    assert data_equivalence(decoded, step, exact=True)
+    assert [type(value) for value in decoded[1:4]] == [type(value) for value in step[1:4]]
+    observation = decoded[0]
+    assert observation["camera"].flags.writeable and observation["arm"][0].ctypes.data % 8 == 0
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda step: {**step, 1: np.int32(1)},  # a reward kind without a code
+        lambda step: {**step, 1: True},
+        lambda step: {**step, 1: 2**63},  # beyond int64
+        lambda step: {**step, 2: 1},  # a flag that is not a bool
+        lambda step: {**step, 3: np.array(False)},
+        lambda step: {**step, 4: {"array": np.zeros(2)}},  # an info with a data section
+        lambda step: {**step, 4: OrderedDict()},
+        lambda step: {**step, 0: {**step[0], "camera": step[0]["camera"].astype(np.int16)}},
+        lambda step: {**step, 0: {**step[0], "levels": np.array([1, 2, 3])}},
+        lambda step: {**step, 0: {**step[0], "arm": list(step[0]["arm"])}},
+        lambda step: {**step, 0: {key: step[0][key] for key in ("camera", "arm", "levels")}},
+        lambda step: {**step, 0: OrderedDict(step[0])},
+        lambda step: {**step, 0: {**step[0], "extra": np.zeros(1)}},
+    ],
+    ids=[
+        "int32-reward",
+        "bool-reward",
+        "huge-reward",
+        "int-flag",
+        "array-flag",
+        "array-info",
+        "ordered-info",
+        "dtype",
+        "shape",
+        "list-for-tuple",
+        "key-order",
+        "ordered-dict",
+        "extra-key",
+    ],
+)
+def test_a_step_that_does_not_fit_the_layout_gets_no_fixed_reply(change):
+    layout = layout_for(NESTED)
+    step = dict(enumerate((nested_observation(), 1.0, False, False, {})))
+    assert layout.encode_reply(*step.values()) is not None
+    assert layout.encode_reply(*change(step).values()) is None
+
+
+@pytest.mark.parametrize(
+    "action_space, action, kind",
+    [
+        (spaces.Box(-1, 1, (2, 3), np.float32), np.arange(6, dtype=np.float32).reshape(2, 3), 0),
+        (spaces.Box(-1, 1, (2, 3), np.float32), np.arange(6, dtype=np.float32).reshape(3, 2).T, 0),
+        (spaces.Discrete(5), np.int64(3), 1),
+        (spaces.Discrete(5), 4, 2),
+        (spaces.Discrete(5), -(2**63), 2),
+    ],
+)
+def test_actions_that_fit_travel_fixed_and_arrive_as_they_were_sent(action_space, action, kind):
+    layout = layout_for(spaces.Box(0, 1, (1,), np.float32), action_space)
+    buffers = through_the_wire(layout).encode_action(action)
+    assert buffers is not None
+    header, data = _header_and_data(buffers)
+    assert header[0] == kind
+    received = layout.decode_action(header, data)
+    assert type(received) is type(action) and data_equivalence(received, action, exact=True)
+    if isinstance(received, np.ndarray):
+        assert received.flags.writeable
+
+
+@pytest.mark.parametrize(
+    "action_space, action",
+    [
+        (spaces.Box(-1, 1, (2,), np.float32), np.zeros(2, np.float64)),
+        (spaces.Box(-1, 1, (2,), np.float32), np.zeros(3, np.float32)),
+        (spaces.Box(-1, 1, (2,), np.float32), [0.0, 0.0]),
+        (spaces.Box(-1, 1, (2,), np.float32), 1),
+        (spaces.Discrete(5), np.int32(1)),
+        (spaces.Discrete(5), 2**63),
+        (spaces.Discrete(5), True),
+        (spaces.Discrete(5), 1.0),
+    ],
+)
+def test_other_actions_take_the_ordinary_request(action_space, action):
+    layout = layout_for(spaces.Box(0, 1, (1,), np.float32), action_space)
+    assert layout.encode_action(action) is None
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        None,
+        {"action": {"dtype": "<i8", "shape": []}, "observation": []},
+        {
+            "action": {"dtype": "|O", "shape": []},
+            "observation": [{"path": [], "dtype": "<f4", "shape": [1], "offset": 0}],
+        },
+        {
+            "action": {"dtype": "<i8", "shape": [-1]},
+            "observation": [{"path": [], "dtype": "<f4", "shape": [1], "offset": 0}],
+        },
+        {
+            "action": {"dtype": "<i8", "shape": []},
+            "observation": [{"path": [], "dtype": "<f4", "shape": [1], "offset": 3}],
+        },
+        {
+            "action": {"dtype": "<i8", "shape": []},
+            "observation": [
+                {"path": ["a"], "dtype": "<f4", "shape": [1], "offset": 0},
+                {"path": ["a", "b"], "dtype": "<f4", "shape": [1], "offset": 8},
+            ],
+        },
+        {
+            "action": {"dtype": "<i8", "shape": []},
+            "observation": [
+                {"path": [1], "dtype": "<f4", "shape": [1], "offset": 0},
+                {"path": [0], "dtype": "<f4", "shape": [1], "offset": 8},
+            ],
+        },
+    ],
+    ids=["none", "no-leaves", "object-dtype", "negative-size", "unaligned", "leaf-and-branch", "tuple-order"],
+)
+def test_a_malformed_layout_is_a_protocol_error(payload):
+    with pytest.raises(errors.ProtocolError, match="malformed fixed_steps layout"):
+        FixedLayout.from_wire(payload)
+
+
+def test_malformed_fixed_frames_are_refused_with_what_is_wrong():
+    layout = layout_for(spaces.Box(0, 1, (2,), np.float32), spaces.Box(-1, 1, (3,), np.float32))
+    with pytest.raises(errors.InvalidCall, match="header has 8 bytes, got 1"):
+        layout.decode_action(b"\x00", bytearray(12))
+    with pytest.raises(errors.InvalidCall, match="action kind 9"):
+        layout.decode_action(ACTION_HEADER.pack(9), bytearray(12))
+    with pytest.raises(errors.InvalidCall, match="has 12 bytes, got 4"):
+        layout.decode_action(ACTION_HEADER.pack(0), bytearray(4))
+    with pytest.raises(errors.InvalidCall, match="does not fit the action layout"):
+        layout.decode_action(ACTION_HEADER.pack(2), bytearray(8))
+    good = REPLY_HEADER.pack(struct.pack("<d", 1.0), 0, 0, 0, 0)
+    with pytest.raises(errors.ProtocolError, match="malformed fixed-layout reply header"):
+        layout.decode_reply(good[:5], bytearray(8))
+    with pytest.raises(errors.ProtocolError, match="malformed fixed-layout reply header"):
+        layout.decode_reply(REPLY_HEADER.pack(b"\x00" * 8, 7, 0, 0, 0), bytearray(8))
+    with pytest.raises(errors.ProtocolError, match="info length says 20"):
+        layout.decode_reply(REPLY_HEADER.pack(b"\x00" * 8, 0, 0, 0, 4), bytearray(8))
+    with pytest.raises(errors.ProtocolError, match="has 7 bytes of observation, expected 8"):
+        layout.decode_reply(good, bytearray(7))
+    with pytest.raises(errors.ProtocolError, match="not a map"):
+        layout.decode_reply(REPLY_HEADER.pack(b"\x00" * 8, 0, 0, 0, 1) + b"\x01", bytearray(8))
+
+
+# ---------------------------------------------------------------------- over a real server
+
+
+def test_steps_of_varying_types_equal_the_local_env_and_both_frames_are_used(server, monkeypatch):
+    local, remote = gym.make(VARYING), gym_remote.RemoteEnv(VARYING, address=server.address)
+    try:
+        remote.reset(seed=0)
+        layout = remote._connection.fixed_layout
+        assert layout is not None
+        fixed_replies = []
+        decode_reply = layout.decode_reply
+        monkeypatch.setattr(
+            layout, "decode_reply", lambda *args: fixed_replies.append(1) or decode_reply(*args)
+        )
+        local.reset(seed=0)
+        actions = [np.array([step % 3 / 4, 0.5], np.float32) for step in range(60)]
+        actions[5] = actions[5].astype(np.float64)  # does not fit the layout: an ordinary request
+        for step, action in enumerate(actions):
+            local_result, remote_result = local.step(action), remote.step(action)
+            assert data_equivalence(local_result, remote_result, exact=True), f"step {step}"
+            assert [type(value) for value in remote_result] == [type(value) for value in local_result]
+            if local_result[2] or local_result[3]:
+                assert data_equivalence(local.reset(), remote.reset(), exact=True)
+        assert 0 < len(fixed_replies) < len(actions)
+    finally:
+        local.close()
+        remote.close()
+
+
+@pytest.mark.parametrize("shared_memory", [True, False])
+def test_large_fixed_replies_travel_through_shared_memory_or_the_socket(server, monkeypatch, shared_memory):
+    monkeypatch.setenv("GYM_REMOTE_SHARED_MEMORY", "1" if shared_memory else "0")
+    env_id = "gym_remote_testing/ImageEnv-v0"
+    local, remote = gym.make(env_id), gym_remote.RemoteEnv(env_id, address=server.address)
+    try:
+        assert data_equivalence(local.reset(seed=3), remote.reset(seed=3), exact=True)
+        assert remote.uses_shared_memory is shared_memory and remote._connection.fixed_layout is not None
+        for step in range(5):
+            action = np.full(7, step / 10, np.float32)
+            assert data_equivalence(local.step(action), remote.step(action), exact=True)
+    finally:
+        local.close()
+        remote.close()
+
+
+def _session(server, **make_fields):
+    """A connection in a CartPole session made with ``make_fields``, and its make reply."""
+    from gym_remote.addresses import parse_address
+    from gym_remote.connection import Connection
+
+    connection = Connection(parse_address(server.address), timeout=10.0, max_message_size=1 << 26)
+    connection.in_session = True
+    description = connection.request("make", env_id="CartPole-v1", kwargs={}, render_mode=None, **make_fields)
+    return connection, description
+
+
+def _exchange(connection, frame: bytes) -> tuple[bytes, bytes, bytes]:
+    """Sends raw bytes; returns the reply frame's magic, header and data section."""
+    connection._sock.sendall(frame)
+    header, data, fixed = MessageReader(connection._sock).receive_frame(10.0)
+    return (b"GYMF" if fixed else b"GYMR"), bytes(header), bytes(data)
+
+
+def test_a_client_built_from_the_spec_steps_with_fixed_frames(server):
+    connection, description = _session(server, fixed_steps=True)
+    try:
+        assert description["fixed_steps"] == {
+            "action": {"dtype": "<i8", "shape": []},
+            "observation": [{"path": [], "dtype": "<f4", "shape": [4], "offset": 0}],
+        }
+        local = gym.make("CartPole-v1")
+        observation, _ = connection.request("reset", seed=5)
+        np.testing.assert_array_equal(observation, local.reset(seed=5)[0])
+        request = PREFIX.pack(b"GYMF", 8, 8) + bytes([2]) + bytes(7) + (1).to_bytes(8, "little", signed=True)
+        magic, header, data = _exchange(connection, request)
+        reward, kind, terminated, truncated, info_length = struct.unpack("<dBBBxI", header)
+        expected = local.step(1)
+        assert (magic, kind, terminated, truncated, info_length) == (b"GYMF", 0, 0, 0, 0)
+        assert reward == expected[1]
+        np.testing.assert_array_equal(np.frombuffer(data, np.float32), expected[0])
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    "frame, message",
+    [
+        (PREFIX.pack(b"GYMF", 8, 8) + bytes([9]) + bytes(15), "action kind 9"),
+        (PREFIX.pack(b"GYMF", 8, 4) + bytes([2]) + bytes(11), "has 8 bytes, got 4"),
+        (PREFIX.pack(b"GYMF", 2, 8) + bytes(10), "header has 8 bytes, got 2"),
+    ],
+    ids=["unknown-kind", "short-data", "short-header"],
+)
+def test_bad_fixed_frames_are_invalid_calls_and_the_session_goes_on(server, frame, message):
+    connection, _ = _session(server, fixed_steps=True)
+    try:
+        connection.request("reset", seed=0)
+        magic, header, data = _exchange(connection, frame)
+        reply = decode_frame(header, bytearray(data))
+        assert magic == b"GYMR" and reply["error"]["code"] == "invalid_call"
+        assert message in reply["error"]["message"]
+        assert connection.step(0)[0].shape == (4,)
+    finally:
+        connection.close()
+
+
+def test_fixed_frames_need_an_offered_layout_and_a_reset(server):
+    step = PREFIX.pack(b"GYMF", 8, 8) + bytes([2]) + bytes(15)
+    without, description = _session(server)
+    with_layout, _ = _session(server, fixed_steps=True)
+    try:
+        assert "fixed_steps" not in description
+        for connection, message in [
+            (without, "offered no fixed layout"),
+            (with_layout, "call reset() before step()"),
+        ]:
+            magic, header, data = _exchange(connection, step)
+            assert magic == b"GYMR" and message in decode_frame(header, bytearray(data))["error"]["message"]
+            connection.request("reset", seed=0)
+            assert len(connection.step(1)) == 5
+    finally:
+        without.close()
+        with_layout.close()
