@@ -30,20 +30,25 @@ __all__ = ["FixedLayout", "ACTION_HEADER", "REPLY_HEADER"]
 
 ACTION_HEADER = struct.Struct("<B7x")
 REPLY_HEADER = struct.Struct("<8sBBBxI")
+# A whole step request for a Python int action: prefix, header and the int64.
+_INT_ACTION_FRAME = struct.Struct("<4sIQB7xq")
 
 # Action kinds: an array of the layout's dtype and shape, or (for a scalar layout) a numpy
 # scalar of its dtype or a Python int (sent as int64).
 ACTION_ARRAY, ACTION_NUMPY_SCALAR, ACTION_INT = 0, 1, 2
-# Reward kinds, each with how its 8 bytes hold the value.
+# Reward kinds: the type, and the reply header that holds it (as a float64 or an int64).
+_FLOAT_REPLY = struct.Struct("<dBBBxI")
+_INT_REPLY = struct.Struct("<qBBBxI")
 _REWARD_KINDS = [
-    (float, struct.Struct("<d")),
-    (int, struct.Struct("<q")),
-    (np.float64, struct.Struct("<d")),
-    (np.float32, struct.Struct("<d")),  # widened: float32 -> float64 -> float32 is exact
+    (float, _FLOAT_REPLY),
+    (int, _INT_REPLY),
+    (np.float64, _FLOAT_REPLY),
+    (np.float32, _FLOAT_REPLY),
 ]
-_REWARD_KIND_OF = {kind: (number, packer) for number, (kind, packer) in enumerate(_REWARD_KINDS)}
-# Flag codes for terminated and truncated: Python bools, then numpy bools.
+_REWARD_KIND_OF = {kind: (number, header) for number, (kind, header) in enumerate(_REWARD_KINDS)}
+# Flag codes for terminated and truncated: Python bools (0, 1), then numpy bools (2, 3).
 _FLAGS = [False, True, np.False_, np.True_]
+_FLAG_BASE = {bool: 0, np.bool_: 2}
 _INT64_RANGE = range(-(1 << 63), 1 << 63)
 _FIXED_SHAPE_SPACES = (spaces.Box, spaces.MultiDiscrete, spaces.MultiBinary)
 
@@ -77,6 +82,16 @@ class FixedLayout:
         self.observation_nbytes = max([leaf.offset + leaf.nbytes for leaf in leaves] + [0])
         self._structure = _structure_of([leaf.path for leaf in leaves])
         self._single_array = leaves[0] if self._structure == 0 else None
+        self._array_action_start = _frame_start(ACTION_HEADER.size, self.action_nbytes) + ACTION_HEADER.pack(
+            ACTION_ARRAY
+        )
+        self._scalar_action_start = _frame_start(ACTION_HEADER.size, self.action_nbytes) + ACTION_HEADER.pack(
+            ACTION_NUMPY_SCALAR
+        )
+        self._reply_start = _frame_start(REPLY_HEADER.size, self.observation_nbytes)
+        # Per leaf, the zeros that come before it in the data section.
+        ends = [0] + [leaf.offset + leaf.nbytes for leaf in leaves]
+        self._padding = [bytes(leaf.offset - end) for leaf, end in zip(leaves, ends)]
 
     # ------------------------------------------------------------------ agreeing on it
 
@@ -138,19 +153,18 @@ class FixedLayout:
         """The buffers of a fixed-layout step request for ``action``; None if it does not fit."""
         kind_of = type(action)
         if kind_of is np.ndarray:
-            if action.dtype != self.action_dtype or action.shape != self.action_shape:
+            if action.shape != self.action_shape or action.dtype != self.action_dtype:
                 return None
-            kind, payload = ACTION_ARRAY, np.ascontiguousarray(action)
-        elif self.action_shape:
+            return [self._array_action_start, np.ascontiguousarray(action)]
+        if self.action_shape:
             return None
-        elif kind_of is int and action in _INT64_RANGE:
-            kind, payload = ACTION_INT, action.to_bytes(8, "little", signed=True)
-        elif kind_of is self.action_dtype.type and action.dtype == self.action_dtype:
-            kind, payload = ACTION_NUMPY_SCALAR, action.tobytes()
-        else:
-            return None
-        nbytes = 8 if kind == ACTION_INT else self.action_nbytes
-        return [PREFIX.pack(MAGIC_FIXED, ACTION_HEADER.size, nbytes), ACTION_HEADER.pack(kind), payload]
+        if kind_of is int:
+            if action not in _INT64_RANGE:
+                return None
+            return [_INT_ACTION_FRAME.pack(MAGIC_FIXED, ACTION_HEADER.size, 8, ACTION_INT, action)]
+        if kind_of is self.action_dtype.type and action.dtype == self.action_dtype:
+            return [self._scalar_action_start + action.tobytes()]
+        return None
 
     def decode_reply(
         self, header: Any, data: Any, allow_pickle: bool = False
@@ -161,12 +175,13 @@ class FixedLayout:
             ProtocolError: the header or data section does not fit the layout.
         """
         try:
-            reward_bytes, reward_kind, terminated, truncated, info_length = REPLY_HEADER.unpack_from(header)
-            kind, packer = _REWARD_KINDS[reward_kind]
-            reward = kind(packer.unpack(reward_bytes)[0])
+            reward_type, reply_header = _REWARD_KINDS[header[8]]
+            reward, _, terminated, truncated, info_length = reply_header.unpack_from(header)
             flags = _FLAGS[terminated], _FLAGS[truncated]
         except (struct.error, IndexError) as error:
             raise ProtocolError(f"malformed fixed-layout reply header ({error})") from None
+        if type(reward) is not reward_type:
+            reward = reward_type(reward)
         if len(header) != REPLY_HEADER.size + info_length:
             raise ProtocolError(
                 f"fixed-layout reply header has {len(header)} bytes, its info length says "
@@ -180,8 +195,8 @@ class FixedLayout:
                 f"fixed-layout reply has {len(data)} bytes of observation, expected {self.observation_nbytes}"
             )
         leaf = self._single_array
-        if leaf is not None:
-            observation: Any = _leaf_array(leaf, data)
+        if leaf is not None and leaf.nbytes:
+            observation: Any = np.ndarray(leaf.shape, leaf.dtype, data)
         else:
             observation = _build(self._structure, [_leaf_array(leaf, data) for leaf in self.leaves])
         return observation, reward, flags[0], flags[1], info
@@ -219,38 +234,44 @@ class FixedLayout:
     ) -> Optional[List[Any]]:
         """The buffers of a fixed-layout step reply; None unless every value fits it exactly."""
         reward_kind = _REWARD_KIND_OF.get(type(reward))
-        terminated_code = _flag_code(terminated)
-        truncated_code = _flag_code(truncated)
-        if reward_kind is None or terminated_code is None or truncated_code is None:
+        terminated_base = _FLAG_BASE.get(type(terminated))
+        truncated_base = _FLAG_BASE.get(type(truncated))
+        if reward_kind is None or terminated_base is None or truncated_base is None or type(info) is not dict:
             return None
-        if type(info) is not dict:
-            return None
-        info_bytes = _encoded_info(info, allow_pickle) if info else b""
-        if info_bytes is None:
-            return None
-        number, packer = reward_kind
+        number, reply_header = reward_kind
         if number == 1 and reward not in _INT64_RANGE:
             return None
-        if self._single_array is not None:
-            if not _fits(self._single_array, observation):
+        leaf = self._single_array
+        if leaf is not None:
+            if (
+                type(observation) is not np.ndarray
+                or observation.shape != leaf.shape
+                or observation.dtype != leaf.dtype
+            ):
                 return None
             arrays: Optional[List[Any]] = [observation]
         else:
             arrays = _leaf_values(self._structure, observation, [])
             if arrays is None or not all(_fits(leaf, array) for leaf, array in zip(self.leaves, arrays)):
                 return None
-        header = REPLY_HEADER.pack(
-            packer.pack(reward), number, terminated_code, truncated_code, len(info_bytes)
+        info_bytes = _encoded_info(info, allow_pickle) if info else b""
+        if info_bytes is None:
+            return None
+        header = reply_header.pack(
+            reward, number, terminated_base + terminated, truncated_base + truncated, len(info_bytes)
         )
-        header_length = REPLY_HEADER.size + len(info_bytes)
-        buffers = [PREFIX.pack(MAGIC_FIXED, header_length, self.observation_nbytes), header + info_bytes]
-        end = 0
-        for leaf, array in zip(self.leaves, arrays):
-            if leaf.offset > end:
-                buffers.append(bytes(leaf.offset - end))
+        if info_bytes:
+            buffers = [
+                _frame_start(REPLY_HEADER.size + len(info_bytes), self.observation_nbytes),
+                header + info_bytes,
+            ]
+        else:
+            buffers = [self._reply_start, header]
+        for padding, leaf, array in zip(self._padding, self.leaves, arrays):
+            if padding:
+                buffers.append(padding)
             if leaf.nbytes:
-                buffers.append(array if array.flags.c_contiguous else np.ascontiguousarray(array))
-            end = leaf.offset + leaf.nbytes
+                buffers.append(np.ascontiguousarray(array))
         return buffers
 
 
@@ -351,14 +372,9 @@ def _encoded_info(info: Dict[str, Any], allow_pickle: bool) -> Optional[bytes]:
     return None if data else bytes(header)
 
 
-def _flag_code(value: Any) -> Optional[int]:
-    """The code of a terminated or truncated flag; None unless it is a Python or numpy bool."""
-    kind = type(value)
-    if kind is bool:
-        return int(value)
-    if kind is np.bool_:
-        return 2 + int(value)
-    return None
+def _frame_start(header_length: int, data_length: int) -> bytes:
+    """The prefix of a fixed-layout frame."""
+    return PREFIX.pack(MAGIC_FIXED, header_length, data_length)
 
 
 def _fits(leaf: _Leaf, value: Any) -> bool:

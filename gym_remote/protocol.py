@@ -448,7 +448,7 @@ def send_frame(sock: socket.socket, buffers: List[Any], segment: Any = None) -> 
         segment: A :class:`~gym_remote.sharedmem.SharedSegment` the peer has attached, or None.
     """
     if segment is not None:
-        magic, header_length, data_length = PREFIX.unpack(buffers[0])
+        magic, header_length, data_length = PREFIX.unpack_from(buffers[0])
         if data_length >= MINIMUM_SHARED_BYTES and segment.write(
             [_byte_view(chunk) for chunk in buffers[2:]], data_length
         ):
@@ -469,7 +469,7 @@ def send_buffers(sock: socket.socket, buffers: List[Any]) -> None:
     """
     if len(buffers) > _MAX_SEND_BUFFERS:
         buffers = buffers[:2] + [b"".join(_byte_view(chunk) for chunk in buffers[2:])]
-    magic, header_length, data_length = PREFIX.unpack(buffers[0])
+    magic, header_length, data_length = PREFIX.unpack_from(buffers[0])
     remaining = PREFIX.size + header_length + (data_length if magic in _SOCKET_DATA_MAGICS else 0)
     try:
         sent = sock.sendmsg(buffers)
