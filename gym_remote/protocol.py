@@ -514,6 +514,7 @@ class MessageReader:
         self._pending = b""
         self._receive_timeout: Optional[float] = None
         self._scratch = bytearray(_RECEIVE_CHUNK)
+        self._scratch_view = memoryview(self._scratch)
         self._bodies = _BodyBufferPool()
 
     def receive(
@@ -621,13 +622,13 @@ class MessageReader:
             if started:
                 raise RemoteTimeout("the rest of a message did not arrive in time") from None
             raise IdleTimeout("no message arrived in time") from None
-        chunk = memoryview(self._scratch)[:received]
         if not received:
             if started:
                 raise ProtocolError("connection closed in the middle of a frame")
             raise PeerClosed("the peer closed the connection")
-        _check_deadline(deadline)
-        return chunk
+        if deadline is not None:
+            _check_deadline(deadline)
+        return self._scratch_view[:received]
 
     def _recv_into(self, view: memoryview, deadline: Optional[float]) -> None:
         while view.nbytes:
