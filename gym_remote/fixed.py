@@ -52,7 +52,7 @@ _FLAG_BASE = {bool: 0, np.bool_: 2}
 _INT64_RANGE = range(-(1 << 63), 1 << 63)
 _FIXED_SHAPE_SPACES = (spaces.Box, spaces.MultiDiscrete, spaces.MultiBinary)
 
-# An observation's structure: a leaf number, or a dict (keys and their structures) or a tuple.
+# An observation's structure: a leaf's number, or ("dict" or "tuple", [(key, structure), ...]).
 _Structure = Union[int, Tuple[str, list]]
 
 
@@ -82,12 +82,9 @@ class FixedLayout:
         self.observation_nbytes = max([leaf.offset + leaf.nbytes for leaf in leaves] + [0])
         self._structure = _structure_of([leaf.path for leaf in leaves])
         self._single_array = leaves[0] if self._structure == 0 else None
-        self._array_action_start = _frame_start(ACTION_HEADER.size, self.action_nbytes) + ACTION_HEADER.pack(
-            ACTION_ARRAY
-        )
-        self._scalar_action_start = _frame_start(ACTION_HEADER.size, self.action_nbytes) + ACTION_HEADER.pack(
-            ACTION_NUMPY_SCALAR
-        )
+        action_start = _frame_start(ACTION_HEADER.size, self.action_nbytes)
+        self._array_action_start = action_start + ACTION_HEADER.pack(ACTION_ARRAY)
+        self._scalar_action_start = action_start + ACTION_HEADER.pack(ACTION_NUMPY_SCALAR)
         self._reply_start = _frame_start(REPLY_HEADER.size, self.observation_nbytes)
         # Per leaf, the zeros that come before it in the data section.
         ends = [0] + [leaf.offset + leaf.nbytes for leaf in leaves]
@@ -241,13 +238,8 @@ class FixedLayout:
         number, reply_header = reward_kind
         if number == 1 and reward not in _INT64_RANGE:
             return None
-        leaf = self._single_array
-        if leaf is not None:
-            if (
-                type(observation) is not np.ndarray
-                or observation.shape != leaf.shape
-                or observation.dtype != leaf.dtype
-            ):
+        if self._single_array is not None:
+            if not _fits(self._single_array, observation):
                 return None
             arrays: Optional[List[Any]] = [observation]
         else:
