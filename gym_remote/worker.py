@@ -223,7 +223,7 @@ class WorkerSession:
         self.last_observations[0] = result[0]
         buffers = self.fixed_layout.encode_reply(*result, self.allow_pickle) if len(result) == 5 else None
         if buffers is None:
-            self._reply(list(result))
+            self._reply(result)
         else:
             self._send(buffers)
 
