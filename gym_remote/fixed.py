@@ -24,7 +24,7 @@ import numpy as np
 from gymnasium import spaces
 
 from gym_remote.errors import InvalidCall, ProtocolError, UnsupportedValue
-from gym_remote.protocol import DATA_ALIGNMENT, MAGIC_FIXED, PREFIX, decode_frame, encode_frame
+from gym_remote.protocol import DATA_ALIGNMENT, MAGIC_FIXED, PREFIX, decode_frame, encode_frame, wire_dtype
 
 __all__ = ["FixedLayout", "ACTION_HEADER", "REPLY_HEADER"]
 
@@ -141,7 +141,7 @@ class FixedLayout:
             if not leaves or any(leaf.offset < 0 or leaf.offset % DATA_ALIGNMENT for leaf in leaves):
                 raise ValueError("observation leaves must be at 8-byte aligned offsets")
             return cls(_plain_dtype(action["dtype"]), _shape(action["shape"]), leaves)
-        except (LookupError, TypeError, ValueError) as error:
+        except (LookupError, TypeError, ValueError, ProtocolError) as error:
             raise ProtocolError(f"malformed fixed_steps layout {payload!r}: {error}") from None
 
     # ------------------------------------------------------------------ the client's end
@@ -381,10 +381,11 @@ def _leaf_array(leaf: _Leaf, data: Any) -> np.ndarray:
 
 
 def _plain_dtype(text: Any) -> np.dtype:
+    """The dtype a layout names: a string, valid on the wire, not structured."""
     if not isinstance(text, str):
         raise TypeError(f"dtype {text!r} is not a string")
-    dtype = np.dtype(text)
-    if dtype.hasobject or dtype.fields is not None:
+    dtype = wire_dtype(text)
+    if dtype.fields is not None:
         raise ValueError(f"dtype {text!r} is not a plain numeric dtype")
     return dtype
 

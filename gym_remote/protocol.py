@@ -45,6 +45,7 @@ __all__ = [
     "send_message",
     "send_frame",
     "MessageReader",
+    "wire_dtype",
 ]
 
 PROTOCOL_VERSION = 1
@@ -367,7 +368,7 @@ class _Decoder:
             return GraphInstance(*parts)
         if code == EXT_NUMPY_SCALAR:
             dtype_text, raw = msgpack.unpackb(payload)
-            dtype = _safe_dtype(dtype_text)
+            dtype = wire_dtype(dtype_text)
             if len(raw) != dtype.itemsize:
                 raise ProtocolError(f"numpy scalar of {dtype} has {len(raw)} bytes")
             return np.frombuffer(raw, dtype)[0]
@@ -387,7 +388,8 @@ _DTYPE_CACHE: Dict[Any, np.dtype] = {}
 _DTYPE_CACHE_LIMIT = 1024
 
 
-def _safe_dtype(text: Any) -> np.dtype:
+def wire_dtype(text: Any) -> np.dtype:
+    """The dtype a peer named, refusing invalid and object dtypes (ProtocolError)."""
     dtype = _DTYPE_CACHE.get(text) if isinstance(text, str) else None
     if dtype is not None:
         return dtype
@@ -422,7 +424,7 @@ def _decode_array(payload: Any, data: memoryview) -> np.ndarray:
     """
     try:
         dtype_text, shape, offset, nbytes = payload
-        dtype = _safe_dtype(dtype_text)
+        dtype = wire_dtype(dtype_text)
         if math.prod(shape) * dtype.itemsize != nbytes:
             raise ValueError("nbytes does not match dtype and shape")
         if offset < 0:
