@@ -99,18 +99,27 @@ class Connection:
         """Steps the session's env: in a fixed-layout frame where ``action`` fits the offered
         layout, otherwise in an ordinary ``step`` request."""
         layout = self.fixed_layout
-        buffers = None if layout is None else layout.encode_action(action)
-        if buffers is None:
+        request = None if layout is None else layout.encode_action(action)
+        if request is None:
             return tuple(self.request("step", action=action))  # type: ignore[return-value]
-        self._send_buffers("step", buffers)
-        frame = self._receive_frame("step", fixed_allowed=True)
-        if frame[2]:
+        if self.closed:
+            raise ServerUnavailable(f"the connection to {self.address} is closed")
+        try:
+            self._sock.sendall(request)
+            chunk = self._reader.receive_chunk(self.timeout)
+            result = layout.decode_whole_reply(chunk)  # type: ignore[union-attr]
+            if result is not None:
+                return result
+            header, data, fixed = self._reader.receive_frame(self.timeout, chunk=chunk)
+        except (RemoteTimeout, ProtocolError, OSError) as error:
+            raise self._failure("step", error) from None
+        if fixed:
             try:
-                return layout.decode_reply(frame[0], frame[1], self.allow_pickle)  # type: ignore[union-attr]
+                return layout.decode_reply(header, data, self.allow_pickle)  # type: ignore[union-attr]
             except ProtocolError:
                 self.close()
                 raise
-        return tuple(self._result("step", frame))
+        return tuple(self._result("step", (header, data, fixed)))
 
     def _send_buffers(self, op: str, buffers: list[Any]) -> None:
         if self.closed:
@@ -168,7 +177,8 @@ class Connection:
     def _failure(self, op: str, error: BaseException) -> BaseException:
         """Closes the connection and says what a socket failure during ``op`` means, as a typed error."""
         self.close()
-        if isinstance(error, RemoteTimeout):
+        # The kernel's send timeout (SO_SNDTIMEO) shows as EAGAIN.
+        if isinstance(error, (RemoteTimeout, BlockingIOError, socket.timeout)):
             return RemoteTimeout(
                 f"{op} got no reply from {self.address} within {self.timeout:g} s; the session is "
                 "closed (raise timeout=... for slow envs)"

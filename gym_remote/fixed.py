@@ -36,19 +36,33 @@ _INT_ACTION_FRAME = struct.Struct("<4sIQB7xq")
 # Action kinds: an array of the layout's dtype and shape, or (for a scalar layout) a numpy
 # scalar of its dtype or a Python int (sent as int64).
 ACTION_ARRAY, ACTION_NUMPY_SCALAR, ACTION_INT = 0, 1, 2
-# Reward kinds: the type, and the reply header that holds it (as a float64 or an int64).
+# Reward kinds: the type, the reply header that holds it (as a float64 or an int64), and the
+# same with the frame's prefix (as 16 bytes) before it.
 _FLOAT_REPLY = struct.Struct("<dBBBxI")
 _INT_REPLY = struct.Struct("<qBBBxI")
+_FLOAT_REPLY_START = struct.Struct("<16sdBBBxI")
+_INT_REPLY_START = struct.Struct("<16sqBBBxI")
 _REWARD_KINDS = [
-    (float, _FLOAT_REPLY),
-    (int, _INT_REPLY),
-    (np.float64, _FLOAT_REPLY),
-    (np.float32, _FLOAT_REPLY),
+    (float, _FLOAT_REPLY, _FLOAT_REPLY_START),
+    (int, _INT_REPLY, _INT_REPLY_START),
+    (np.float64, _FLOAT_REPLY, _FLOAT_REPLY_START),
+    (np.float32, _FLOAT_REPLY, _FLOAT_REPLY_START),
 ]
-_REWARD_KIND_OF = {kind: (number, header) for number, (kind, header) in enumerate(_REWARD_KINDS)}
+# Where a reply's reward kind and a whole frame's data section start.
+_REWARD_KIND_AT = PREFIX.size + 8
+_REQUEST_DATA_AT = PREFIX.size + ACTION_HEADER.size
+_REPLY_DATA_AT = PREFIX.size + REPLY_HEADER.size
 # Flag codes for terminated and truncated: Python bools (0, 1), then numpy bools (2, 3).
 _FLAGS = [False, True, np.False_, np.True_]
 _FLAG_BASE = {bool: 0, np.bool_: 2}
+# Per (reward, terminated, truncated) types that fit: the reward kind, its reply header and the
+# flags' bases.
+_STEP_KINDS = {
+    (reward_type, terminated_type, truncated_type): (number, header, terminated_base, truncated_base)
+    for number, (reward_type, header, _) in enumerate(_REWARD_KINDS)
+    for terminated_type, terminated_base in _FLAG_BASE.items()
+    for truncated_type, truncated_base in _FLAG_BASE.items()
+}
 _INT64_RANGE = range(-(1 << 63), 1 << 63)
 _FIXED_SHAPE_SPACES = (spaces.Box, spaces.MultiDiscrete, spaces.MultiBinary)
 
@@ -85,7 +99,20 @@ class FixedLayout:
         action_start = _frame_start(ACTION_HEADER.size, self.action_nbytes)
         self._array_action_start = action_start + ACTION_HEADER.pack(ACTION_ARRAY)
         self._scalar_action_start = action_start + ACTION_HEADER.pack(ACTION_NUMPY_SCALAR)
+        array_request_length = _REQUEST_DATA_AT + self.action_nbytes
+        # The starts (prefix and header) of the requests this layout takes, with their action
+        # kind and whole length.
+        self._request_starts = {self._array_action_start: (ACTION_ARRAY, array_request_length)}
+        # The numpy scalar type of a scalar layout's actions (its dtype is the layout's).
+        self._scalar_action_type: Optional[type] = None
+        if not action_shape:
+            int_start = _frame_start(ACTION_HEADER.size, 8) + ACTION_HEADER.pack(ACTION_INT)
+            self._request_starts[self._scalar_action_start] = (ACTION_NUMPY_SCALAR, array_request_length)
+            self._request_starts[int_start] = (ACTION_INT, _REQUEST_DATA_AT + 8)
+            if np.dtype(action_dtype.type) == action_dtype:
+                self._scalar_action_type = action_dtype.type
         self._reply_start = _frame_start(REPLY_HEADER.size, self.observation_nbytes)
+        self._whole_reply_length = _REPLY_DATA_AT + self.observation_nbytes
         # Per leaf, the zeros that come before it in the data section.
         ends = [0] + [leaf.offset + leaf.nbytes for leaf in leaves]
         self._padding = [bytes(leaf.offset - end) for leaf, end in zip(leaves, ends)]
@@ -146,22 +173,41 @@ class FixedLayout:
 
     # ------------------------------------------------------------------ the client's end
 
-    def encode_action(self, action: Any) -> Optional[List[Any]]:
-        """The buffers of a fixed-layout step request for ``action``; None if it does not fit."""
+    def encode_action(self, action: Any) -> Optional[bytes]:
+        """The whole fixed-layout step request for ``action``; None if it does not fit."""
         kind_of = type(action)
         if kind_of is np.ndarray:
             if action.shape != self.action_shape or action.dtype != self.action_dtype:
                 return None
-            return [self._array_action_start, np.ascontiguousarray(action)]
+            return self._array_action_start + action.tobytes()
         if self.action_shape:
             return None
         if kind_of is int:
             if action not in _INT64_RANGE:
                 return None
-            return [_INT_ACTION_FRAME.pack(MAGIC_FIXED, ACTION_HEADER.size, 8, ACTION_INT, action)]
-        if kind_of is self.action_dtype.type and action.dtype == self.action_dtype:
-            return [self._scalar_action_start + action.tobytes()]
+            return _INT_ACTION_FRAME.pack(MAGIC_FIXED, ACTION_HEADER.size, 8, ACTION_INT, action)
+        if kind_of is self._scalar_action_type:
+            return self._scalar_action_start + action.tobytes()
         return None
+
+    def decode_whole_reply(self, chunk: Any) -> Optional[Tuple[Any, Any, Any, Any, Dict[str, Any]]]:
+        """The step result in ``chunk`` when it is exactly one fixed-layout reply with an empty
+        info (the usual step: one receive, one parse); otherwise None, and
+        :meth:`MessageReader.receive_frame <gym_remote.protocol.MessageReader.receive_frame>`
+        and :meth:`decode_reply` take the frame."""
+        if len(chunk) != self._whole_reply_length:
+            return None
+        try:
+            reward_type, _, reply_start = _REWARD_KINDS[chunk[_REWARD_KIND_AT]]
+            start, reward, _, terminated, truncated, info_length = reply_start.unpack_from(chunk)
+            flags = _FLAGS[terminated], _FLAGS[truncated]
+        except IndexError:
+            return None
+        if start != self._reply_start or info_length:
+            return None
+        if type(reward) is not reward_type:
+            reward = reward_type(reward)
+        return self._observation(bytearray(chunk[_REPLY_DATA_AT:])), reward, flags[0], flags[1], {}
 
     def decode_reply(
         self, header: Any, data: Any, allow_pickle: bool = False
@@ -172,7 +218,7 @@ class FixedLayout:
             ProtocolError: the header or data section does not fit the layout.
         """
         try:
-            reward_type, reply_header = _REWARD_KINDS[header[8]]
+            reward_type, reply_header, _ = _REWARD_KINDS[header[8]]
             reward, _, terminated, truncated, info_length = reply_header.unpack_from(header)
             flags = _FLAGS[terminated], _FLAGS[truncated]
         except (struct.error, IndexError) as error:
@@ -191,14 +237,28 @@ class FixedLayout:
             raise ProtocolError(
                 f"fixed-layout reply has {len(data)} bytes of observation, expected {self.observation_nbytes}"
             )
+        return self._observation(data), reward, flags[0], flags[1], info
+
+    def _observation(self, data: Any) -> Any:
+        """The observation whose arrays lie in ``data`` (memory of their own, the layout's size)."""
         leaf = self._single_array
         if leaf is not None and leaf.nbytes:
-            observation: Any = np.ndarray(leaf.shape, leaf.dtype, data)
-        else:
-            observation = _build(self._structure, [_leaf_array(leaf, data) for leaf in self.leaves])
-        return observation, reward, flags[0], flags[1], info
+            return np.ndarray(leaf.shape, leaf.dtype, data)
+        return _build(self._structure, [_leaf_array(leaf, data) for leaf in self.leaves])
 
     # ------------------------------------------------------------------ the worker's end
+
+    def action_of_whole_request(self, chunk: Any) -> Any:
+        """The action in ``chunk`` when it is exactly one well-formed fixed-layout step request
+        (one receive, one lookup); otherwise None, and
+        :meth:`MessageReader.receive_frame <gym_remote.protocol.MessageReader.receive_frame>`
+        and :meth:`decode_action` take the frame (and say what is wrong with it)."""
+        kind_and_length = self._request_starts.get(bytes(chunk[:_REQUEST_DATA_AT]))
+        if kind_and_length is None or len(chunk) != kind_and_length[1]:
+            return None
+        kind, data = kind_and_length[0], chunk[_REQUEST_DATA_AT:]
+        # An array gets memory of its own: the chunk's is the next receive's.
+        return self._action(kind, bytearray(data) if kind == ACTION_ARRAY else data)
 
     def decode_action(self, header: Any, data: Any) -> Any:
         """The action a fixed-layout step request carries.
@@ -214,6 +274,10 @@ class FixedLayout:
             raise InvalidCall(f"action kind {kind} does not fit the action layout {self.action_shape}")
         if len(data) != expected:
             raise InvalidCall(f"a fixed-layout action of kind {kind} has {expected} bytes, got {len(data)}")
+        return self._action(kind, data)
+
+    def _action(self, kind: int, data: Any) -> Any:
+        """The action of ``kind`` whose bytes are ``data`` (an array's: memory of its own)."""
         if kind == ACTION_INT:
             return int.from_bytes(data, "little", signed=True)
         if kind == ACTION_NUMPY_SCALAR:
@@ -230,35 +294,39 @@ class FixedLayout:
         allow_pickle: bool = False,
     ) -> Optional[List[Any]]:
         """The buffers of a fixed-layout step reply; None unless every value fits it exactly."""
-        reward_kind = _REWARD_KIND_OF.get(type(reward))
-        terminated_base = _FLAG_BASE.get(type(terminated))
-        truncated_base = _FLAG_BASE.get(type(truncated))
-        if reward_kind is None or terminated_base is None or truncated_base is None or type(info) is not dict:
+        kinds = _STEP_KINDS.get((type(reward), type(terminated), type(truncated)))
+        if kinds is None or type(info) is not dict:
             return None
-        number, reply_header = reward_kind
+        number, reply_header, terminated_base, truncated_base = kinds
         if number == 1 and reward not in _INT64_RANGE:
             return None
-        if self._single_array is not None:
-            if not _fits(self._single_array, observation):
+        leaf = self._single_array
+        if leaf is not None:
+            if not _fits(leaf, observation):
                 return None
-            arrays: Optional[List[Any]] = [observation]
+            arrays = None
         else:
             arrays = _leaf_values(self._structure, observation, [])
             if arrays is None or not all(_fits(leaf, array) for leaf, array in zip(self.leaves, arrays)):
                 return None
-        info_bytes = _encoded_info(info, allow_pickle) if info else b""
-        if info_bytes is None:
-            return None
-        header = reply_header.pack(
-            reward, number, terminated_base + terminated, truncated_base + truncated, len(info_bytes)
-        )
-        if info_bytes:
+        if info:
+            info_bytes = _encoded_info(info, allow_pickle)
+            if info_bytes is None:
+                return None
+            header = reply_header.pack(
+                reward, number, terminated_base + terminated, truncated_base + truncated, len(info_bytes)
+            )
             buffers = [
                 _frame_start(REPLY_HEADER.size + len(info_bytes), self.observation_nbytes),
                 header + info_bytes,
             ]
         else:
-            buffers = [self._reply_start, header]
+            flags = terminated_base + terminated, truncated_base + truncated
+            buffers = [self._reply_start, reply_header.pack(reward, number, *flags, 0)]
+        if arrays is None:  # the one array the observation is
+            if leaf.nbytes:  # type: ignore[union-attr]
+                buffers.append(np.ascontiguousarray(observation))
+            return buffers
         for padding, leaf, array in zip(self._padding, self.leaves, arrays):
             if padding:
                 buffers.append(padding)

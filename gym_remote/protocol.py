@@ -449,15 +449,17 @@ def send_frame(sock: socket.socket, buffers: List[Any], segment: Any = None) -> 
     Args:
         segment: A :class:`~gym_remote.sharedmem.SharedSegment` the peer has attached, or None.
     """
-    if segment is not None:
-        magic, header_length, data_length = PREFIX.unpack_from(buffers[0])
-        if data_length >= MINIMUM_SHARED_BYTES and segment.write(
-            [_byte_view(chunk) for chunk in buffers[2:]], data_length
-        ):
-            shared_magic = MAGIC_FIXED_SHARED if magic == MAGIC_FIXED else MAGIC_SHARED
-            send_buffers(sock, [PREFIX.pack(shared_magic, header_length, data_length), buffers[1]])
-            return
-    send_buffers(sock, buffers)
+    magic, header_length, data_length = PREFIX.unpack_from(buffers[0])
+    if (
+        segment is not None
+        and data_length >= MINIMUM_SHARED_BYTES
+        and segment.write([_byte_view(chunk) for chunk in buffers[2:]], data_length)
+    ):
+        shared_magic = MAGIC_FIXED_SHARED if magic == MAGIC_FIXED else MAGIC_SHARED
+        shared_frame = [PREFIX.pack(shared_magic, header_length, data_length), buffers[1]]
+        _send_all(sock, shared_frame, PREFIX.size + header_length)
+    else:
+        _send_all(sock, buffers, _length_on_socket(magic, header_length, data_length))
 
 
 def send_buffers(sock: socket.socket, buffers: List[Any]) -> None:
@@ -469,13 +471,20 @@ def send_buffers(sock: socket.socket, buffers: List[Any]) -> None:
     Raises:
         RemoteTimeout: the peer did not take the bytes within the socket's send timeout.
     """
+    _send_all(sock, buffers, _length_on_socket(*PREFIX.unpack_from(buffers[0])))
+
+
+def _length_on_socket(magic: bytes, header_length: int, data_length: int) -> int:
+    return PREFIX.size + header_length + (data_length if magic in _SOCKET_DATA_MAGICS else 0)
+
+
+def _send_all(sock: socket.socket, buffers: List[Any], length: int) -> None:
+    """Sends the ``length`` bytes of ``buffers`` (see :func:`send_buffers`)."""
     if len(buffers) > _MAX_SEND_BUFFERS:
         buffers = buffers[:2] + [b"".join(_byte_view(chunk) for chunk in buffers[2:])]
-    magic, header_length, data_length = PREFIX.unpack_from(buffers[0])
-    remaining = PREFIX.size + header_length + (data_length if magic in _SOCKET_DATA_MAGICS else 0)
     try:
         sent = sock.sendmsg(buffers)
-        remaining -= sent
+        remaining = length - sent
         if remaining:
             views = [_byte_view(chunk) for chunk in buffers]
             first = 0
@@ -543,19 +552,37 @@ class MessageReader:
             raise ProtocolError("a fixed-layout step frame where a MessagePack frame was expected")
         return decode_frame(header, data, allow_pickle)
 
+    def receive_chunk(self, wait: Optional[float]) -> Any:
+        """The next bytes of the stream: what the last frame left over, or else what arrives
+        next (up to 64 KiB, waiting up to ``wait`` seconds for it), without parsing them.
+
+        The result is valid until the next receive. A caller that looks at it (for a whole
+        fixed-layout step, see ``gym_remote.fixed``) hands it on to :meth:`receive_frame`
+        unless it used it up.
+
+        Raises:
+            PeerClosed / IdleTimeout: as :meth:`receive`.
+        """
+        if self._pending:
+            pending, self._pending = self._pending, b""
+            return pending
+        if wait != self._receive_timeout:
+            self._set_timeout(wait)
+        return self._recv_chunk(started=False)
+
     def receive_frame(
-        self, wait: Optional[float], read_timeout: Optional[float] = None
+        self, wait: Optional[float], read_timeout: Optional[float] = None, chunk: Any = None
     ) -> Tuple[memoryview, Any, bool]:
         """Receives one frame without decoding it: returns its header, its data section and
-        whether it is a fixed-layout step frame (``GYMF``/``GYMG``, see ``gym_remote.fixed``)."""
+        whether it is a fixed-layout step frame (``GYMF``/``GYMG``, see ``gym_remote.fixed``).
+
+        Args:
+            chunk: What :meth:`receive_chunk` returned, where the caller looked first: the
+                frame starts there.
+        """
         if read_timeout is None:
             read_timeout = wait
-        buffer: Any = self._pending
-        if buffer:
-            self._pending = b""
-        else:
-            self._set_timeout(wait)
-            buffer = self._recv_chunk(started=False)
+        buffer = self.receive_chunk(wait) if chunk is None else chunk
         if len(buffer) >= PREFIX.size:
             magic, header_length, data_length = PREFIX.unpack_from(buffer)
             end = PREFIX.size + header_length + data_length

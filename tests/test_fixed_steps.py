@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import struct
+import threading
 from collections import OrderedDict
 
 import gymnasium as gym
@@ -15,7 +17,15 @@ import gym_remote
 import gym_remote.testing  # noqa: F401  (registers the test envs)
 from gym_remote import errors
 from gym_remote.fixed import ACTION_HEADER, REPLY_HEADER, FixedLayout
-from gym_remote.protocol import PREFIX, MessageReader, _byte_view, decode_bytes, decode_frame, encode_bytes
+from gym_remote.protocol import (
+    PREFIX,
+    MessageReader,
+    _byte_view,
+    decode_bytes,
+    decode_frame,
+    encode_bytes,
+    send_message,
+)
 
 VARYING = "gym_remote_testing/VaryingSteps-v0"
 TWO_ACTIONS = spaces.Discrete(2)
@@ -156,9 +166,9 @@ def test_a_step_that_does_not_fit_the_layout_gets_no_fixed_reply(change):
 )
 def test_actions_that_fit_travel_fixed_and_arrive_as_they_were_sent(action_space, action, kind):
     layout = layout_for(spaces.Box(0, 1, (1,), np.float32), action_space)
-    buffers = through_the_wire(layout).encode_action(action)
-    assert buffers is not None
-    header, data = _header_and_data(buffers)
+    request = through_the_wire(layout).encode_action(action)
+    assert request is not None
+    header, data = _header_and_data([request])
     assert header[0] == kind
     received = layout.decode_action(header, data)
     assert type(received) is type(action) and data_equivalence(received, action, exact=True)
@@ -249,16 +259,157 @@ def test_malformed_fixed_frames_are_refused_with_what_is_wrong():
 # ---------------------------------------------------------------------- over a real server
 
 
+def _frame(buffers: list) -> bytes:
+    return b"".join(bytes(_byte_view(chunk)) for chunk in buffers)
+
+
+def _patched(frame: bytes, offset: int, value: bytes) -> bytes:
+    return frame[:offset] + value + frame[offset + len(value) :]
+
+
+@pytest.mark.parametrize("reward", [1.5, -3, np.float64(0.25), np.float32(-0.125)])
+@pytest.mark.parametrize(
+    "space, observation",
+    [(NESTED, nested_observation()), (spaces.Box(-9, 9, (4,), np.float32), np.arange(4, dtype=np.float32))],
+    ids=["nested", "one-array"],
+)
+def test_a_whole_reply_in_one_chunk_decodes_as_its_frame_does(reward, space, observation):
+    worker_side = layout_for(space)
+    client_side = through_the_wire(worker_side)
+    step = (observation, reward, np.True_, False, {})
+    received = bytearray(_frame(worker_side.encode_reply(*step)))
+    whole = client_side.decode_whole_reply(memoryview(received))
+    assert data_equivalence(whole, step, exact=True)
+    assert [type(value) for value in whole[1:4]] == [type(value) for value in step[1:4]]
+    assert data_equivalence(whole, client_side.decode_reply(*_split(bytes(received))), exact=True)
+    received[32:] = bytes(len(received) - 32)  # the next receive reuses the chunk's memory
+    assert data_equivalence(whole[0], observation, exact=True)
+
+
+def test_only_a_whole_reply_without_info_takes_the_short_way():
+    layout = layout_for(spaces.Box(-1, 1, (2,), np.float32))
+    observation = np.zeros(2, np.float32)
+    frame = _frame(layout.encode_reply(observation, 1.0, False, False, {}))
+    assert layout.decode_whole_reply(frame) is not None
+    others = [
+        frame[:-1],
+        frame + frame[:4],  # the start of the next frame came with it
+        _frame(layout.encode_reply(observation, 1.0, False, False, {"is_success": True})),
+        _patched(frame, 0, b"GYMR"),
+        _patched(frame, 4, struct.pack("<I", 8)),  # another header length
+        _patched(frame, 24, bytes([7])),  # no such reward kind
+        _patched(frame, 25, bytes([9])),  # no such flag
+    ]
+    for other in others:
+        assert layout.decode_whole_reply(other) is None
+
+
+@pytest.mark.parametrize(
+    "action_space, action",
+    [
+        (spaces.Box(-1, 1, (2, 3), np.float32), np.arange(6, dtype=np.float32).reshape(2, 3)),
+        (spaces.Discrete(5), np.int64(3)),
+        (spaces.Discrete(5), 4),
+    ],
+)
+def test_a_whole_request_in_one_chunk_gives_the_action_its_frame_does(action_space, action):
+    layout = layout_for(spaces.Box(0, 1, (1,), np.float32), action_space)
+    received = bytearray(through_the_wire(layout).encode_action(action))
+    whole = layout.action_of_whole_request(memoryview(received))
+    assert type(whole) is type(action) and data_equivalence(whole, action, exact=True)
+    assert data_equivalence(whole, layout.decode_action(*_split(bytes(received))), exact=True)
+    received[24:] = bytes(len(received) - 24)  # the next receive reuses the chunk's memory
+    assert data_equivalence(whole, action, exact=True)
+    if isinstance(whole, np.ndarray):
+        assert whole.flags.writeable
+
+
+def test_only_a_whole_well_formed_request_takes_the_short_way():
+    scalar = layout_for(spaces.Box(0, 1, (1,), np.float32), spaces.Discrete(5))
+    array = layout_for(spaces.Box(0, 1, (1,), np.float32), spaces.Box(-1, 1, (2,), np.float32))
+    request = scalar.encode_action(3)
+    others = [
+        (scalar, request[:-1]),
+        (scalar, request + request[:4]),
+        (scalar, _patched(request, 0, b"GYMR")),
+        (scalar, _patched(request, 16, bytes([9]))),  # no such action kind
+        (scalar, _patched(request, 8, struct.pack("<Q", 9))),  # a data length that is not the frame's
+        (array, request),  # an int for an array layout
+    ]
+    for layout, other in others:
+        assert layout.action_of_whole_request(other) is None
+
+
+def test_a_frame_in_parts_or_with_the_next_one_takes_the_ordinary_way():
+    layout = layout_for(spaces.Box(0, 1, (1,), np.float32), spaces.Box(-1, 1, (2, 3), np.float32))
+    action = np.arange(6, dtype=np.float32).reshape(2, 3)
+    request = layout.encode_action(action)
+    left, right = socket.socketpair()
+    with left, right:
+        reader = MessageReader(right)
+        left.sendall(request[:20])
+        chunk = reader.receive_chunk(5.0)
+        assert bytes(chunk) == request[:20] and layout.action_of_whole_request(chunk) is None
+        left.sendall(request[20:])
+        header, data, fixed = reader.receive_frame(5.0, chunk=chunk)
+        assert fixed and np.array_equal(layout.decode_action(header, data), action)
+        left.sendall(request + request)
+        chunk = reader.receive_chunk(5.0)
+        assert len(chunk) == 2 * len(request) and layout.action_of_whole_request(chunk) is None
+        header, data, fixed = reader.receive_frame(5.0, chunk=chunk)
+        assert fixed and np.array_equal(layout.decode_action(header, data), action)
+        left.close()
+        chunk = reader.receive_chunk(5.0)  # the second frame, kept from the last receive
+        assert np.array_equal(layout.action_of_whole_request(chunk), action)
+
+
+def test_a_peer_that_stops_reading_fails_a_fixed_step_with_remote_timeout():
+    from gym_remote.addresses import parse_address
+    from gym_remote.connection import Connection
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def hello_then_stop_reading() -> None:
+        peer, _ = listener.accept()
+        with peer:
+            MessageReader(peer).receive(5.0)
+            send_message(peer, {"ok": {"allow_pickle": False, "server": "test"}})
+            stop.wait(10)
+
+    thread = threading.Thread(target=hello_then_stop_reading)
+    thread.start()
+    try:
+        address = parse_address(f"tcp://127.0.0.1:{listener.getsockname()[1]}")
+        connection = Connection(address, timeout=0.5, max_message_size=1 << 26)
+        big = spaces.Box(-1, 1, (1 << 23,), np.float32)  # 32 MB: more than the socket buffers hold
+        connection.fixed_layout = layout_for(spaces.Box(0, 1, (1,), np.float32), big)
+        with pytest.raises(errors.RemoteTimeout, match="within 0.5 s"):
+            connection.step(np.zeros(big.shape, np.float32))
+        assert connection.closed
+    finally:
+        stop.set()
+        thread.join(10)
+        listener.close()
+
+
 def test_steps_of_varying_types_equal_the_local_env_and_both_frames_are_used(server, monkeypatch):
     local, remote = gym.make(VARYING), gym_remote.RemoteEnv(VARYING, address=server.address)
     try:
         remote.reset(seed=0)
         layout = remote._connection.fixed_layout
         assert layout is not None
-        fixed_replies = []
-        decode_reply = layout.decode_reply
+        whole_replies, other_fixed_replies = [], []
+        decode_whole_reply, decode_reply = layout.decode_whole_reply, layout.decode_reply
+
+        def counted_whole_reply(chunk):
+            result = decode_whole_reply(chunk)
+            whole_replies.append(result is not None)
+            return result
+
+        monkeypatch.setattr(layout, "decode_whole_reply", counted_whole_reply)
         monkeypatch.setattr(
-            layout, "decode_reply", lambda *args: fixed_replies.append(1) or decode_reply(*args)
+            layout, "decode_reply", lambda *args: other_fixed_replies.append(1) or decode_reply(*args)
         )
         local.reset(seed=0)
         actions = [np.array([step % 3 / 4, 0.5], np.float32) for step in range(60)]
@@ -269,7 +420,9 @@ def test_steps_of_varying_types_equal_the_local_env_and_both_frames_are_used(ser
             assert [type(value) for value in remote_result] == [type(value) for value in local_result]
             if local_result[2] or local_result[3]:
                 assert data_equivalence(local.reset(), remote.reset(), exact=True)
-        assert 0 < len(fixed_replies) < len(actions)
+        # Whole replies, fixed replies with an info, and ordinary replies all occurred.
+        assert 0 < sum(whole_replies) and 0 < len(other_fixed_replies)
+        assert sum(whole_replies) + len(other_fixed_replies) < len(actions)
     finally:
         local.close()
         remote.close()
