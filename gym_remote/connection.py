@@ -93,7 +93,14 @@ class Connection:
 
     def receive(self, op: str) -> Any:
         """Receives the reply to the request ``op`` sent last: its result, or its error raised."""
-        return self._result(op, self._receive_frame(op, fixed_allowed=False))
+        try:
+            frame = self._reader.receive_frame(self.timeout)
+        except (RemoteTimeout, ProtocolError, OSError) as error:
+            raise self._failure(op, error) from None
+        if frame[2]:
+            self.close()
+            raise ProtocolError(f"a fixed-layout frame in reply to {op}")
+        return self._result(op, frame)
 
     def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Steps the session's env: in a fixed-layout frame where ``action`` fits the offered
@@ -128,16 +135,6 @@ class Connection:
             send_buffers(self._sock, buffers)
         except (RemoteTimeout, ProtocolError, OSError) as error:
             raise self._failure(op, error) from None
-
-    def _receive_frame(self, op: str, fixed_allowed: bool) -> tuple[Any, Any, bool]:
-        try:
-            frame = self._reader.receive_frame(self.timeout)
-        except (RemoteTimeout, ProtocolError, OSError) as error:
-            raise self._failure(op, error) from None
-        if frame[2] and not fixed_allowed:
-            self.close()
-            raise ProtocolError(f"a fixed-layout frame in reply to {op}")
-        return frame
 
     def _result(self, op: str, frame: tuple[Any, Any, bool]) -> Any:
         """The result a MessagePack reply frame carries, or its error raised."""

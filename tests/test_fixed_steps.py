@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -16,6 +17,8 @@ from gymnasium.utils.env_checker import data_equivalence
 import gym_remote
 import gym_remote.testing  # noqa: F401  (registers the test envs)
 from gym_remote import errors
+from gym_remote.addresses import parse_address
+from gym_remote.connection import Connection
 from gym_remote.fixed import ACTION_HEADER, REPLY_HEADER, FixedLayout
 from gym_remote.protocol import (
     PREFIX,
@@ -24,7 +27,7 @@ from gym_remote.protocol import (
     decode_bytes,
     decode_frame,
     encode_bytes,
-    send_message,
+    encode_frame,
 )
 
 VARYING = "gym_remote_testing/VaryingSteps-v0"
@@ -363,34 +366,46 @@ def test_a_frame_in_parts_or_with_the_next_one_takes_the_ordinary_way():
         assert np.array_equal(layout.action_of_whole_request(chunk), action)
 
 
-def test_a_peer_that_stops_reading_fails_a_fixed_step_with_remote_timeout():
-    from gym_remote.addresses import parse_address
-    from gym_remote.connection import Connection
-
+@contextlib.contextmanager
+def _one_reply_server(reply: bytes):
+    """A loopback server that answers the first request with ``reply``, then reads nothing more."""
     listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
-    def hello_then_stop_reading() -> None:
+    def answer_then_stop_reading() -> None:
         peer, _ = listener.accept()
         with peer:
             MessageReader(peer).receive(5.0)
-            send_message(peer, {"ok": {"allow_pickle": False, "server": "test"}})
+            peer.sendall(reply)
             stop.wait(10)
 
-    thread = threading.Thread(target=hello_then_stop_reading)
+    thread = threading.Thread(target=answer_then_stop_reading)
     thread.start()
     try:
-        address = parse_address(f"tcp://127.0.0.1:{listener.getsockname()[1]}")
+        yield parse_address(f"tcp://127.0.0.1:{listener.getsockname()[1]}")
+    finally:
+        stop.set()
+        thread.join(10)
+        listener.close()
+
+
+def test_a_peer_that_stops_reading_fails_a_fixed_step_with_remote_timeout():
+    hello = _frame(encode_frame({"ok": {"allow_pickle": False, "server": "test"}}))
+    with _one_reply_server(hello) as address:
         connection = Connection(address, timeout=0.5, max_message_size=1 << 26)
         big = spaces.Box(-1, 1, (1 << 23,), np.float32)  # 32 MB: more than the socket buffers hold
         connection.fixed_layout = layout_for(spaces.Box(0, 1, (1,), np.float32), big)
         with pytest.raises(errors.RemoteTimeout, match="within 0.5 s"):
             connection.step(np.zeros(big.shape, np.float32))
         assert connection.closed
-    finally:
-        stop.set()
-        thread.join(10)
-        listener.close()
+
+
+def test_a_fixed_layout_frame_in_reply_to_another_request_is_a_protocol_error():
+    layout = layout_for(spaces.Box(-1, 1, (2,), np.float32))
+    reply = _frame(layout.encode_reply(np.zeros(2, np.float32), 1.0, False, False, {}))
+    with _one_reply_server(reply) as address:
+        with pytest.raises(errors.ProtocolError, match="a fixed-layout frame in reply to hello"):
+            Connection(address, timeout=5.0, max_message_size=1 << 26)
 
 
 def test_steps_of_varying_types_equal_the_local_env_and_both_frames_are_used(server, monkeypatch):
@@ -446,9 +461,6 @@ def test_large_fixed_replies_travel_through_shared_memory_or_the_socket(server, 
 
 def _session(server, **make_fields):
     """A connection in a CartPole session made with ``make_fields``, and its make reply."""
-    from gym_remote.addresses import parse_address
-    from gym_remote.connection import Connection
-
     connection = Connection(parse_address(server.address), timeout=10.0, max_message_size=1 << 26)
     connection.in_session = True
     description = connection.request("make", env_id="CartPole-v1", kwargs={}, render_mode=None, **make_fields)
