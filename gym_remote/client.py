@@ -52,9 +52,6 @@ class SessionState(enum.Enum):
     CLOSED = "closed"
 
 
-_ACTIVE = SessionState.ACTIVE
-
-
 class ChunkResult(NamedTuple):
     """What :meth:`RemoteEnv.step_chunk` returns: one entry per step actually taken.
 
@@ -160,7 +157,7 @@ class RemoteEnv(gym.Env):
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         """Steps the remote env with ``action``."""
-        connection = self._connection if self._state is _ACTIVE else self._connect()
+        connection = self._connect()
         try:
             return connection.step(action)
         except RemoteEnvError as error:
