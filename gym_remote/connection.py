@@ -109,8 +109,7 @@ class Connection:
         request = None if layout is None else layout.encode_action(action)
         if request is None:
             return tuple(self.request("step", action=action))  # type: ignore[return-value]
-        if self.closed:
-            raise ServerUnavailable(f"the connection to {self.address} is closed")
+        self._check_open()
         try:
             self._sock.sendall(request)
             chunk = self._reader.receive_chunk(self.timeout)
@@ -128,9 +127,12 @@ class Connection:
                 raise
         return tuple(self._result("step", (header, data, fixed)))
 
-    def _send_buffers(self, op: str, buffers: list[Any]) -> None:
+    def _check_open(self) -> None:
         if self.closed:
             raise ServerUnavailable(f"the connection to {self.address} is closed")
+
+    def _send_buffers(self, op: str, buffers: list[Any]) -> None:
+        self._check_open()
         try:
             send_buffers(self._sock, buffers)
         except (RemoteTimeout, ProtocolError, OSError) as error:
