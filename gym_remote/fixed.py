@@ -30,8 +30,6 @@ __all__ = ["FixedLayout", "ACTION_HEADER", "REPLY_HEADER"]
 
 ACTION_HEADER = struct.Struct("<B7x")
 REPLY_HEADER = struct.Struct("<8sBBBxI")
-# A whole step request for a Python int action: prefix, header and the int64.
-_INT_ACTION_FRAME = struct.Struct("<4sIQB7xq")
 
 # Action kinds: an array of the layout's dtype and shape, or (for a scalar layout) a numpy
 # scalar of its dtype or a Python int (sent as int64).
@@ -99,6 +97,7 @@ class FixedLayout:
         action_start = _frame_start(ACTION_HEADER.size, self.action_nbytes)
         self._array_action_start = action_start + ACTION_HEADER.pack(ACTION_ARRAY)
         self._scalar_action_start = action_start + ACTION_HEADER.pack(ACTION_NUMPY_SCALAR)
+        self._int_action_start = _frame_start(ACTION_HEADER.size, 8) + ACTION_HEADER.pack(ACTION_INT)
         array_request_length = _REQUEST_DATA_AT + self.action_nbytes
         # The starts (prefix and header) of the requests this layout takes, with their action
         # kind and whole length.
@@ -106,9 +105,8 @@ class FixedLayout:
         # The numpy scalar type of a scalar layout's actions (its dtype is the layout's).
         self._scalar_action_type: Optional[type] = None
         if not action_shape:
-            int_start = _frame_start(ACTION_HEADER.size, 8) + ACTION_HEADER.pack(ACTION_INT)
             self._request_starts[self._scalar_action_start] = (ACTION_NUMPY_SCALAR, array_request_length)
-            self._request_starts[int_start] = (ACTION_INT, _REQUEST_DATA_AT + 8)
+            self._request_starts[self._int_action_start] = (ACTION_INT, _REQUEST_DATA_AT + 8)
             if np.dtype(action_dtype.type) == action_dtype:
                 self._scalar_action_type = action_dtype.type
         self._reply_start = _frame_start(REPLY_HEADER.size, self.observation_nbytes)
@@ -185,7 +183,7 @@ class FixedLayout:
         if kind_of is int:
             if action not in _INT64_RANGE:
                 return None
-            return _INT_ACTION_FRAME.pack(MAGIC_FIXED, ACTION_HEADER.size, 8, ACTION_INT, action)
+            return self._int_action_start + action.to_bytes(8, "little", signed=True)
         if kind_of is self._scalar_action_type:
             return self._scalar_action_start + action.tobytes()
         return None
