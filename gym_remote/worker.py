@@ -120,16 +120,17 @@ class WorkerSession:
             if self.fixed_layout is not None:
                 description["fixed_steps"] = self.fixed_layout.to_wire()
         self._reply(description)
-        self._serve(self.fixed_layout)
+        self._serve()
         self._close_envs()
         if self.offered_segment is not None:
             self.offered_segment.close()
         if self.batches is not None:
             self.batches.close()
 
-    def _serve(self, layout: Optional[FixedLayout]) -> None:
+    def _serve(self) -> None:
         """Answers calls until close, EOF or idleness. A whole fixed-layout step request takes
         the short way: one receive, one lookup, the env's step and one send."""
+        layout = self.fixed_layout
         while not self.closed:
             action = None
             try:
