@@ -1,10 +1,11 @@
-"""Small helpers shared by the tests: bounded waits on real processes."""
+"""Small helpers shared by the tests: bounded waits on real processes, observation checks."""
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable
 
+import gymnasium as gym
 import psutil
 
 
@@ -35,3 +36,17 @@ def all_gone(pids: set[int], timeout: float = 15.0) -> bool:
             pass
     _, alive = psutil.wait_procs(processes, timeout=timeout)
     return not [process for process in alive if process.status() != psutil.STATUS_ZOMBIE]
+
+
+def assert_keys_in_space_order(observation: Any, space: gym.Space, path: str = "observation") -> None:
+    """Asserts that every dict in ``observation`` lists its keys in its Dict space's order (the
+    order of the space's samples, and what fixed-layout steps need)."""
+    if isinstance(space, gym.spaces.Dict):
+        assert list(observation) == list(space.spaces), (
+            f"{path} has keys {list(observation)}, its space {list(space.spaces)}"
+        )
+        for key, subspace in space.spaces.items():
+            assert_keys_in_space_order(observation[key], subspace, f"{path}[{key!r}]")
+    elif isinstance(space, gym.spaces.Tuple):
+        for index, (item, subspace) in enumerate(zip(observation, space.spaces)):
+            assert_keys_in_space_order(item, subspace, f"{path}[{index}]")

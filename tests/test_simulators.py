@@ -19,6 +19,7 @@ import pytest
 import gym_remote
 from gym_remote.compliance import EnvCompliance, assert_same_rollout, rollout, rollout_in
 from gym_remote.simulators import recorded_routes
+from tests.helpers import assert_keys_in_space_order
 
 ROUTES = {route.name: route for route in recorded_routes()}
 needs_libero = pytest.mark.skipif(
@@ -52,6 +53,8 @@ def test_robosuite_lift_with_cameras_local_equals_remote(server):
         actions = [np.full(7, value, np.float32) for value in np.linspace(-0.5, 0.5, 8)]
         remote = rollout(env, 3, actions)
         assert remote[0][0]["robot0_eye_in_hand_image"].shape == (64, 64, 3)
+        for observation, *_ in remote:
+            assert_keys_in_space_order(observation, env.observation_space)
         assert all(observation in env.observation_space for observation, *_ in remote)
         assert "is_success" in remote[-1][4]
     finally:
@@ -86,6 +89,7 @@ def test_libero_task_of_each_suite(server, suite, task_id):
     try:
         observation, info = env.reset(seed=0)
         assert_lerobot_layout(observation)
+        assert_keys_in_space_order(observation, env.observation_space)
         assert observation in env.observation_space and info["is_success"] is False
         assert env.action_space == gym.spaces.Box(-1, 1, (7,), np.float32)
         description = env.get_wrapper_attr("task_description")
@@ -102,6 +106,7 @@ def test_libero_task_of_each_suite(server, suite, task_id):
         for _ in range(20):
             observation, reward, terminated, truncated, info = env.step(env.action_space.sample())
             assert_lerobot_layout(observation)
+            assert_keys_in_space_order(observation, env.observation_space)
             assert isinstance(info["is_success"], bool) and not truncated
         frame = env.render()
         assert frame.shape == (256, 256, 3) and frame.dtype == np.uint8

@@ -240,7 +240,9 @@ class LiberoEnv(gym.Env):
         self.task = task_names[task_id]
         self.task_description = language_of(self.task)
         self.camera_names = list(camera_names)
-        self.camera_keys = {name: camera_keys[name] for name in self.camera_names}
+        # In the order of their keys, as the observation space lists them.
+        ordered_names = sorted(self.camera_names, key=camera_keys.get)
+        self.camera_keys = {name: camera_keys[name] for name in ordered_names}
         self.obs_type = obs_type
         self.control_mode = control_mode
         self.settle_steps = settle_steps
@@ -336,6 +338,8 @@ class LiberoEnv(gym.Env):
         self._env.sim.forward()
 
     def _format(self, raw: Dict[str, Any]) -> Dict[str, Any]:
+        """The LeRobot-style observation, every dict's keys in the observation space's order
+        (which lets steps travel in fixed-layout frames)."""
         pixels = {key: raw[name] for name, key in self.camera_keys.items()}
         if self.obs_type == "pixels":
             return {"pixels": pixels}
@@ -344,9 +348,9 @@ class LiberoEnv(gym.Env):
             "pixels": pixels,
             "robot_state": {
                 "eef": {
+                    "mat": np.array(controller.ee_ori_mat, dtype=np.float64),
                     "pos": raw["robot0_eef_pos"],
                     "quat": raw["robot0_eef_quat"],
-                    "mat": np.array(controller.ee_ori_mat, dtype=np.float64),
                 },
                 "gripper": {"qpos": raw["robot0_gripper_qpos"], "qvel": raw["robot0_gripper_qvel"]},
                 "joints": {"pos": raw["robot0_joint_pos"], "vel": raw["robot0_joint_vel"]},
