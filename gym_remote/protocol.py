@@ -458,8 +458,8 @@ def send_frame(sock: socket.socket, buffers: List[Any], segment: Any = None) -> 
         shared_magic = MAGIC_FIXED_SHARED if magic == MAGIC_FIXED else MAGIC_SHARED
         shared_frame = [PREFIX.pack(shared_magic, header_length, data_length), buffers[1]]
         _send_all(sock, shared_frame, PREFIX.size + header_length)
-    else:
-        _send_all(sock, buffers, _length_on_socket(magic, header_length, data_length))
+    else:  # an encode_frame magic: the data section follows on the socket
+        _send_all(sock, buffers, PREFIX.size + header_length + data_length)
 
 
 def send_buffers(sock: socket.socket, buffers: List[Any]) -> None:
@@ -568,7 +568,13 @@ class MessageReader:
             return pending
         if wait != self._receive_timeout:
             self._set_timeout(wait)
-        return self._recv_chunk(started=False)
+        try:
+            received = self.sock.recv_into(self._scratch)
+        except (BlockingIOError, socket.timeout):
+            raise IdleTimeout("no message arrived in time") from None
+        if not received:
+            raise PeerClosed("the peer closed the connection")
+        return self._scratch_view[:received]
 
     def receive_frame(
         self, wait: Optional[float], read_timeout: Optional[float] = None, chunk: Any = None
@@ -606,7 +612,7 @@ class MessageReader:
             buffer = bytes(buffer)
             self._set_timeout(read_timeout)
             while len(buffer) < PREFIX.size:
-                buffer += self._recv_chunk(started=True, deadline=deadline)
+                buffer += self._receive_more(deadline)
         magic, header_length, data_length = PREFIX.unpack_from(buffer)
         shared = magic in _SHARED_DATA_MAGICS and self.segment is not None
         if magic not in _SOCKET_DATA_MAGICS and not shared:
@@ -643,18 +649,15 @@ class MessageReader:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micros))
             self._receive_timeout = seconds
 
-    def _recv_chunk(self, started: bool, deadline: Optional[float] = None) -> memoryview:
-        """Receives what has arrived (up to 64 KiB) into the scratch buffer; valid until the next call."""
+    def _receive_more(self, deadline: Optional[float]) -> memoryview:
+        """Receives what has arrived of a frame already begun (up to 64 KiB) into the scratch
+        buffer; valid until the next receive."""
         try:
             received = self.sock.recv_into(self._scratch)
         except (BlockingIOError, socket.timeout):
-            if started:
-                raise RemoteTimeout("the rest of a message did not arrive in time") from None
-            raise IdleTimeout("no message arrived in time") from None
+            raise RemoteTimeout("the rest of a message did not arrive in time") from None
         if not received:
-            if started:
-                raise ProtocolError("connection closed in the middle of a frame")
-            raise PeerClosed("the peer closed the connection")
+            raise ProtocolError("connection closed in the middle of a frame")
         if deadline is not None:
             _check_deadline(deadline)
         return self._scratch_view[:received]
