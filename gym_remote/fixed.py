@@ -34,30 +34,41 @@ REPLY_HEADER = struct.Struct("<8sBBBxI")
 # Action kinds: an array of the layout's dtype and shape, or (for a scalar layout) a numpy
 # scalar of its dtype or a Python int (sent as int64).
 ACTION_ARRAY, ACTION_NUMPY_SCALAR, ACTION_INT = 0, 1, 2
-# Reward kinds: the type, the reply header that holds it (as a float64 or an int64), and the
-# same with the frame's prefix (as 16 bytes) before it.
+# Reward kinds: the type and the reply header that holds it (as a float64 or an int64).
 _FLOAT_REPLY = struct.Struct("<dBBBxI")
 _INT_REPLY = struct.Struct("<qBBBxI")
-_FLOAT_REPLY_START = struct.Struct("<16sdBBBxI")
-_INT_REPLY_START = struct.Struct("<16sqBBBxI")
 _REWARD_KINDS = [
-    (float, _FLOAT_REPLY, _FLOAT_REPLY_START),
-    (int, _INT_REPLY, _INT_REPLY_START),
-    (np.float64, _FLOAT_REPLY, _FLOAT_REPLY_START),
-    (np.float32, _FLOAT_REPLY, _FLOAT_REPLY_START),
+    (float, _FLOAT_REPLY),
+    (int, _INT_REPLY),
+    (np.float64, _FLOAT_REPLY),
+    (np.float32, _FLOAT_REPLY),
 ]
-# Where a reply's reward kind and a whole frame's data section start.
-_REWARD_KIND_AT = PREFIX.size + 8
+# Where a whole frame's reward and data section start.
+_REWARD_AT = PREFIX.size
 _REQUEST_DATA_AT = PREFIX.size + ACTION_HEADER.size
 _REPLY_DATA_AT = PREFIX.size + REPLY_HEADER.size
 # Flag codes for terminated and truncated: Python bools (0, 1), then numpy bools (2, 3).
 _FLAGS = [False, True, np.False_, np.True_]
 _FLAG_BASE = {bool: 0, np.bool_: 2}
+# A whole reply: its prefix, the reward read as a float64, and the 8 header bytes after it.
+_WHOLE_REPLY = struct.Struct("<16sd8s")
+_INT64 = struct.Struct("<q")
+# Per valid 8 bytes after the reward with an empty info: the reward's type and the two flags.
+_EMPTY_INFO_TAILS = {
+    struct.pack("<BBBxI", number, terminated, truncated, 0): (
+        reward_type,
+        _FLAGS[terminated],
+        _FLAGS[truncated],
+    )
+    for number, (reward_type, _) in enumerate(_REWARD_KINDS)
+    for terminated in range(len(_FLAGS))
+    for truncated in range(len(_FLAGS))
+}
 # Per (reward, terminated, truncated) types that fit: the reward kind, its reply header and the
 # flags' bases.
 _STEP_KINDS = {
     (reward_type, terminated_type, truncated_type): (number, header, terminated_base, truncated_base)
-    for number, (reward_type, header, _) in enumerate(_REWARD_KINDS)
+    for number, (reward_type, header) in enumerate(_REWARD_KINDS)
     for terminated_type, terminated_base in _FLAG_BASE.items()
     for truncated_type, truncated_base in _FLAG_BASE.items()
 }
@@ -99,14 +110,20 @@ class FixedLayout:
         self._scalar_action_start = action_start + ACTION_HEADER.pack(ACTION_NUMPY_SCALAR)
         self._int_action_start = _frame_start(ACTION_HEADER.size, 8) + ACTION_HEADER.pack(ACTION_INT)
         array_request_length = _REQUEST_DATA_AT + self.action_nbytes
-        # The starts (prefix and header) of the requests this layout takes, with their action
-        # kind and whole length.
-        self._request_starts = {self._array_action_start: (ACTION_ARRAY, array_request_length)}
+        # Per action kind, what turns a request's data section into the action.
+        self._action_of_kind = [self._array_action, self._numpy_scalar_action, _int_action]
+        # The starts (prefix and header) of the requests this layout takes, with their whole
+        # length and what turns their data section into the action.
+        self._request_starts = {self._array_action_start: (array_request_length, self._array_action)}
         # The numpy scalar type of a scalar layout's actions (its dtype is the layout's).
         self._scalar_action_type: Optional[type] = None
         if not action_shape:
-            self._request_starts[self._scalar_action_start] = (ACTION_NUMPY_SCALAR, array_request_length)
-            self._request_starts[self._int_action_start] = (ACTION_INT, _REQUEST_DATA_AT + 8)
+            self._request_starts.update(
+                {
+                    self._scalar_action_start: (array_request_length, self._numpy_scalar_action),
+                    self._int_action_start: (_REQUEST_DATA_AT + 8, _int_action),
+                }
+            )
             if np.dtype(action_dtype.type) == action_dtype:
                 self._scalar_action_type = action_dtype.type
         self._reply_start = _frame_start(REPLY_HEADER.size, self.observation_nbytes)
@@ -195,17 +212,14 @@ class FixedLayout:
         and :meth:`decode_reply` take the frame."""
         if len(chunk) != self._whole_reply_length:
             return None
-        try:
-            reward_type, _, reply_start = _REWARD_KINDS[chunk[_REWARD_KIND_AT]]
-            start, reward, _, terminated, truncated, info_length = reply_start.unpack_from(chunk)
-            flags = _FLAGS[terminated], _FLAGS[truncated]
-        except IndexError:
+        start, reward, tail = _WHOLE_REPLY.unpack_from(chunk)
+        kinds = _EMPTY_INFO_TAILS.get(tail)
+        if kinds is None or start != self._reply_start:
             return None
-        if start != self._reply_start or info_length:
-            return None
-        if type(reward) is not reward_type:
-            reward = reward_type(reward)
-        return self._observation(bytearray(chunk[_REPLY_DATA_AT:])), reward, flags[0], flags[1], {}
+        reward_type, terminated, truncated = kinds
+        if reward_type is not float:
+            reward = _INT64.unpack_from(chunk, _REWARD_AT)[0] if reward_type is int else reward_type(reward)
+        return self._observation(bytearray(chunk[_REPLY_DATA_AT:])), reward, terminated, truncated, {}
 
     def decode_reply(
         self, header: Any, data: Any, allow_pickle: bool = False
@@ -216,7 +230,7 @@ class FixedLayout:
             ProtocolError: the header or data section does not fit the layout.
         """
         try:
-            reward_type, reply_header, _ = _REWARD_KINDS[header[8]]
+            reward_type, reply_header = _REWARD_KINDS[header[8]]
             reward, _, terminated, truncated, info_length = reply_header.unpack_from(header)
             flags = _FLAGS[terminated], _FLAGS[truncated]
         except (struct.error, IndexError) as error:
@@ -251,12 +265,10 @@ class FixedLayout:
         (one receive, one lookup); otherwise None, and
         :meth:`MessageReader.receive_frame <gym_remote.protocol.MessageReader.receive_frame>`
         and :meth:`decode_action` take the frame (and say what is wrong with it)."""
-        kind_and_length = self._request_starts.get(bytes(chunk[:_REQUEST_DATA_AT]))
-        if kind_and_length is None or len(chunk) != kind_and_length[1]:
+        length_and_action = self._request_starts.get(bytes(chunk[:_REQUEST_DATA_AT]))
+        if length_and_action is None or len(chunk) != length_and_action[0]:
             return None
-        kind, data = kind_and_length[0], chunk[_REQUEST_DATA_AT:]
-        # An array gets memory of its own: the chunk's is the next receive's.
-        return self._action(kind, bytearray(data) if kind == ACTION_ARRAY else data)
+        return length_and_action[1](chunk[_REQUEST_DATA_AT:])
 
     def decode_action(self, header: Any, data: Any) -> Any:
         """The action a fixed-layout step request carries.
@@ -272,15 +284,14 @@ class FixedLayout:
             raise InvalidCall(f"action kind {kind} does not fit the action layout {self.action_shape}")
         if len(data) != expected:
             raise InvalidCall(f"a fixed-layout action of kind {kind} has {expected} bytes, got {len(data)}")
-        return self._action(kind, data)
+        return self._action_of_kind[kind](data)
 
-    def _action(self, kind: int, data: Any) -> Any:
-        """The action of ``kind`` whose bytes are ``data`` (an array's: memory of its own)."""
-        if kind == ACTION_INT:
-            return int.from_bytes(data, "little", signed=True)
-        if kind == ACTION_NUMPY_SCALAR:
-            return np.frombuffer(data, self.action_dtype)[0]
-        return np.ndarray(self.action_shape, self.action_dtype, data)
+    def _array_action(self, data: Any) -> np.ndarray:
+        """An array action in memory of its own (``data`` may be a receive buffer's)."""
+        return np.ndarray(self.action_shape, self.action_dtype, bytearray(data))
+
+    def _numpy_scalar_action(self, data: Any) -> Any:
+        return np.frombuffer(data, self.action_dtype)[0]
 
     def encode_reply(
         self,
@@ -298,39 +309,36 @@ class FixedLayout:
         number, reply_header, terminated_base, truncated_base = kinds
         if number == 1 and reward not in _INT64_RANGE:
             return None
+        flags = terminated_base + terminated, truncated_base + truncated
         leaf = self._single_array
-        if leaf is not None:
+        if leaf is not None and not info and leaf.nbytes:  # the usual step: one array, no info
             if not _fits(leaf, observation):
                 return None
-            arrays = None
-        else:
-            arrays = _leaf_values(self._structure, observation, [])
-            if arrays is None or not all(_fits(leaf, array) for leaf, array in zip(self.leaves, arrays)):
-                return None
+            header = reply_header.pack(reward, number, *flags, 0)
+            return [self._reply_start, header, np.ascontiguousarray(observation)]
+        arrays = [observation] if leaf is not None else _leaf_values(self._structure, observation, [])
+        if arrays is None or not all(_fits(leaf, array) for leaf, array in zip(self.leaves, arrays)):
+            return None
         if info:
             info_bytes = _encoded_info(info, allow_pickle)
             if info_bytes is None:
                 return None
-            header = reply_header.pack(
-                reward, number, terminated_base + terminated, truncated_base + truncated, len(info_bytes)
-            )
             buffers = [
                 _frame_start(REPLY_HEADER.size + len(info_bytes), self.observation_nbytes),
-                header + info_bytes,
+                reply_header.pack(reward, number, *flags, len(info_bytes)) + info_bytes,
             ]
         else:
-            flags = terminated_base + terminated, truncated_base + truncated
             buffers = [self._reply_start, reply_header.pack(reward, number, *flags, 0)]
-        if arrays is None:  # the one array the observation is
-            if leaf.nbytes:  # type: ignore[union-attr]
-                buffers.append(np.ascontiguousarray(observation))
-            return buffers
         for padding, leaf, array in zip(self._padding, self.leaves, arrays):
             if padding:
                 buffers.append(padding)
             if leaf.nbytes:
                 buffers.append(np.ascontiguousarray(array))
         return buffers
+
+
+def _int_action(data: Any) -> int:
+    return int.from_bytes(data, "little", signed=True)
 
 
 def _array_paths(space: gym.Space) -> Optional[List[Tuple[list, gym.Space]]]:
