@@ -128,20 +128,28 @@ class WorkerSession:
             self.batches.close()
 
     def _serve(self) -> None:
-        """Answers calls until close, EOF or idleness. A whole fixed-layout step request takes
-        the short way: one receive, one lookup, the env's step and one send."""
+        """Answers calls until close, EOF or idleness. Whole fixed-layout step requests take
+        the short way (:meth:`_fixed_steps`)."""
         layout = self.fixed_layout
+        pending = None  # what a run of fixed-layout steps received and left to this loop
         while not self.closed:
-            action = None
             try:
-                chunk = self.reader.receive_chunk(self.idle_timeout)
-                if layout is not None:
-                    action = layout.action_of_whole_request(chunk)
+                chunk = self.reader.receive_chunk(self.idle_timeout) if pending is None else pending
+                pending = None
+                action = None if layout is None else layout.action_of_whole_request(chunk)
                 if action is None:
                     header, data, fixed = self.reader.receive_frame(
                         self.idle_timeout, self.read_timeout, chunk
                     )
-                    request = None if fixed else decode_frame(header, data, self.allow_pickle)
+                    if not fixed:
+                        request = decode_frame(header, data, self.allow_pickle)
+                    elif layout is None:
+                        raise InvalidCall("a fixed-layout step, but this session offered no fixed layout")
+                    else:
+                        action = layout.decode_action(header, data)
+                if action is not None:
+                    pending = self._fixed_steps(layout, action)  # type: ignore[arg-type]
+                    continue
             except PeerClosed:
                 break
             except IdleTimeout:
@@ -152,20 +160,13 @@ class WorkerSession:
                     )
                 )
                 break
-            except UnsupportedValue as error:
+            except (UnsupportedValue, InvalidCall) as error:  # a bad request: the next may be fine
                 self._reply_error(error)
                 continue
             except (ProtocolError, RemoteTimeout, OSError) as error:
                 self._reply_error(error)
                 break
             try:
-                if action is None and fixed:
-                    if layout is None:
-                        raise InvalidCall("a fixed-layout step, but this session offered no fixed layout")
-                    action = layout.decode_action(header, data)
-                if action is not None:
-                    self._fixed_step(layout, action)  # type: ignore[arg-type]
-                    continue
                 result = self._dispatch(request)
             except Exception as error:
                 self._reply_error(error)
@@ -226,19 +227,37 @@ class WorkerSession:
         result[0] = self._placed(result[0], request)
         return result
 
-    def _fixed_step(self, layout: FixedLayout, action: Any) -> None:
-        """Steps the first env with an action from a fixed-layout request; replies in a
-        fixed-layout frame where the step's values fit ``layout`` exactly, otherwise in an
-        ordinary one."""
+    def _fixed_steps(self, layout: FixedLayout, action: Any) -> Any:
+        """Steps the first env with ``action`` from a fixed-layout request, then with each next
+        request while it comes whole (the short way: one receive, one lookup, the env's step
+        and one send each); returns the first bytes that are anything else (None once it
+        replied with an error). Replies in a fixed-layout frame where the step's values fit
+        ``layout`` exactly, otherwise in an ordinary one.
+
+        Raises:
+            InvalidCall: the env was never reset.
+            PeerClosed, IdleTimeout, ...: as receiving in :meth:`_serve`, which handles them.
+        """
         if not self.reset_once[0]:
             raise _not_reset("step")
-        result = self.envs[0].step(action)
-        self.last_observations[0] = result[0]
-        buffers = layout.encode_reply(*result, self.allow_pickle) if len(result) == 5 else None
-        if buffers is None:
-            self._reply(list(result))
-        else:
-            self._send(buffers)
+        step = self.envs[0].step
+        while not self.closed:
+            try:
+                result = step(action)
+                self.last_observations[0] = result[0]
+                buffers = layout.encode_reply(*result, self.allow_pickle) if len(result) == 5 else None
+            except Exception as error:
+                self._reply_error(error)
+                return None
+            if buffers is None:
+                self._reply(list(result))
+            else:
+                self._send(buffers)
+            chunk = self.reader.receive_chunk(self.idle_timeout)
+            action = layout.action_of_whole_request(chunk)
+            if action is None:
+                return chunk
+        return None
 
     def _observe(self, request: Dict[str, Any]) -> Any:
         index, _ = self._running_env(request, "observe")

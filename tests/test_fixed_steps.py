@@ -534,3 +534,41 @@ def test_fixed_frames_need_an_offered_layout_and_a_reset(server):
     finally:
         without.close()
         with_layout.close()
+
+
+def test_a_run_of_fixed_steps_gives_way_to_errors_and_other_calls_and_resumes(server):
+    """The worker serves whole step requests in a loop of their own; an env error, a reply that
+    does not fit, an ordinary call or a malformed frame each leave it, and steps resume after."""
+    fault = {name: index for index, name in enumerate(gym_remote.testing.FAULTS)}
+    env = gym_remote.RemoteEnv("gym_remote_testing/Faulty-v0", address=server.address, allocate_bytes=16)
+    try:
+        env.reset(seed=0)
+        connection = env._connect()
+        assert connection.fixed_layout is not None
+
+        def steps(count: int) -> None:
+            for _ in range(count):
+                observation, reward, terminated, truncated, info = env.step(-1)
+                assert observation.shape == (16,) and (reward, terminated, truncated, info) == (
+                    0.0,
+                    False,
+                    False,
+                    {},
+                )
+
+        steps(3)
+        with pytest.raises(errors.RemoteError, match="the simulator exploded"):
+            env.step(fault["raise"])
+        steps(2)
+        with pytest.raises(errors.UnsupportedValue, match=r"\['custom'\]"):
+            env.step(fault["custom_info"])
+        steps(2)
+        assert env.describe("x") == "x:FaultyEnv"
+        steps(2)
+        magic, header, data = _exchange(connection, PREFIX.pack(b"GYMF", 8, 8) + bytes([9]) + bytes(15))
+        assert (
+            magic == b"GYMR" and "action kind 9" in decode_frame(header, bytearray(data))["error"]["message"]
+        )
+        steps(2)
+    finally:
+        env.close()
