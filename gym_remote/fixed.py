@@ -17,7 +17,7 @@ Python 3.8 and gymnasium 0.29.
 """
 
 import struct
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import gymnasium as gym
 import numpy as np
@@ -291,30 +291,26 @@ class FixedLayout:
         return np.ndarray(self.action_shape, self.action_dtype, bytearray(data))
 
     def _numpy_scalar_action(self, data: Any) -> Any:
-        return np.frombuffer(data, self.action_dtype)[0]
+        return np.ndarray((), self.action_dtype, data)[()]
 
-    def encode_reply(
-        self,
-        observation: Any,
-        reward: Any,
-        terminated: Any,
-        truncated: Any,
-        info: Any,
-        allow_pickle: bool = False,
-    ) -> Optional[List[Any]]:
-        """The buffers of a fixed-layout step reply; None unless every value fits it exactly."""
+    def encode_reply(self, result: Sequence[Any], allow_pickle: bool = False) -> Optional[List[Any]]:
+        """The buffers of a fixed-layout reply to a step that returned ``result``; None unless
+        that is ``(observation, reward, terminated, truncated, info)`` and every value fits."""
+        if len(result) != 5:
+            return None
+        observation, reward, terminated, truncated, info = result
         kinds = _STEP_KINDS.get((type(reward), type(terminated), type(truncated)))
         if kinds is None or type(info) is not dict:
             return None
         number, reply_header, terminated_base, truncated_base = kinds
         if number == 1 and reward not in _INT64_RANGE:
             return None
-        flags = terminated_base + terminated, truncated_base + truncated
+        terminated_code, truncated_code = terminated_base + terminated, truncated_base + truncated
         leaf = self._single_array
         if leaf is not None and not info and leaf.nbytes:  # the usual step: one array, no info
             if not _fits(leaf, observation):
                 return None
-            header = reply_header.pack(reward, number, *flags, 0)
+            header = reply_header.pack(reward, number, terminated_code, truncated_code, 0)
             return [self._reply_start, header, np.ascontiguousarray(observation)]
         arrays = [observation] if leaf is not None else _leaf_values(self._structure, observation, [])
         if arrays is None or not all(_fits(leaf, array) for leaf, array in zip(self.leaves, arrays)):
@@ -325,10 +321,14 @@ class FixedLayout:
                 return None
             buffers = [
                 _frame_start(REPLY_HEADER.size + len(info_bytes), self.observation_nbytes),
-                reply_header.pack(reward, number, *flags, len(info_bytes)) + info_bytes,
+                reply_header.pack(reward, number, terminated_code, truncated_code, len(info_bytes))
+                + info_bytes,
             ]
         else:
-            buffers = [self._reply_start, reply_header.pack(reward, number, *flags, 0)]
+            buffers = [
+                self._reply_start,
+                reply_header.pack(reward, number, terminated_code, truncated_code, 0),
+            ]
         for padding, leaf, array in zip(self._padding, self.leaves, arrays):
             if padding:
                 buffers.append(padding)

@@ -245,7 +245,7 @@ class WorkerSession:
             try:
                 result = step(action)
                 self.last_observations[0] = result[0]
-                buffers = layout.encode_reply(*result, self.allow_pickle) if len(result) == 5 else None
+                buffers = layout.encode_reply(result, self.allow_pickle)
             except Exception as error:
                 self._reply_error(error)
                 return None

@@ -108,7 +108,7 @@ def test_a_fixed_reply_gives_back_exactly_what_the_env_returned(reward, flags):
     client_side = through_the_wire(worker_side)
     info = {"is_success": np.True_, "pair": (1, "a")} if isinstance(reward, float) else {}
     step = (nested_observation(), reward, *flags, info)
-    buffers = worker_side.encode_reply(*step)
+    buffers = worker_side.encode_reply(step)
     assert buffers is not None
     decoded = client_side.decode_reply(*_header_and_data(buffers))
     assert data_equivalence(decoded, step, exact=True)
@@ -133,6 +133,7 @@ def test_a_fixed_reply_gives_back_exactly_what_the_env_returned(reward, flags):
         lambda step: {**step, 0: {key: step[0][key] for key in ("camera", "arm", "levels")}},
         lambda step: {**step, 0: OrderedDict(step[0])},
         lambda step: {**step, 0: {**step[0], "extra": np.zeros(1)}},
+        lambda step: {key: value for key, value in step.items() if key != 3},  # gym's old 4 values
     ],
     ids=[
         "int32-reward",
@@ -148,13 +149,14 @@ def test_a_fixed_reply_gives_back_exactly_what_the_env_returned(reward, flags):
         "key-order",
         "ordered-dict",
         "extra-key",
+        "four-values",
     ],
 )
 def test_a_step_that_does_not_fit_the_layout_gets_no_fixed_reply(change):
     layout = layout_for(NESTED)
     step = dict(enumerate((nested_observation(), 1.0, False, False, {})))
-    assert layout.encode_reply(*step.values()) is not None
-    assert layout.encode_reply(*change(step).values()) is None
+    assert layout.encode_reply(tuple(step.values())) is not None
+    assert layout.encode_reply(tuple(change(step).values())) is None
 
 
 @pytest.mark.parametrize(
@@ -280,7 +282,7 @@ def test_a_whole_reply_in_one_chunk_decodes_as_its_frame_does(reward, space, obs
     worker_side = layout_for(space)
     client_side = through_the_wire(worker_side)
     step = (observation, reward, np.True_, False, {})
-    received = bytearray(_frame(worker_side.encode_reply(*step)))
+    received = bytearray(_frame(worker_side.encode_reply(step)))
     whole = client_side.decode_whole_reply(memoryview(received))
     assert data_equivalence(whole, step, exact=True)
     assert [type(value) for value in whole[1:4]] == [type(value) for value in step[1:4]]
@@ -292,12 +294,12 @@ def test_a_whole_reply_in_one_chunk_decodes_as_its_frame_does(reward, space, obs
 def test_only_a_whole_reply_without_info_takes_the_short_way():
     layout = layout_for(spaces.Box(-1, 1, (2,), np.float32))
     observation = np.zeros(2, np.float32)
-    frame = _frame(layout.encode_reply(observation, 1.0, False, False, {}))
+    frame = _frame(layout.encode_reply((observation, 1.0, False, False, {})))
     assert layout.decode_whole_reply(frame) is not None
     others = [
         frame[:-1],
         frame + frame[:4],  # the start of the next frame came with it
-        _frame(layout.encode_reply(observation, 1.0, False, False, {"is_success": True})),
+        _frame(layout.encode_reply((observation, 1.0, False, False, {"is_success": True}))),
         _patched(frame, 0, b"GYMR"),
         _patched(frame, 4, struct.pack("<I", 8)),  # another header length
         _patched(frame, 24, bytes([7])),  # no such reward kind
@@ -402,7 +404,7 @@ def test_a_peer_that_stops_reading_fails_a_fixed_step_with_remote_timeout():
 
 def test_a_fixed_layout_frame_in_reply_to_another_request_is_a_protocol_error():
     layout = layout_for(spaces.Box(-1, 1, (2,), np.float32))
-    reply = _frame(layout.encode_reply(np.zeros(2, np.float32), 1.0, False, False, {}))
+    reply = _frame(layout.encode_reply((np.zeros(2, np.float32), 1.0, False, False, {})))
     with _one_reply_server(reply) as address:
         with pytest.raises(errors.ProtocolError, match="a fixed-layout frame in reply to hello"):
             Connection(address, timeout=5.0, max_message_size=1 << 26)
