@@ -608,11 +608,12 @@ class MessageReader:
                     magic == MAGIC_FIXED,
                 )
         deadline = None if read_timeout is None else time.monotonic() + read_timeout
-        if len(buffer) < PREFIX.size:
-            buffer = bytes(buffer)
+        if len(buffer) < PREFIX.size:  # the rest of the prefix, and no more yet
+            prefix = bytearray(PREFIX.size)
+            prefix[: len(buffer)] = buffer
             self._set_timeout(read_timeout)
-            while len(buffer) < PREFIX.size:
-                buffer += self._receive_more(deadline)
+            self._recv_into(memoryview(prefix)[len(buffer) :], deadline)
+            buffer = prefix
         magic, header_length, data_length = PREFIX.unpack_from(buffer)
         shared = magic in _SHARED_DATA_MAGICS and self.segment is not None
         if magic not in _SOCKET_DATA_MAGICS and not shared:
@@ -648,19 +649,6 @@ class MessageReader:
             micros = int((seconds_value - whole) * 1e6)
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micros))
             self._receive_timeout = seconds
-
-    def _receive_more(self, deadline: Optional[float]) -> memoryview:
-        """Receives what has arrived of a frame already begun (up to 64 KiB) into the scratch
-        buffer; valid until the next receive."""
-        try:
-            received = self.sock.recv_into(self._scratch)
-        except (BlockingIOError, socket.timeout):
-            raise RemoteTimeout("the rest of a message did not arrive in time") from None
-        if not received:
-            raise ProtocolError("connection closed in the middle of a frame")
-        if deadline is not None:
-            _check_deadline(deadline)
-        return self._scratch_view[:received]
 
     def _recv_into(self, view: memoryview, deadline: Optional[float]) -> None:
         while view.nbytes:
