@@ -111,7 +111,11 @@ class FixedLayout:
         self._int_action_start = _frame_start(ACTION_HEADER.size, 8) + ACTION_HEADER.pack(ACTION_INT)
         array_request_length = _REQUEST_DATA_AT + self.action_nbytes
         # Per action kind, what turns a request's data section into the action.
-        self._action_of_kind = [self._array_action, self._numpy_scalar_action, _int_action]
+        self._action_of_kind = {
+            ACTION_ARRAY: self._array_action,
+            ACTION_NUMPY_SCALAR: self._numpy_scalar_action,
+            ACTION_INT: _int_action,
+        }
         # The starts (prefix and header) of the requests this layout takes, with their whole
         # length and what turns their data section into the action.
         self._request_starts = {self._array_action_start: (array_request_length, self._array_action)}
