@@ -131,7 +131,9 @@ class FixedLayout:
             if np.dtype(action_dtype.type) == action_dtype:
                 self._scalar_action_type = action_dtype.type
         self._reply_start = _frame_start(REPLY_HEADER.size, self.observation_nbytes)
-        self._whole_reply_length = _REPLY_DATA_AT + self.observation_nbytes
+        # The length of a reply with an empty info, and the most buffers a reply takes.
+        self.whole_reply_length = _REPLY_DATA_AT + self.observation_nbytes
+        self.most_reply_buffers = 2 + 2 * len(leaves)
         # Per leaf, the zeros that come before it in the data section.
         ends = [0] + [leaf.offset + leaf.nbytes for leaf in leaves]
         self._padding = [bytes(leaf.offset - end) for leaf, end in zip(leaves, ends)]
@@ -214,7 +216,7 @@ class FixedLayout:
         info (the usual step: one receive, one parse); otherwise None, and
         :meth:`MessageReader.receive_frame <gym_remote.protocol.MessageReader.receive_frame>`
         and :meth:`decode_reply` take the frame."""
-        if len(chunk) != self._whole_reply_length:
+        if len(chunk) != self.whole_reply_length:
             return None
         start, reward, tail = _WHOLE_REPLY.unpack_from(chunk)
         kinds = _EMPTY_INFO_TAILS.get(tail)

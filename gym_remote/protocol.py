@@ -44,6 +44,7 @@ __all__ = [
     "decode_bytes",
     "send_message",
     "send_frame",
+    "send_rest",
     "MessageReader",
     "wire_dtype",
 ]
@@ -65,7 +66,7 @@ EXT_PICKLE = 4
 EXT_GRAPH_INSTANCE = 5
 
 # Linux refuses sendmsg with more buffers than IOV_MAX (1024); past this many, the data is joined.
-_MAX_SEND_BUFFERS = 512
+MAX_SEND_BUFFERS = 512
 _RECEIVE_CHUNK = 1 << 16
 _POOLED_MINIMUM_BYTES = 1 << 16
 _POOL_SIZE = 4
@@ -480,21 +481,43 @@ def _length_on_socket(magic: bytes, header_length: int, data_length: int) -> int
 
 def _send_all(sock: socket.socket, buffers: List[Any], length: int) -> None:
     """Sends the ``length`` bytes of ``buffers`` (see :func:`send_buffers`)."""
-    if len(buffers) > _MAX_SEND_BUFFERS:
+    if len(buffers) > MAX_SEND_BUFFERS:
         buffers = buffers[:2] + [b"".join(_byte_view(chunk) for chunk in buffers[2:])]
     try:
         sent = sock.sendmsg(buffers)
-        remaining = length - sent
-        if remaining:
-            views = [_byte_view(chunk) for chunk in buffers]
-            first = 0
-            while remaining:
-                while sent >= len(views[first]):
-                    sent -= len(views[first])
-                    first += 1
-                views[first] = views[first][sent:]
-                sent = sock.sendmsg(views[first:])
-                remaining -= sent
+    except (BlockingIOError, socket.timeout):
+        raise RemoteTimeout("sending a message timed out") from None
+    if sent != length:
+        _send_remaining(sock, buffers, sent, length)
+
+
+def send_rest(sock: socket.socket, buffers: List[Any], sent: int) -> None:
+    """Sends what one ``sock.sendmsg(buffers)`` of a frame from :func:`encode_frame` left after
+    its first ``sent`` bytes (nothing when it sent them all), for a loop that sends small
+    frames (no shared memory, at most ``MAX_SEND_BUFFERS`` buffers) with one ``sendmsg`` of its
+    own: a blocking socket takes a small frame whole unless a timeout or a signal cuts it short.
+
+    Raises:
+        RemoteTimeout: the peer did not take the bytes within the socket's send timeout.
+    """
+    _send_remaining(sock, buffers, sent, _length_on_socket(*PREFIX.unpack_from(buffers[0])))
+
+
+def _send_remaining(sock: socket.socket, buffers: List[Any], sent: int, length: int) -> None:
+    """Sends the bytes of ``buffers`` after the first ``sent`` of their ``length``."""
+    remaining = length - sent
+    if not remaining:
+        return
+    views = [_byte_view(chunk) for chunk in buffers]
+    first = 0
+    try:
+        while remaining:
+            while sent >= len(views[first]):
+                sent -= len(views[first])
+                first += 1
+            views[first] = views[first][sent:]
+            sent = sock.sendmsg(views[first:])
+            remaining -= sent
     except (BlockingIOError, socket.timeout):
         raise RemoteTimeout("sending a message timed out") from None
 

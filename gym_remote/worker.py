@@ -38,7 +38,16 @@ from gym_remote.errors import (
     UnsupportedValue,
 )
 from gym_remote.fixed import FixedLayout
-from gym_remote.protocol import IdleTimeout, MessageReader, PeerClosed, decode_frame, encode_frame, send_frame
+from gym_remote.protocol import (
+    MAX_SEND_BUFFERS,
+    IdleTimeout,
+    MessageReader,
+    PeerClosed,
+    decode_frame,
+    encode_frame,
+    send_frame,
+    send_rest,
+)
 from gym_remote.spaces import encode_space
 
 __all__ = ["WorkerSession", "main", "WORKER_STARTED", "ENV_OPS"]
@@ -241,6 +250,11 @@ class WorkerSession:
         if not self.reset_once[0]:
             raise _not_reset("step")
         step = self.envs[0].step
+        sock = self.sock
+        # Replies that shared memory never carries leave with one sendmsg of this loop's own.
+        one_sendmsg = layout.most_reply_buffers <= MAX_SEND_BUFFERS and (
+            self.segment is None or layout.observation_nbytes < sharedmem.MINIMUM_SHARED_BYTES
+        )
         while not self.closed:
             try:
                 result = step(action)
@@ -251,8 +265,15 @@ class WorkerSession:
                 return None
             if buffers is None:
                 self._reply(list(result))
-            else:
+            elif not one_sendmsg:
                 self._send(buffers)
+            else:
+                try:
+                    sent = sock.sendmsg(buffers)
+                    if sent != layout.whole_reply_length:  # a reply with an info, or cut short
+                        send_rest(sock, buffers, sent)
+                except (OSError, RemoteTimeout):
+                    self._close_envs()  # as in _send: the client is gone
             chunk = self.reader.receive_chunk(self.idle_timeout)
             action = layout.action_of_whole_request(chunk)
             if action is None:

@@ -25,6 +25,7 @@ from gym_remote.protocol import (
     encode_frame,
     send_frame,
     send_message,
+    send_rest,
 )
 from gym_remote.sharedmem import SharedSegment
 
@@ -283,6 +284,35 @@ def test_large_message_arrives_whole_through_a_socket():
         decoded = MessageReader(right).receive(5.0)
         sender.join(5)
     assert np.array_equal(decoded["image"], images["image"])
+
+
+def test_send_rest_finishes_a_frame_whose_sendmsg_was_cut_short():
+    import threading
+
+    value = {"image": np.arange(1 << 20, dtype=np.uint32).reshape(1024, 1024), "state": np.arange(9.0)}
+    buffers = encode_frame(value)
+    left, right = socket.socketpair()
+    with left, right:
+        left.settimeout(5.0)  # Python's deadline mode: a sendmsg takes what fits and returns
+        sent = left.sendmsg(buffers)
+        assert 0 < sent < 4 << 20
+        received = []
+        receiver = threading.Thread(target=lambda: received.append(MessageReader(right).receive(5.0)))
+        receiver.start()
+        send_rest(left, buffers, sent)
+        receiver.join(10)
+    assert data_equivalence(received, [value], exact=True)
+
+
+def test_send_rest_after_a_whole_sendmsg_sends_nothing_more():
+    buffers = encode_frame({"state": np.arange(9.0)})
+    left, right = socket.socketpair()
+    with left, right:
+        send_rest(left, buffers, left.sendmsg(buffers))
+        left.sendall(encode_bytes("next"))
+        reader = MessageReader(right)
+        assert data_equivalence(reader.receive(5.0), {"state": np.arange(9.0)}, exact=True)
+        assert reader.receive(5.0) == "next"
 
 
 def _receive_all(reader, sender_socket, values):
