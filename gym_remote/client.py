@@ -139,7 +139,7 @@ class RemoteEnv(gym.Env):
         }
         self.config = resolve(ClientConfig, **self._arguments)
         self._state = SessionState.NOT_CONNECTED
-        self._connection: Connection | None = None
+        self._connection: Connection | None = None  # set exactly while the session is active
         self._embedded: EmbeddedServer | None = None
         self._remote: _RemoteDescription | None = None
         self._local_spec: EnvSpec | None = None
@@ -157,7 +157,7 @@ class RemoteEnv(gym.Env):
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         """Steps the remote env with ``action``."""
-        connection = self._connect()
+        connection = self._connection or self._connect()  # set while the session is active
         try:
             return connection.step(action)
         except RemoteEnvError as error:

@@ -109,7 +109,6 @@ class Connection:
         request = None if layout is None else layout.encode_action(action)
         if request is None:
             return tuple(self.request("step", action=action))  # type: ignore[return-value]
-        self._check_open()
         try:
             self._sock.sendall(request)
             chunk = self._reader.receive_chunk(self.timeout)
@@ -200,6 +199,7 @@ class Connection:
         """Closes the socket; the worker sees end-of-file and ends the session."""
         if not self.closed:
             self.closed = True
+            self.fixed_layout = None  # steps take the ordinary way, which says the connection is closed
             self._sock.close()
             if self._reader.segment is not None:
                 self._reader.segment.close()

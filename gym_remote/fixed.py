@@ -104,7 +104,8 @@ class FixedLayout:
         self.leaves = leaves
         self.observation_nbytes = max([leaf.offset + leaf.nbytes for leaf in leaves] + [0])
         self._structure = _structure_of([leaf.path for leaf in leaves])
-        self._single_array = leaves[0] if self._structure == 0 else None
+        # The observation's one array, unless it is empty or in a Dict or Tuple.
+        self._single_array = leaves[0] if self._structure == 0 and leaves[0].nbytes else None
         action_start = _frame_start(ACTION_HEADER.size, self.action_nbytes)
         self._array_action_start = action_start + ACTION_HEADER.pack(ACTION_ARRAY)
         self._scalar_action_start = action_start + ACTION_HEADER.pack(ACTION_NUMPY_SCALAR)
@@ -225,7 +226,11 @@ class FixedLayout:
         reward_type, terminated, truncated = kinds
         if reward_type is not float:
             reward = _INT64.unpack_from(chunk, _REWARD_AT)[0] if reward_type is int else reward_type(reward)
-        return self._observation(bytearray(chunk[_REPLY_DATA_AT:])), reward, terminated, truncated, {}
+        data = bytearray(chunk[_REPLY_DATA_AT:])
+        leaf = self._single_array
+        if leaf is None:
+            return self._observation(data), reward, terminated, truncated, {}
+        return np.ndarray(leaf.shape, leaf.dtype, data), reward, terminated, truncated, {}
 
     def decode_reply(
         self, header: Any, data: Any, allow_pickle: bool = False
@@ -260,7 +265,7 @@ class FixedLayout:
     def _observation(self, data: Any) -> Any:
         """The observation whose arrays lie in ``data`` (memory of their own, the layout's size)."""
         leaf = self._single_array
-        if leaf is not None and leaf.nbytes:
+        if leaf is not None:
             return np.ndarray(leaf.shape, leaf.dtype, data)
         return _build(self._structure, [_leaf_array(leaf, data) for leaf in self.leaves])
 
@@ -313,7 +318,7 @@ class FixedLayout:
             return None
         terminated_code, truncated_code = terminated_base + terminated, truncated_base + truncated
         leaf = self._single_array
-        if leaf is not None and not info and leaf.nbytes:  # the usual step: one array, no info
+        if leaf is not None and not info:  # the usual step: one array, no info
             if not _fits(leaf, observation):
                 return None
             header = reply_header.pack(reward, number, terminated_code, truncated_code, 0)

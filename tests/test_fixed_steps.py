@@ -469,6 +469,16 @@ def _session(server, **make_fields):
     return connection, description
 
 
+def test_a_closed_connection_refuses_steps_that_fit_its_layout(server):
+    connection, description = _session(server, fixed_steps=True)
+    connection.fixed_layout = FixedLayout.from_wire(description["fixed_steps"])
+    connection.request("reset", seed=0)
+    assert connection.step(1)[0].shape == (4,)
+    connection.close()
+    with pytest.raises(errors.ServerUnavailable, match="is closed"):
+        connection.step(1)
+
+
 def _exchange(connection, frame: bytes) -> tuple[bytes, bytes, bytes]:
     """Sends raw bytes; returns the reply frame's magic, header and data section."""
     connection._sock.sendall(frame)
