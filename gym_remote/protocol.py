@@ -492,10 +492,11 @@ def _send_all(sock: socket.socket, buffers: List[Any], length: int) -> None:
 
 
 def send_rest(sock: socket.socket, buffers: List[Any], sent: int) -> None:
-    """Sends what one ``sock.sendmsg(buffers)`` of a frame from :func:`encode_frame` left after
-    its first ``sent`` bytes (nothing when it sent them all), for a loop that sends small
-    frames (no shared memory, at most ``MAX_SEND_BUFFERS`` buffers) with one ``sendmsg`` of its
-    own: a blocking socket takes a small frame whole unless a timeout or a signal cuts it short.
+    """Sends what one ``sock.sendmsg(buffers)`` of a frame (its prefix first, as from
+    :func:`encode_frame` or ``FixedLayout.encode_reply``) left after its first ``sent`` bytes
+    (nothing when it sent them all), for a loop that sends frames with no shared memory and at
+    most ``MAX_SEND_BUFFERS`` buffers by one ``sendmsg`` of its own: a blocking socket takes a
+    small frame whole unless a timeout or a signal cuts it short.
 
     Raises:
         RemoteTimeout: the peer did not take the bytes within the socket's send timeout.
