@@ -326,20 +326,15 @@ class FixedLayout:
         arrays = [observation] if leaf is not None else _leaf_values(self._structure, observation, [])
         if arrays is None or not all(_fits(leaf, array) for leaf, array in zip(self.leaves, arrays)):
             return None
-        if info:
-            info_bytes = _encoded_info(info, allow_pickle)
-            if info_bytes is None:
-                return None
-            buffers = [
-                _frame_start(REPLY_HEADER.size + len(info_bytes), self.observation_nbytes),
-                reply_header.pack(reward, number, terminated_code, truncated_code, len(info_bytes))
-                + info_bytes,
-            ]
+        info_bytes = _encoded_info(info, allow_pickle) if info else b""
+        if info_bytes is None:
+            return None
+        header = reply_header.pack(reward, number, terminated_code, truncated_code, len(info_bytes))
+        if info_bytes:
+            start = _frame_start(REPLY_HEADER.size + len(info_bytes), self.observation_nbytes)
+            buffers = [start, header + info_bytes]
         else:
-            buffers = [
-                self._reply_start,
-                reply_header.pack(reward, number, terminated_code, truncated_code, 0),
-            ]
+            buffers = [self._reply_start, header]
         for padding, leaf, array in zip(self._padding, self.leaves, arrays):
             if padding:
                 buffers.append(padding)
