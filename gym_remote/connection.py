@@ -126,12 +126,9 @@ class Connection:
                 raise
         return tuple(self._result("step", (header, data, fixed)))
 
-    def _check_open(self) -> None:
+    def _send_buffers(self, op: str, buffers: list[Any]) -> None:
         if self.closed:
             raise ServerUnavailable(f"the connection to {self.address} is closed")
-
-    def _send_buffers(self, op: str, buffers: list[Any]) -> None:
-        self._check_open()
         try:
             send_buffers(self._sock, buffers)
         except (RemoteTimeout, ProtocolError, OSError) as error:
