@@ -152,8 +152,12 @@ class RemoteEnv(gym.Env):
     ) -> tuple[Any, dict[str, Any]]:
         """Resets the remote env; ``seed`` also seeds this env's ``np_random``, as locally."""
         self._seed_locally(seed)
-        observation, info = self._request("reset", seed=seed, options=options)
-        return observation, info
+        connection = self._connection or self._connect()  # set while the session is active
+        try:
+            return connection.reset(seed, options)
+        except RemoteEnvError as error:
+            self._note_failure(error)
+            raise
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         """Steps the remote env with ``action``."""

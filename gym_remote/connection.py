@@ -102,6 +102,17 @@ class Connection:
             raise ProtocolError(f"a fixed-layout frame in reply to {op}")
         return self._result(op, frame)
 
+    def reset(self, seed: int | None, options: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+        """Resets the session's env: in a fixed-layout frame where the offered layout takes
+        resets, ``seed`` fits and there are no ``options``, otherwise in an ordinary ``reset``
+        request."""
+        layout = self.fixed_layout
+        request = None if layout is None or options is not None else layout.encode_reset(seed)
+        if request is None:
+            return tuple(self.request("reset", seed=seed, options=options))  # type: ignore[return-value]
+        fixed, result = self._fixed_exchange("reset", layout, request)  # type: ignore[arg-type]
+        return (result[0], result[4]) if fixed else tuple(result)  # type: ignore[return-value]
+
     def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Steps the session's env: in a fixed-layout frame where ``action`` fits the offered
         layout, otherwise in an ordinary ``step`` request."""
@@ -109,22 +120,29 @@ class Connection:
         request = None if layout is None else layout.encode_action(action)
         if request is None:
             return tuple(self.request("step", action=action))  # type: ignore[return-value]
+        fixed, result = self._fixed_exchange("step", layout, request)
+        return result if fixed else tuple(result)
+
+    def _fixed_exchange(self, op: str, layout: FixedLayout, request: bytes) -> tuple[bool, Any]:
+        """Sends a whole fixed-layout request; returns whether the reply was fixed-layout too,
+        with its ``(observation, reward, terminated, truncated, info)``, or else the result of
+        the ordinary reply."""
         try:
             self._sock.sendall(request)
             chunk = self._reader.receive_chunk(self.timeout)
-            result = layout.decode_whole_reply(chunk)  # type: ignore[union-attr]
+            result = layout.decode_whole_reply(chunk)
             if result is not None:
-                return result
+                return True, result
             header, data, fixed = self._reader.receive_frame(self.timeout, chunk=chunk)
         except (RemoteTimeout, ProtocolError, OSError) as error:
-            raise self._failure("step", error) from None
-        if fixed:
-            try:
-                return layout.decode_reply(header, data, self.allow_pickle)  # type: ignore[union-attr]
-            except ProtocolError:
-                self.close()
-                raise
-        return tuple(self._result("step", (header, data, fixed)))
+            raise self._failure(op, error) from None
+        if not fixed:
+            return False, self._result(op, (header, data, fixed))
+        try:
+            return True, layout.decode_reply(header, data, self.allow_pickle)
+        except ProtocolError:
+            self.close()
+            raise
 
     def _send_buffers(self, op: str, buffers: list[Any]) -> None:
         if self.closed:

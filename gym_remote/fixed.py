@@ -1,17 +1,20 @@
-"""Fixed-layout steps: a ``step`` and its reply as raw bytes behind a small binary header.
+"""Fixed-layout frames: a ``step`` or ``reset`` and its reply as raw bytes behind a small
+binary header.
 
 When a session's action is one fixed-shape array (Box, Discrete, MultiDiscrete, MultiBinary)
 and its observation is such arrays in Dicts and Tuples, the worker offers a layout in its
-``make`` reply and the client may then send steps as ``GYMF`` frames::
+``make`` reply and the client may then send steps and resets as ``GYMF`` frames::
 
-    request header = action kind: uint8 | 7 zero bytes          data = the action's bytes
+    request header = request kind: uint8 | 7 zero bytes
+                     data = the action's bytes (a step), nothing or an int64 seed (a reset)
     reply header   = reward: 8 bytes | reward kind: uint8 | terminated: uint8 | truncated: uint8
                      | 1 zero byte | info length: uint32 | info  data = the observation's arrays
 
-where info is a MessagePack value as in ordinary headers (empty for ``{}``). Both ends fall back
-to ordinary frames wherever a value does not fit exactly (another action type, a reward or
-flag of another type, an info holding arrays, an observation of another dtype, shape or
-structure), so what user code gets is always what the env returned. See
+where info is a MessagePack value as in ordinary headers (empty for ``{}``); a reset's reply
+has reward 0.0 and both flags False. Both ends fall back to ordinary frames wherever a value
+does not fit exactly (another action type, a reset with options, a reward or flag of another
+type, an info holding arrays, an observation of another dtype, shape or structure), so what
+user code gets is always what the env returned. See
 ``docs/protocol.md``. This module runs inside simulator interpreters too: it keeps to
 Python 3.8 and gymnasium 0.29.
 """
@@ -31,9 +34,9 @@ __all__ = ["FixedLayout", "ACTION_HEADER", "REPLY_HEADER"]
 ACTION_HEADER = struct.Struct("<B7x")
 REPLY_HEADER = struct.Struct("<8sBBBxI")
 
-# Action kinds: an array of the layout's dtype and shape, or (for a scalar layout) a numpy
-# scalar of its dtype or a Python int (sent as int64).
-ACTION_ARRAY, ACTION_NUMPY_SCALAR, ACTION_INT = 0, 1, 2
+# Request kinds: a step whose action is an array of the layout's dtype and shape, or (for a
+# scalar layout) a numpy scalar of its dtype or a Python int (sent as int64); or a reset.
+ACTION_ARRAY, ACTION_NUMPY_SCALAR, ACTION_INT, RESET = 0, 1, 2, 3
 # Reward kinds: the type and the reply header that holds it (as a float64 or an int64).
 _FLOAT_REPLY = struct.Struct("<dBBBxI")
 _INT_REPLY = struct.Struct("<qBBBxI")
@@ -94,10 +97,16 @@ class _Leaf:
 
 
 class FixedLayout:
-    """What fixed-layout step frames hold in one session: the action's array and the
+    """What fixed-layout frames hold in one session: the action's array and the
     observation's arrays, in order, each at an 8-byte aligned offset of the data section."""
 
-    def __init__(self, action_dtype: np.dtype, action_shape: Tuple[int, ...], leaves: List[_Leaf]) -> None:
+    def __init__(
+        self,
+        action_dtype: np.dtype,
+        action_shape: Tuple[int, ...],
+        leaves: List[_Leaf],
+        takes_resets: bool = True,
+    ) -> None:
         self.action_dtype = action_dtype
         self.action_shape = action_shape
         self.action_nbytes = int(np.prod(action_shape, dtype=np.int64)) * action_dtype.itemsize
@@ -110,6 +119,10 @@ class FixedLayout:
         self._array_action_start = action_start + ACTION_HEADER.pack(ACTION_ARRAY)
         self._scalar_action_start = action_start + ACTION_HEADER.pack(ACTION_NUMPY_SCALAR)
         self._int_action_start = _frame_start(ACTION_HEADER.size, 8) + ACTION_HEADER.pack(ACTION_INT)
+        # Whether the worker takes fixed-layout resets (it says so in its offer), and their starts.
+        self.takes_resets = takes_resets
+        self._unseeded_reset = _frame_start(ACTION_HEADER.size, 0) + ACTION_HEADER.pack(RESET)
+        self._seeded_reset_start = _frame_start(ACTION_HEADER.size, 8) + ACTION_HEADER.pack(RESET)
         array_request_length = _REQUEST_DATA_AT + self.action_nbytes
         # Per action kind, what turns a request's data section into the action.
         self._action_of_kind = {
@@ -167,6 +180,7 @@ class FixedLayout:
         return {
             "action": {"dtype": self.action_dtype.str, "shape": list(self.action_shape)},
             "observation": [leaf.to_wire() for leaf in self.leaves],
+            "resets": self.takes_resets,
         }
 
     @classmethod
@@ -189,7 +203,10 @@ class FixedLayout:
             ]
             if not leaves or any(leaf.offset < 0 or leaf.offset % DATA_ALIGNMENT for leaf in leaves):
                 raise ValueError("observation leaves must be at 8-byte aligned offsets")
-            return cls(_plain_dtype(action["dtype"]), _shape(action["shape"]), leaves)
+            takes_resets = payload.get("resets", False)
+            if type(takes_resets) is not bool:
+                raise ValueError(f"resets must be a bool, got {takes_resets!r}")
+            return cls(_plain_dtype(action["dtype"]), _shape(action["shape"]), leaves, takes_resets)
         except (LookupError, TypeError, ValueError, ProtocolError) as error:
             raise ProtocolError(f"malformed fixed_steps layout {payload!r}: {error}") from None
 
@@ -211,6 +228,17 @@ class FixedLayout:
         if kind_of is self._scalar_action_type:
             return self._scalar_action_start + action.tobytes()
         return None
+
+    def encode_reset(self, seed: Optional[int]) -> Optional[bytes]:
+        """The whole fixed-layout reset request for ``seed``; None if the worker takes no
+        fixed-layout resets or ``seed`` is not None or an int within int64."""
+        if not self.takes_resets:
+            return None
+        if seed is None:
+            return self._unseeded_reset
+        if type(seed) is not int or seed not in _INT64_RANGE:
+            return None
+        return self._seeded_reset_start + seed.to_bytes(8, "little", signed=True)
 
     def decode_whole_reply(self, chunk: Any) -> Optional[Tuple[Any, Any, Any, Any, Dict[str, Any]]]:
         """The step result in ``chunk`` when it is exactly one fixed-layout reply with an empty
@@ -281,6 +309,23 @@ class FixedLayout:
             return None
         return length_and_action[1](chunk[_REQUEST_DATA_AT:])
 
+    @staticmethod
+    def is_reset(header: Any) -> bool:
+        """Whether a fixed-layout request's header asks for a reset (:meth:`decode_seed` reads
+        it) rather than a step (:meth:`decode_action` reads it)."""
+        return len(header) == ACTION_HEADER.size and header[0] == RESET
+
+    @staticmethod
+    def decode_seed(data: Any) -> Optional[int]:
+        """The seed a fixed-layout reset request carries (None for no data).
+
+        Raises:
+            InvalidCall: the data section is neither empty nor 8 bytes.
+        """
+        if len(data) not in (0, 8):
+            raise InvalidCall(f"a fixed-layout reset has 0 or 8 bytes of seed, got {len(data)}")
+        return int.from_bytes(data, "little", signed=True) if data else None
+
     def decode_action(self, header: Any, data: Any) -> Any:
         """The action a fixed-layout step request carries.
 
@@ -303,6 +348,13 @@ class FixedLayout:
 
     def _numpy_scalar_action(self, data: Any) -> Any:
         return np.ndarray((), self.action_dtype, data)[()]
+
+    def encode_reset_reply(
+        self, observation: Any, info: Any, allow_pickle: bool = False
+    ) -> Optional[List[Any]]:
+        """The buffers of a fixed-layout reply to a reset that returned ``(observation, info)``: a
+        step reply's with reward 0.0 and both flags False; None unless both values fit."""
+        return self.encode_reply((observation, 0.0, False, False, info), allow_pickle)
 
     def encode_reply(self, result: Sequence[Any], allow_pickle: bool = False) -> Optional[List[Any]]:
         """The buffers of a fixed-layout reply to a step that returned ``result``; None unless

@@ -122,7 +122,8 @@ class RichSpacesEnv(gym.Env):
 class VaryingStepsEnv(gym.Env):
     """Fixed-shape spaces, but step values whose types change from step to step: rewards of
     every kind, Python and numpy flags, infos with and without values (arrays too), and now and
-    then an observation leaf of another dtype or a list for a tuple."""
+    then an observation leaf of another dtype or a list for a tuple. A seeded reset starts at
+    step ``seed % 13``, with that step's observation and info (and ``options`` in its info)."""
 
     metadata = {"render_modes": []}
     REWARDS = (1.5, 2, np.float64(0.25), np.float32(-0.5), np.int32(3), -(2**63), True, 2**63 - 1)
@@ -149,8 +150,11 @@ class VaryingStepsEnv(gym.Env):
 
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> Tuple[Any, dict]:
         super().reset(seed=seed)
-        self._steps = 0
-        return self._observation(), {}
+        self._steps = 0 if seed is None else seed % 13
+        info = dict(self.INFOS[self._steps % len(self.INFOS)])
+        if options is not None:
+            info["options"] = options
+        return self._observation(), info
 
     def step(self, action: Any) -> Tuple[Any, Any, Any, Any, dict]:
         self._steps += 1

@@ -137,8 +137,9 @@ class WorkerSession:
             self.batches.close()
 
     def _serve(self) -> None:
-        """Answers calls until close, EOF or idleness. Whole fixed-layout step requests take
-        the short way (:meth:`_fixed_steps`)."""
+        """Answers calls until close, EOF or idleness. Fixed-layout resets and steps need no
+        MessagePack (:meth:`_fixed_reset`), and whole step requests take the short way
+        (:meth:`_fixed_steps`)."""
         layout = self.fixed_layout
         pending = None  # what a run of fixed-layout steps received and left to this loop
         while not self.closed:
@@ -153,7 +154,10 @@ class WorkerSession:
                     if not fixed:
                         request = decode_frame(header, data, self.allow_pickle)
                     elif layout is None:
-                        raise InvalidCall("a fixed-layout step, but this session offered no fixed layout")
+                        raise InvalidCall("a fixed-layout request, but this session offered no fixed layout")
+                    elif layout.is_reset(header):
+                        self._fixed_reset(layout, layout.decode_seed(data))
+                        continue
                     else:
                         action = layout.decode_action(header, data)
                 if action is not None:
@@ -235,6 +239,23 @@ class WorkerSession:
         self.last_observations[index] = result[0]
         result[0] = self._placed(result[0], request)
         return result
+
+    def _fixed_reset(self, layout: FixedLayout, seed: Optional[int]) -> None:
+        """Resets the first env with ``seed`` for a fixed-layout request; replies in a
+        fixed-layout frame where the observation and info fit ``layout`` exactly, otherwise in
+        an ordinary one."""
+        try:
+            observation, info = self.envs[0].reset(seed=seed)
+            buffers = layout.encode_reset_reply(observation, info, self.allow_pickle)
+        except Exception as error:
+            self._reply_error(error)
+            return
+        self.reset_once[0] = True
+        self.last_observations[0] = observation
+        if buffers is None:
+            self._reply([observation, info])
+        else:
+            self._send(buffers)
 
     def _fixed_steps(self, layout: FixedLayout, action: Any) -> Any:
         """Steps the first env with ``action`` from a fixed-layout request, then with each next

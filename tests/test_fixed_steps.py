@@ -199,6 +199,39 @@ def test_other_actions_take_the_ordinary_request(action_space, action):
     assert layout.encode_action(action) is None
 
 
+@pytest.mark.parametrize("seed", [None, 0, 5, 2**63 - 1, -(2**63)])
+def test_reset_seeds_that_fit_travel_fixed_and_arrive_as_they_were_sent(seed):
+    layout = layout_for(spaces.Box(0, 1, (1,), np.float32))
+    request = through_the_wire(layout).encode_reset(seed)
+    assert request is not None
+    header, data = _header_and_data([request])
+    assert FixedLayout.is_reset(header) and len(data) == (0 if seed is None else 8)
+    received = FixedLayout.decode_seed(data)
+    assert type(received) is type(seed) and received == seed
+    assert layout.action_of_whole_request(request) is None  # resets never take the steps' short way
+
+
+def test_other_resets_take_the_ordinary_request():
+    offer = layout_for(spaces.Box(0, 1, (1,), np.float32)).to_wire()
+    layout = FixedLayout.from_wire(offer)
+    for seed in [2**63, -(2**63) - 1, True, np.int64(3), 1.0]:
+        assert layout.encode_reset(seed) is None
+    del offer["resets"]  # a worker that takes fixed-layout steps only
+    assert FixedLayout.from_wire(offer).encode_reset(0) is None
+    assert not FixedLayout.is_reset(ACTION_HEADER.pack(0)) and not FixedLayout.is_reset(bytes([3]))
+
+
+def test_a_reset_reply_is_a_step_reply_with_zero_reward_and_no_flags():
+    worker_side = layout_for(NESTED)
+    client_side = through_the_wire(worker_side)
+    info = {"is_success": False}
+    buffers = worker_side.encode_reset_reply(nested_observation(), info)
+    decoded = client_side.decode_reply(*_header_and_data(buffers))
+    assert data_equivalence(decoded, (nested_observation(), 0.0, False, False, info), exact=True)
+    assert worker_side.encode_reset_reply(nested_observation(), {"array": np.zeros(2)}) is None
+    assert worker_side.encode_reset_reply(list(nested_observation().values()), {}) is None
+
+
 @pytest.mark.parametrize(
     "payload",
     [
@@ -230,8 +263,22 @@ def test_other_actions_take_the_ordinary_request(action_space, action):
                 {"path": [0], "dtype": "<f4", "shape": [1], "offset": 8},
             ],
         },
+        {
+            "action": {"dtype": "<i8", "shape": []},
+            "observation": [{"path": [], "dtype": "<f4", "shape": [1], "offset": 0}],
+            "resets": 1,
+        },
     ],
-    ids=["none", "no-leaves", "object-dtype", "negative-size", "unaligned", "leaf-and-branch", "tuple-order"],
+    ids=[
+        "none",
+        "no-leaves",
+        "object-dtype",
+        "negative-size",
+        "unaligned",
+        "leaf-and-branch",
+        "tuple-order",
+        "resets-not-bool",
+    ],
 )
 def test_a_malformed_layout_is_a_protocol_error(payload):
     with pytest.raises(errors.ProtocolError, match="malformed fixed_steps layout"):
@@ -248,6 +295,8 @@ def test_malformed_fixed_frames_are_refused_with_what_is_wrong():
         layout.decode_action(ACTION_HEADER.pack(0), bytearray(4))
     with pytest.raises(errors.InvalidCall, match="does not fit the action layout"):
         layout.decode_action(ACTION_HEADER.pack(2), bytearray(8))
+    with pytest.raises(errors.InvalidCall, match="0 or 8 bytes of seed, got 4"):
+        FixedLayout.decode_seed(bytearray(4))
     good = REPLY_HEADER.pack(struct.pack("<d", 1.0), 0, 0, 0, 0)
     with pytest.raises(errors.ProtocolError, match="malformed fixed-layout reply header"):
         layout.decode_reply(good[:5], bytearray(8))
@@ -445,6 +494,47 @@ def test_steps_of_varying_types_equal_the_local_env_and_both_frames_are_used(ser
         remote.close()
 
 
+def test_resets_equal_the_local_env_and_travel_fixed_where_they_fit(server, monkeypatch):
+    local, remote = gym.make(VARYING), gym_remote.RemoteEnv(VARYING, address=server.address)
+    try:
+        connection = remote._connect()
+        ordinary_requests, fixed_reset_replies = [], []
+        request, fixed_exchange = connection.request, connection._fixed_exchange
+        monkeypatch.setattr(
+            connection, "request", lambda op, **fields: ordinary_requests.append(op) or request(op, **fields)
+        )
+
+        def recorded_exchange(op, layout, frame):
+            fixed, result = fixed_exchange(op, layout, frame)
+            if op == "reset":
+                fixed_reset_replies.append(fixed)
+            return fixed, result
+
+        monkeypatch.setattr(connection, "_fixed_exchange", recorded_exchange)
+        resets = (
+            [(None, None)] + [(seed, None) for seed in range(13)] + [(2**63 - 1, None), (2**63 + 5, None)]
+        )
+        resets.append((3, {"level": 2}))
+        for seed, options in resets:
+            local_result = local.reset(seed=seed, options=options)
+            remote_result = remote.reset(seed=seed, options=options)
+            assert data_equivalence(local_result, remote_result, exact=True), (seed, options)
+            assert type(remote_result) is tuple
+            action = np.array([0.25, 0.5], np.float32)
+            assert data_equivalence(local.step(action), remote.step(action), exact=True), (seed, options)
+        # A seed beyond int64 and options go the ordinary way; the rest go fixed, and are
+        # answered in fixed frames where the observation and info fit, in ordinary ones elsewhere.
+        assert ordinary_requests == ["reset", "reset"]
+        assert len(fixed_reset_replies) == len(resets) - 2
+        assert True in fixed_reset_replies and False in fixed_reset_replies
+        with pytest.raises(errors.RemoteError, match="Seed must be"):
+            connection.reset(-1, None)  # the env refuses it (RemoteEnv refuses it before sending)
+        assert data_equivalence(local.reset(seed=1), remote.reset(seed=1), exact=True)
+    finally:
+        local.close()
+        remote.close()
+
+
 @pytest.mark.parametrize("shared_memory", [True, False])
 def test_large_fixed_replies_travel_through_shared_memory_or_the_socket(server, monkeypatch, shared_memory):
     monkeypatch.setenv("GYM_REMOTE_SHARED_MEMORY", "1" if shared_memory else "0")
@@ -492,10 +582,13 @@ def test_a_client_built_from_the_spec_steps_with_fixed_frames(server):
         assert description["fixed_steps"] == {
             "action": {"dtype": "<i8", "shape": []},
             "observation": [{"path": [], "dtype": "<f4", "shape": [4], "offset": 0}],
+            "resets": True,
         }
         local = gym.make("CartPole-v1")
-        observation, _ = connection.request("reset", seed=5)
-        np.testing.assert_array_equal(observation, local.reset(seed=5)[0])
+        reset = PREFIX.pack(b"GYMF", 8, 8) + bytes([3]) + bytes(7) + (5).to_bytes(8, "little", signed=True)
+        magic, header, data = _exchange(connection, reset)
+        assert (magic, header) == (b"GYMF", struct.pack("<dBBBxI", 0.0, 0, 0, 0, 0))
+        np.testing.assert_array_equal(np.frombuffer(data, np.float32), local.reset(seed=5)[0])
         request = PREFIX.pack(b"GYMF", 8, 8) + bytes([2]) + bytes(7) + (1).to_bytes(8, "little", signed=True)
         magic, header, data = _exchange(connection, request)
         reward, kind, terminated, truncated, info_length = struct.unpack("<dBBBxI", header)
@@ -513,8 +606,9 @@ def test_a_client_built_from_the_spec_steps_with_fixed_frames(server):
         (PREFIX.pack(b"GYMF", 8, 8) + bytes([9]) + bytes(15), "action kind 9"),
         (PREFIX.pack(b"GYMF", 8, 4) + bytes([2]) + bytes(11), "has 8 bytes, got 4"),
         (PREFIX.pack(b"GYMF", 2, 8) + bytes(10), "header has 8 bytes, got 2"),
+        (PREFIX.pack(b"GYMF", 8, 4) + bytes([3]) + bytes(11), "0 or 8 bytes of seed, got 4"),
     ],
-    ids=["unknown-kind", "short-data", "short-header"],
+    ids=["unknown-kind", "short-data", "short-header", "short-seed"],
 )
 def test_bad_fixed_frames_are_invalid_calls_and_the_session_goes_on(server, frame, message):
     connection, _ = _session(server, fixed_steps=True)
@@ -535,6 +629,11 @@ def test_fixed_frames_need_an_offered_layout_and_a_reset(server):
     with_layout, _ = _session(server, fixed_steps=True)
     try:
         assert "fixed_steps" not in description
+        magic, header, data = _exchange(without, PREFIX.pack(b"GYMF", 8, 0) + bytes([3]) + bytes(7))
+        assert (
+            magic == b"GYMR"
+            and "offered no fixed layout" in decode_frame(header, bytearray(data))["error"]["message"]
+        )
         for connection, message in [
             (without, "offered no fixed layout"),
             (with_layout, "call reset() before step()"),
