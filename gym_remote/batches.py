@@ -22,6 +22,7 @@ from gymnasium import spaces
 from gymnasium.vector.utils import create_empty_array
 
 from gym_remote.sharedmem import DATA_START, SharedSegment
+from gym_remote.spaces import leaf_subspaces
 
 __all__ = ["PooledBatches", "SharedBatches", "array_leaves"]
 
@@ -31,23 +32,13 @@ _LEAF_ALIGNMENT = 64
 
 def array_leaves(space: gym.Space, num_envs: int) -> list[tuple[list, np.dtype, tuple[int, ...]]] | None:
     """Each leaf's path, dtype and batch shape, in Gymnasium's batch order; None unless every
-    leaf is a fixed-shape array (Box, Discrete, MultiDiscrete, MultiBinary in Dicts and Tuples)."""
-    if isinstance(space, spaces.Dict):
-        items: list[tuple[Any, gym.Space]] = list(space.spaces.items())
-    elif isinstance(space, spaces.Tuple):
-        items = list(enumerate(space.spaces))
-    elif isinstance(space, _ARRAY_SPACES):
-        batch = create_empty_array(space, n=num_envs, fn=np.empty)
-        return [([], batch.dtype, batch.shape)]
-    else:
+    leaf is a fixed-shape array (Box, Discrete, MultiDiscrete, MultiBinary in Dicts with string
+    keys and Tuples)."""
+    leaves = leaf_subspaces(space, _ARRAY_SPACES)
+    if leaves is None:
         return None
-    leaves = []
-    for key, subspace in items:
-        below = array_leaves(subspace, num_envs)
-        if below is None:
-            return None
-        leaves += [([key, *path], dtype, shape) for path, dtype, shape in below]
-    return leaves
+    batches = [(path, create_empty_array(subspace, n=num_envs, fn=np.empty)) for path, subspace in leaves]
+    return [(path, batch.dtype, batch.shape) for path, batch in batches]
 
 
 def _structure(space: gym.Space, make_leaf: Callable[[gym.Space], Any]) -> Any:

@@ -28,6 +28,7 @@ from gymnasium import spaces
 
 from gym_remote.errors import InvalidCall, ProtocolError, UnsupportedValue
 from gym_remote.protocol import DATA_ALIGNMENT, MAGIC_FIXED, PREFIX, decode_frame, encode_frame, wire_dtype
+from gym_remote.spaces import leaf_subspaces
 
 __all__ = ["FixedLayout", "ACTION_HEADER", "REPLY_HEADER"]
 
@@ -164,7 +165,7 @@ class FixedLayout:
             action_shape = tuple(action_space.shape)
         else:
             return None
-        paths = _array_paths(env.observation_space)
+        paths = leaf_subspaces(env.observation_space, _FIXED_SHAPE_SPACES)
         if not paths:
             return None
         leaves = []
@@ -397,26 +398,6 @@ class FixedLayout:
 
 def _int_action(data: Any) -> int:
     return int.from_bytes(data, "little", signed=True)
-
-
-def _array_paths(space: gym.Space) -> Optional[List[Tuple[list, gym.Space]]]:
-    """Each fixed-shape array subspace with its path of str keys and int indices, in Gymnasium's
-    order; None unless every leaf is one (a Dict's keys must be strings)."""
-    if isinstance(space, _FIXED_SHAPE_SPACES):
-        return [([], space)]
-    if isinstance(space, spaces.Dict) and all(type(key) is str for key in space.spaces):
-        items: List[Tuple[Any, gym.Space]] = list(space.spaces.items())
-    elif isinstance(space, spaces.Tuple):
-        items = list(enumerate(space.spaces))
-    else:
-        return None
-    paths = []
-    for key, subspace in items:
-        below = _array_paths(subspace)
-        if below is None:
-            return None
-        paths += [([key] + path, leaf) for path, leaf in below]
-    return paths
 
 
 def _structure_of(paths: List[list]) -> _Structure:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gym_remote.errors import UnsupportedValue
-from gym_remote.spaces import decode_space, encode_space
+from gym_remote.spaces import decode_space, encode_space, leaf_subspaces
 from tests.test_protocol import round_trip
 
 
@@ -151,3 +151,13 @@ space_trees = st.recursive(
 @given(space_trees)
 def test_generated_spaces_round_trip(space):
     assert_same_space(wire_round_trip(space), space)
+
+
+def test_leaf_subspaces_follow_gymnasium_order_and_refuse_other_leaves():
+    box, binary = spaces.Box(0, 1, (2,)), spaces.MultiBinary(3)
+    nested = spaces.Dict({"b": spaces.Tuple((box, binary)), "a": box})
+    leaf_types = (spaces.Box, spaces.MultiBinary)
+    assert leaf_subspaces(nested, leaf_types) == [(["a"], box), (["b", 0], box), (["b", 1], binary)]
+    assert leaf_subspaces(box, leaf_types) == [([], box)]
+    assert leaf_subspaces(spaces.Tuple((box, spaces.Text(3))), leaf_types) is None
+    assert leaf_subspaces(spaces.Dict({1: box}), leaf_types) is None  # keys must be strings
