@@ -5,7 +5,8 @@ one run: local steps/s, remote steps/s over loopback TCP, the per-step overhead 
 time minus local step time), and a bare TCP_NODELAY socket round trip that carries the same
 payload sizes. Target: overhead <= 2x the bare round trip. Beside it, the same ratio for the
 minimal Python pair of ``benchmarks/python_floor.py``: what any Python remote env costs. All
-take turns in rounds and the medians are reported. Results go to docs/benchmarks.md.
+take turns in rounds (the remote ones in a rotating order) and the medians are reported.
+Results go to docs/benchmarks.md.
 
 Run: ``python -m benchmarks.overhead [--steps N] [--rounds R] [--same-core]``.
 """
@@ -109,7 +110,13 @@ def measure_workload(
     """``(transport, local, remote, minimal Python pair, bare round trip)``, in seconds per step,
     per reply transport: the medians of ``rounds`` rounds in which the local env, each remote
     env, the minimal Python pair and the bare socket take turns, so that the machine's drift hits
-    them alike."""
+    them alike.
+
+    The remote envs and the pair take their turns in an order that rotates from round to round,
+    and each timed run follows an untimed tenth of one: with free scheduling, whichever
+    process pair runs first after the local env was measured here about 10 us a CartPole step
+    slower than the same code run after another remote env (where the scheduler puts the
+    processes it wakes), so a fixed order favours whoever comes later."""
     local_env = gym.make(env_id)
     local_env.action_space.seed(0)
     actions = [local_env.action_space.sample() for _ in range(steps)]
@@ -128,9 +135,14 @@ def measure_workload(
         for env in envs.values():  # warm-up
             run_episodes(env, actions[: steps // 10])
         bare.round_trip_seconds(steps // 10)
-        for _ in range(rounds):
-            for name, env in envs.items():
-                samples[name].append(run_episodes(env, actions))
+        settle = actions[: steps // 10]
+        contenders = [*remote_envs, "minimal"]
+        for round_number in range(rounds):
+            shift = round_number % len(contenders)
+            for name in ["local", *contenders[shift:], *contenders[:shift]]:
+                run_episodes(envs[name], settle)
+                samples[name].append(run_episodes(envs[name], actions))
+            bare.round_trip_seconds(len(settle))
             samples["bare"].append(bare.round_trip_seconds(steps))
     finally:
         for env in envs.values():
@@ -147,7 +159,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5000, help="steps per measurement")
     parser.add_argument(
-        "--rounds", type=int, default=5, help="rounds in which every measurement takes a turn"
+        "--rounds", type=int, default=6, help="rounds in which every measurement takes a turn"
     )
     parser.add_argument("--no-record", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument(
@@ -182,7 +194,8 @@ def main() -> None:
 
     lines = [
         f"Measured {machine_line()}; loopback TCP, {arguments.steps} steps per measurement, the "
-        f"median of {arguments.rounds} rounds in which every measurement takes a turn; "
+        f"median of {arguments.rounds} rounds in which every measurement takes a turn (the remote ones "
+        "in a rotating order, each after an untimed tenth of a run); "
         + ("every process on one core." if arguments.same_core else "processes scheduled freely."),
         "",
         "| workload | reply through | local steps/s | remote steps/s | overhead per step "
