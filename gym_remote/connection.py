@@ -110,7 +110,7 @@ class Connection:
         request = None if layout is None or options is not None else layout.encode_reset(seed)
         if request is None:
             return tuple(self.request("reset", seed=seed, options=options))  # type: ignore[return-value]
-        fixed, result = self._fixed_exchange("reset", layout, request)  # type: ignore[arg-type]
+        fixed, result = self._fixed_exchange("reset", layout, request)
         return (result[0], result[4]) if fixed else tuple(result)  # type: ignore[return-value]
 
     def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
