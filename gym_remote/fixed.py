@@ -38,6 +38,9 @@ REPLY_HEADER = struct.Struct("<8sBBBxI")
 # Request kinds: a step whose action is an array of the layout's dtype and shape, or (for a
 # scalar layout) a numpy scalar of its dtype or a Python int (sent as int64); or a reset.
 ACTION_ARRAY, ACTION_NUMPY_SCALAR, ACTION_INT, RESET = 0, 1, 2, 3
+# A whole reset request without a seed, and the start of one with a seed (8 bytes follow).
+_UNSEEDED_RESET = PREFIX.pack(MAGIC_FIXED, ACTION_HEADER.size, 0) + ACTION_HEADER.pack(RESET)
+_SEEDED_RESET_START = PREFIX.pack(MAGIC_FIXED, ACTION_HEADER.size, 8) + ACTION_HEADER.pack(RESET)
 # Reward kinds: the type and the reply header that holds it (as a float64 or an int64).
 _FLOAT_REPLY = struct.Struct("<dBBBxI")
 _INT_REPLY = struct.Struct("<qBBBxI")
@@ -120,10 +123,8 @@ class FixedLayout:
         self._array_action_start = action_start + ACTION_HEADER.pack(ACTION_ARRAY)
         self._scalar_action_start = action_start + ACTION_HEADER.pack(ACTION_NUMPY_SCALAR)
         self._int_action_start = _frame_start(ACTION_HEADER.size, 8) + ACTION_HEADER.pack(ACTION_INT)
-        # Whether the worker takes fixed-layout resets (it says so in its offer), and their starts.
+        # Whether the worker takes fixed-layout resets (it says so in its offer).
         self.takes_resets = takes_resets
-        self._unseeded_reset = _frame_start(ACTION_HEADER.size, 0) + ACTION_HEADER.pack(RESET)
-        self._seeded_reset_start = _frame_start(ACTION_HEADER.size, 8) + ACTION_HEADER.pack(RESET)
         array_request_length = _REQUEST_DATA_AT + self.action_nbytes
         # Per action kind, what turns a request's data section into the action.
         self._action_of_kind = {
@@ -236,10 +237,10 @@ class FixedLayout:
         if not self.takes_resets:
             return None
         if seed is None:
-            return self._unseeded_reset
+            return _UNSEEDED_RESET
         if type(seed) is not int or seed not in _INT64_RANGE:
             return None
-        return self._seeded_reset_start + seed.to_bytes(8, "little", signed=True)
+        return _SEEDED_RESET_START + seed.to_bytes(8, "little", signed=True)
 
     def decode_whole_reply(self, chunk: Any) -> Optional[Tuple[Any, Any, Any, Any, Dict[str, Any]]]:
         """The step result in ``chunk`` when it is exactly one fixed-layout reply with an empty

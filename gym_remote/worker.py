@@ -245,13 +245,11 @@ class WorkerSession:
         fixed-layout frame where the observation and info fit ``layout`` exactly, otherwise in
         an ordinary one."""
         try:
-            observation, info = self.envs[0].reset(seed=seed)
+            observation, info = self._reset({"seed": seed})
             buffers = layout.encode_reset_reply(observation, info, self.allow_pickle)
         except Exception as error:
             self._reply_error(error)
             return
-        self.reset_once[0] = True
-        self.last_observations[0] = observation
         if buffers is None:
             self._reply([observation, info])
         else:
