@@ -119,6 +119,8 @@ class SharedSegment:
 
     def array(self, dtype: Any, shape: Tuple[int, ...], offset: int) -> np.ndarray:
         """An array over the segment's bytes from ``offset`` (views of it keep the mapping alive)."""
+        if np.dtype(dtype).hasobject:
+            raise ValueError(f"an array of {dtype} holds Python objects, which cannot be shared")
         count = int(np.prod(shape))
         if (
             min(shape, default=0) < 0
