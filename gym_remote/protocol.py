@@ -64,6 +64,9 @@ EXT_TUPLE = 2
 EXT_NUMPY_SCALAR = 3
 EXT_PICKLE = 4
 EXT_GRAPH_INSTANCE = 5
+EXT_BIG_INT = 6
+# MessagePack's own integers cover this range; EXT_BIG_INT carries the rest.
+_MSGPACK_INTS = range(-(1 << 63), 1 << 64)
 
 # Linux refuses sendmsg with more buffers than IOV_MAX (1024); past this many, the data is joined.
 MAX_SEND_BUFFERS = 512
@@ -150,9 +153,8 @@ class _DataSection:
 class _FastEncoder(_DataSection):
     """Encodes the usual values with msgpack's C packer, hooking in only for numpy and tuples.
 
-    Anything it does not take (values that need pickle or an error naming their place, integers
-    beyond 64 bits) makes it raise, and :class:`_Encoder` encodes the value instead, to the same
-    bytes where both can.
+    Anything it does not take (values that need pickle or an error naming their place) makes it
+    raise, and :class:`_Encoder` encodes the value instead, to the same bytes where both can.
     """
 
     def __init__(self) -> None:
@@ -179,6 +181,8 @@ class _FastEncoder(_DataSection):
             return _ext_type(EXT_NUMPY_SCALAR, self.scalar_payload(value))
         if isinstance(value, dict):
             return dict(value)
+        if kind is int:  # beyond MessagePack's 64 bits
+            return _ext_type(EXT_BIG_INT, _big_int_bytes(value))
         raise TypeError(kind)
 
 
@@ -186,6 +190,11 @@ def _ext_type(code: int, data: bytes) -> msgpack.ExtType:
     """``msgpack.ExtType(code, data)`` without its argument checks (a Python-level ``__new__``
     that costs more than the rest of encoding a small array): our codes and payloads are valid."""
     return tuple.__new__(msgpack.ExtType, (code, data))
+
+
+def _big_int_bytes(value: int) -> bytes:
+    """``value`` in two's complement, big-endian, in as few bytes as hold it and its sign."""
+    return value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
 
 
 def _thread_fast_encoder() -> "_FastEncoder":
@@ -210,8 +219,8 @@ class _Encoder(_DataSection):
     def write(self, packer: msgpack.Packer, value: Any) -> None:
         kind = type(value)
         if kind in _NATIVE_TYPES:
-            if kind is int and not -(1 << 63) <= value < (1 << 64):
-                self._write_fallback(packer, value)
+            if kind is int and value not in _MSGPACK_INTS:
+                packer.pack_ext_type(EXT_BIG_INT, _big_int_bytes(value))
             else:
                 packer.pack(value)
         elif kind is np.ndarray:
@@ -373,6 +382,10 @@ class _Decoder:
             if len(raw) != dtype.itemsize:
                 raise ProtocolError(f"numpy scalar of {dtype} has {len(raw)} bytes")
             return np.frombuffer(raw, dtype)[0]
+        if code == EXT_BIG_INT:
+            if not payload:
+                raise ProtocolError("an integer extension with no bytes")
+            return int.from_bytes(payload, "big", signed=True)
         if code == EXT_PICKLE:
             if not self.allow_pickle:
                 raise UnsupportedValue(

@@ -512,7 +512,9 @@ def test_resets_equal_the_local_env_and_travel_fixed_where_they_fit(server, monk
 
         monkeypatch.setattr(connection, "_fixed_exchange", recorded_exchange)
         resets = (
-            [(None, None)] + [(seed, None) for seed in range(13)] + [(2**63 - 1, None), (2**63 + 5, None)]
+            [(None, None)]
+            + [(seed, None) for seed in range(13)]
+            + [(2**63 - 1, None), (2**63 + 5, None), (2**64 + 3, None)]
         )
         resets.append((3, {"level": 2}))
         for seed, options in resets:
@@ -522,10 +524,10 @@ def test_resets_equal_the_local_env_and_travel_fixed_where_they_fit(server, monk
             assert type(remote_result) is tuple
             action = np.array([0.25, 0.5], np.float32)
             assert data_equivalence(local.step(action), remote.step(action), exact=True), (seed, options)
-        # A seed beyond int64 and options go the ordinary way; the rest go fixed, and are
+        # Seeds beyond int64 and options go the ordinary way; the rest go fixed, and are
         # answered in fixed frames where the observation and info fit, in ordinary ones elsewhere.
-        assert ordinary_requests == ["reset", "reset"]
-        assert len(fixed_reset_replies) == len(resets) - 2
+        assert ordinary_requests == ["reset"] * 3
+        assert len(fixed_reset_replies) == len(resets) - 3
         assert True in fixed_reset_replies and False in fixed_reset_replies
         with pytest.raises(errors.RemoteError, match="Seed must be"):
             connection.reset(-1, None)  # the env refuses it (RemoteEnv refuses it before sending)

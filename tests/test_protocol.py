@@ -15,6 +15,7 @@ from gymnasium.utils.env_checker import data_equivalence
 from gym_remote import protocol
 from gym_remote.errors import MessageTooLarge, ProtocolError, UnsupportedValue
 from gym_remote.protocol import (
+    EXT_BIG_INT,
     EXT_NDARRAY,
     PREFIX,
     MessageReader,
@@ -103,6 +104,8 @@ def test_nested_containers_keep_their_types():
         "graph": GraphInstance(np.zeros((2, 3)), None, np.zeros((0, 2), np.int64)),
         "big": 2**63 + 5,
         "negative": -(2**63),
+        "huge": [2**64, -(2**63) - 1, 3**200, -(3**200), 2**64 - 1],
+        2**70: "huge key",
     }
     decoded = round_trip(value)
     assert decoded.keys() == value.keys()
@@ -114,6 +117,7 @@ def test_nested_containers_keep_their_types():
     assert decoded[7] == "int key" and decoded[(1, 2)] == "tuple key"
     assert type(decoded["graph"]) is GraphInstance and decoded["graph"].edges is None
     assert decoded["big"] == 2**63 + 5 and decoded["negative"] == -(2**63)
+    assert decoded["huge"] == value["huge"] and decoded[2**70] == "huge key"
 
 
 def test_the_fast_encoder_writes_the_same_frames_as_the_complete_one():
@@ -122,6 +126,7 @@ def test_the_fast_encoder_writes_the_same_frames_as_the_complete_one():
         {"ok": [{"ok": [np.zeros((2, 3), np.uint8), np.float64(0.5), np.bool_(False), False, {"k": 1}]}] * 3},
         {"tuple": (1, np.int16(2), (np.ones(3),)), "graph": GraphInstance(np.zeros((2, 3)), None, None)},
         {"ordered": OrderedDict(b=np.arange(3)[::2], a="x"), 7: None, (1, "two"): [b"raw", 2**64 - 1]},
+        {"huge": [2**64, -(2**63) - 1, (2**100,)], -(2**90): {2**65: -1}},
         {"times": np.array(["2024-01-01"], dtype="datetime64[ns]"), "empty": np.zeros((0, 5))},
     ]
 
@@ -148,9 +153,14 @@ def test_unsupported_value_names_its_key():
         encode_frame({"info": {"custom": [1, {3}]}})
 
 
-def test_oversized_integer_is_unsupported_without_pickle():
-    with pytest.raises(UnsupportedValue, match="int"):
-        encode_frame({"n": 2**70})
+def test_integers_beyond_64_bits_travel_as_their_own_extension():
+    header = bytes(encode_frame(2**64)[1])
+    assert msgpack.unpackb(header) == msgpack.ExtType(EXT_BIG_INT, b"\x01" + bytes(8))
+    header = bytes(encode_frame(-(2**63) - 1)[1])
+    assert msgpack.unpackb(header) == msgpack.ExtType(EXT_BIG_INT, b"\xff\x7f" + b"\xff" * 7)
+    # A reader takes any length that has a byte, also for integers MessagePack would carry.
+    for payload, number in [(b"\xfe", -2), (b"\x00\x00\x05", 5)]:
+        assert _receive_raw(_frame(msgpack.packb(msgpack.ExtType(EXT_BIG_INT, payload)))) == number
 
 
 def test_pickle_only_when_allowed():
@@ -197,6 +207,7 @@ def _receive_raw(frame: bytes, max_message_size: int = 1 << 20, close: bool = Tr
         _frame(msgpack.packb(msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["<f8", [1.0], 0, 8]))), bytes(8)),
         _frame(msgpack.packb(msgpack.ExtType(EXT_NDARRAY, msgpack.packb("nonsense")))),
         _frame(msgpack.packb(msgpack.ExtType(99, b""))),
+        _frame(msgpack.packb(msgpack.ExtType(EXT_BIG_INT, b""))),
         PREFIX.pack(b"GYMS", 1, 1 << 20) + b"\xc0",  # shared memory data, but no segment here
     ],
     ids=[
@@ -213,6 +224,7 @@ def _receive_raw(frame: bytes, max_message_size: int = 1 << 20, close: bool = Tr
         "float-dimension",
         "bad-descriptor",
         "unknown-extension",
+        "integer-without-bytes",
         "shared-without-segment",
     ],
 )
