@@ -72,6 +72,19 @@ def test_old_worker_matches_a_local_env(compat_server):
         remote.close()
 
 
+def test_old_worker_takes_and_returns_integers_beyond_64_bits(compat_server):
+    local = gym.make("gym_remote_testing/VaryingSteps-v0")
+    remote = gym_remote.RemoteEnv("gym_remote_testing/VaryingSteps-v0", address=compat_server.address)
+    try:
+        for seed, options in [(2**64 + 3, None), (7, {"level": -(2**70), 2**65: (2**100,)})]:
+            local_result = local.reset(seed=seed, options=options)
+            assert data_equivalence(local_result, remote.reset(seed=seed, options=options), exact=True)
+            assert remote.np_random.integers(1 << 30) == local.np_random.integers(1 << 30)
+    finally:
+        local.close()
+        remote.close()
+
+
 def test_old_worker_sends_large_replies_through_shared_memory(compat_server):
     env = gym_remote.RemoteEnv("gym_remote_testing/ImageEnv-v0", address=compat_server.address)
     try:
