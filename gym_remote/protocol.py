@@ -193,7 +193,7 @@ def _ext_type(code: int, data: bytes) -> msgpack.ExtType:
 
 
 def _big_int_bytes(value: int) -> bytes:
-    """``value`` in two's complement, big-endian, in as few bytes as hold it and its sign."""
+    """``value`` in two's complement, big-endian, with a byte to spare at most (for the sign)."""
     return value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
 
 
