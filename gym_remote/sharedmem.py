@@ -119,13 +119,14 @@ class SharedSegment:
 
     def array(self, dtype: Any, shape: Tuple[int, ...], offset: int) -> np.ndarray:
         """An array over the segment's bytes from ``offset`` (views of it keep the mapping alive)."""
-        if np.dtype(dtype).hasobject:
+        dtype = np.dtype(dtype)
+        if dtype.hasobject:
             raise ValueError(f"an array of {dtype} holds Python objects, which cannot be shared")
         count = int(np.prod(shape))
         if (
             min(shape, default=0) < 0
             or offset < DATA_START
-            or offset + count * np.dtype(dtype).itemsize > len(self._map)
+            or offset + count * dtype.itemsize > len(self._map)
         ):
             raise ValueError(f"an array of {dtype} {shape} at {offset} does not fit the segment")
         return np.frombuffer(self._map, dtype=dtype, count=count, offset=offset).reshape(shape)
