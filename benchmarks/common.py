@@ -12,14 +12,34 @@ from typing import Any, Iterator
 import numpy as np
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+CPUIDLE_DRIVER = pathlib.Path("/sys/devices/system/cpu/cpuidle/current_driver")
+GUEST_HALT_POLL_NS = pathlib.Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+
+
+def guest_halt_poll_ns() -> int | None:
+    """How long an idle vCPU of this KVM guest polls for work before it halts, or None where
+    the machine does not idle through the ``haltpoll`` driver. A halted vCPU is woken through
+    the hypervisor, which is what most of a cross-core round trip costs on such machines."""
+    try:
+        if CPUIDLE_DRIVER.read_text().strip() != "haltpoll":
+            return None
+        return int(GUEST_HALT_POLL_NS.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def machine_line() -> str:
     """Today's date and what this machine is, for the results table."""
-    return (
+    line = (
         f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}"
     )
+    poll_ns = guest_halt_poll_ns()
+    if poll_ns == 0:
+        return line + ", a KVM guest whose idle vCPUs halt at once (guest halt polling off)"
+    if poll_ns is not None:
+        return line + f", a KVM guest whose idle vCPUs poll up to {poll_ns / 1000:g} us before halting"
+    return line
 
 
 def record(section: str, markdown: str) -> None:

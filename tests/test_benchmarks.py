@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import gym_remote.testing  # noqa: F401  (registers the image env)
+from benchmarks import common
 from benchmarks.python_floor import MinimalPythonEnv
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -65,3 +66,29 @@ def test_the_overhead_benchmark_prints_its_table_without_recording():
         ratios = [float(value) for value in re.findall(r"\| ([\d.]+)x", row)]
         assert len(ratios) == 2 and all(ratio > 0 for ratio in ratios), row
     assert "results written" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("driver", "poll_ns", "expected_poll_ns", "expected_words"),
+    [
+        ("haltpoll\n", "0\n", 0, "halt at once (guest halt polling off)"),
+        ("haltpoll\n", "200000\n", 200000, "poll up to 200 us before halting"),
+        ("acpi_idle\n", "200000\n", None, None),
+        (None, None, None, None),
+    ],
+)
+def test_the_machine_line_says_how_idle_vcpus_wait(
+    tmp_path, monkeypatch, driver, poll_ns, expected_poll_ns, expected_words
+):
+    driver_file, poll_file = tmp_path / "current_driver", tmp_path / "guest_halt_poll_ns"
+    for path, text in ((driver_file, driver), (poll_file, poll_ns)):
+        if text is not None:
+            path.write_text(text)
+    monkeypatch.setattr(common, "CPUIDLE_DRIVER", driver_file)
+    monkeypatch.setattr(common, "GUEST_HALT_POLL_NS", poll_file)
+    assert common.guest_halt_poll_ns() == expected_poll_ns
+    line = common.machine_line()
+    if expected_words is None:
+        assert "halt" not in line
+    else:
+        assert line.endswith(expected_words)
