@@ -17,7 +17,7 @@ import pytest
 import gym_remote
 from gym_remote import errors
 from gym_remote.config import ServerConfig
-from gym_remote.protocol import PREFIX, MessageReader, send_message
+from gym_remote.protocol import PREFIX, PROTOCOL_VERSION, MessageReader, send_message
 from gym_remote.server import Server
 from gym_remote.testing import FAULTS
 from tests.helpers import all_gone, wait_for, worker_pids
@@ -321,6 +321,41 @@ def test_a_client_that_vanishes_mid_episode_is_reaped(start_server):
     )
     assert result.stdout.strip() == "stepping" and result.returncode == -9
     wait_for(lambda: not worker_pids(server.pid), what="the worker of the vanished client to end")
+    assert_serves(server)
+
+
+def _one_round_of_churn(server) -> None:
+    """Sessions ended every way a client can end them, and connections that never make one."""
+    env = remote(server, "CartPole-v1")
+    env.reset(seed=0)
+    env.step(0)
+    env.close()
+    in_flight = gym_remote.RemoteVectorEnv("CartPole-v1", 2, address=server.address)
+    in_flight.reset(seed=0)
+    in_flight.send(np.array([0, 1]))
+    in_flight.close()  # with both steps still in flight
+    dropped = remote(server, "CartPole-v1")
+    dropped.reset(seed=0)
+    dropped._connection._sock.close()  # gone without a word
+    with _raw_socket(server) as sock:
+        send_message(sock, {"op": "hello", "version": PROTOCOL_VERSION})
+        assert "ok" in MessageReader(sock).receive(10.0)
+    _raw_socket(server).close()  # connected, then gone before hello
+
+
+def test_sessions_ended_every_way_over_and_over_leave_nothing_behind(start_server):
+    server = start_server()
+    server_process = psutil.Process(server.pid)
+    _one_round_of_churn(server)
+    wait_for(lambda: not worker_pids(server.pid), what="the first round's workers to end")
+    descriptors = server_process.num_fds()
+    for _ in range(8):
+        _one_round_of_churn(server)
+    wait_for(lambda: not worker_pids(server.pid), what="every churned session's worker to end")
+    wait_for(
+        lambda: server_process.num_fds() == descriptors,
+        what=f"the server to hold {descriptors} file descriptors again",
+    )
     assert_serves(server)
 
 
