@@ -216,10 +216,16 @@ def main() -> None:
         )
     table = "\n".join(lines)
     print(table)
+    polling_ns = guest_halt_poll_ns()
+    if polling_ns == 0 and not arguments.same_core:
+        print(
+            "\nThis machine's idle vCPUs halt at once, so every message to the other core wakes one "
+            "through the hypervisor: see 'Low latency on a virtual machine' in docs/howto.md."
+        )
     if not arguments.no_record:
         section = "overhead-same-core" if arguments.same_core else "overhead"
         title = "one core" if arguments.same_core else "free scheduling"
-        if guest_halt_poll_ns():  # a machine tuned away from its default gets sections of its own
+        if polling_ns:  # beside the usual sections, which this project's machines (halting) write
             section, title = section + "-halt-polling", title + ", guest halt polling on"
         record(section, f"### Per-step overhead, {title} (`benchmarks/overhead.py`)\n\n" + table)
 
