@@ -33,6 +33,27 @@ def test_embedded_server_starts_by_itself_and_leaves_nothing_after_close(monkeyp
     assert not os.path.exists(directory)
 
 
+@pytest.mark.parametrize("repeat", range(2))
+def test_embedded_envs_side_by_side_each_end_only_their_own_processes(monkeypatch, repeat):
+    monkeypatch.delenv("GYM_REMOTE_ADDRESS", raising=False)
+    before = descendants()
+    envs, processes = [], []
+    for seed in range(3):
+        started = descendants()
+        env = gym_remote.RemoteEnv("CartPole-v1")
+        env.reset(seed=seed)
+        envs.append(env)
+        processes.append(descendants() - started)
+    assert [len(pids) for pids in processes] == [2, 2, 2], "each env: a private server and its worker"
+    envs[1].close()
+    assert all_gone(processes[1]), "close() must end that env's own server and worker"
+    for env in (envs[0], envs[2]):
+        assert env.step(0)[0].shape == (4,)
+        env.close()
+    assert all_gone(processes[0] | processes[2])
+    assert descendants() == before
+
+
 EMBEDDED_CLIENT = """
 import os, gym_remote, psutil
 env = gym_remote.RemoteEnv("CartPole-v1")
