@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 
+import gymnasium as gym
+import numpy as np
 import psutil
 import pytest
 
@@ -52,6 +54,22 @@ def test_embedded_envs_side_by_side_each_end_only_their_own_processes(monkeypatc
         env.close()
     assert all_gone(processes[0] | processes[2])
     assert descendants() == before
+
+
+@pytest.mark.parametrize(("mode", "processes"), [("async", 6), ("sync", 4)])
+def test_make_vec_without_an_address_gives_each_env_a_private_server(monkeypatch, mode, processes):
+    monkeypatch.delenv("GYM_REMOTE_ADDRESS", raising=False)
+    before = descendants()
+    envs = gym.make_vec("remote/Env-v0", num_envs=2, vectorization_mode=mode, env_id="CartPole-v1")
+    try:
+        observations, _ = envs.reset(seed=0)
+        assert observations.shape == (2, 4)
+        # async: two Gymnasium workers, each with a private server and its worker; sync: no workers
+        assert len(descendants() - before) == processes
+        assert envs.step(np.zeros(2, np.int64))[0].shape == (2, 4)
+    finally:
+        envs.close()
+    wait_for(lambda: descendants() <= before, what="every process the vector env started to end")
 
 
 EMBEDDED_CLIENT = """
