@@ -84,10 +84,17 @@ _FIXED_SHAPE_SPACES = (spaces.Box, spaces.MultiDiscrete, spaces.MultiBinary)
 
 # An observation's structure: a leaf's number, or ("dict" or "tuple", [(key, structure), ...]).
 _Structure = Union[int, Tuple[str, list]]
+# One Dict or Tuple of an observation, in a list of its values that starts with the whole
+# observation and where each container's items follow the values before them: its place, whether
+# it is a dict, its keys, and where its items start and end. Containers come in the order of
+# their places.
+_Container = Tuple[int, bool, tuple, int, int]
 
 
 class _Leaf:
     """One array of the observation: where it lies in the data section and what it is."""
+
+    __slots__ = ("path", "dtype", "shape", "offset", "nbytes")
 
     def __init__(self, path: list, dtype: np.dtype, shape: Tuple[int, ...], offset: int) -> None:
         self.path = path
@@ -116,9 +123,24 @@ class FixedLayout:
         self.action_nbytes = int(np.prod(action_shape, dtype=np.int64)) * action_dtype.itemsize
         self.leaves = leaves
         self.observation_nbytes = max([leaf.offset + leaf.nbytes for leaf in leaves] + [0])
-        self._structure = _structure_of([leaf.path for leaf in leaves])
+        structure = _structure_of([leaf.path for leaf in leaves])
         # The observation's one array, unless it is empty or in a Dict or Tuple.
-        self._single_array = leaves[0] if self._structure == 0 and leaves[0].nbytes else None
+        self._single_array = leaves[0] if structure == 0 and leaves[0].nbytes else None
+        # How the observation's containers and leaves lie in a list of its values (see _Container);
+        # replies are built from it and taken apart by plain loops over tuples, which touch little
+        # memory: the client builds a reply right after waking up, on cold caches.
+        self._containers, leaf_places = _flattened(structure)
+        self._containers_inside_out = self._containers[::-1]
+        self._value_count = len(self._containers) + len(leaves)
+        # Per leaf, in order: its place among the values, and for the client what its array is
+        # made of, for the worker the zeros before it in the data section.
+        self._leaf_views = [
+            (place, leaf.shape, leaf.dtype, leaf.offset) for place, leaf in zip(leaf_places, leaves)
+        ]
+        ends = [0] + [leaf.offset + leaf.nbytes for leaf in leaves]
+        self._leaves_placed = [
+            (place, leaf, bytes(leaf.offset - end)) for place, leaf, end in zip(leaf_places, leaves, ends)
+        ]
         action_start = _frame_start(ACTION_HEADER.size, self.action_nbytes)
         self._array_action_start = action_start + ACTION_HEADER.pack(ACTION_ARRAY)
         self._scalar_action_start = action_start + ACTION_HEADER.pack(ACTION_NUMPY_SCALAR)
@@ -150,9 +172,6 @@ class FixedLayout:
         # The length of a reply with an empty info, and the most buffers a reply takes.
         self.whole_reply_length = _REPLY_DATA_AT + self.observation_nbytes
         self.most_reply_buffers = 2 + 2 * len(leaves)
-        # Per leaf, the zeros that come before it in the data section.
-        ends = [0] + [leaf.offset + leaf.nbytes for leaf in leaves]
-        self._padding = [bytes(leaf.offset - end) for leaf, end in zip(leaves, ends)]
 
     # ------------------------------------------------------------------ agreeing on it
 
@@ -293,11 +312,18 @@ class FixedLayout:
         return self._observation(data), reward, flags[0], flags[1], info
 
     def _observation(self, data: Any) -> Any:
-        """The observation whose arrays lie in ``data`` (memory of their own, the layout's size)."""
+        """The observation whose arrays lie in ``data`` (writable memory of their own, the
+        layout's size): each a view of its bytes, then the containers built from the innermost
+        out."""
         leaf = self._single_array
         if leaf is not None:
             return np.ndarray(leaf.shape, leaf.dtype, data)
-        return _build(self._structure, [_leaf_array(leaf, data) for leaf in self.leaves])
+        values: List[Any] = [None] * self._value_count
+        for place, shape, dtype, offset in self._leaf_views:
+            values[place] = np.ndarray(shape, dtype, data, offset)
+        for place, is_dict, keys, first, end in self._containers_inside_out:
+            values[place] = dict(zip(keys, values[first:end])) if is_dict else tuple(values[first:end])
+        return values[0]
 
     # ------------------------------------------------------------------ the worker's end
 
@@ -377,8 +403,8 @@ class FixedLayout:
                 return None
             header = reply_header.pack(reward, number, terminated_code, truncated_code, 0)
             return [self._reply_start, header, np.ascontiguousarray(observation)]
-        arrays = [observation] if leaf is not None else _leaf_values(self._structure, observation, [])
-        if arrays is None or not all(_fits(leaf, array) for leaf, array in zip(self.leaves, arrays)):
+        values = self._values(observation)
+        if values is None:
             return None
         info_bytes = _encoded_info(info, allow_pickle) if info else b""
         if info_bytes is None:
@@ -389,12 +415,32 @@ class FixedLayout:
             buffers = [start, header + info_bytes]
         else:
             buffers = [self._reply_start, header]
-        for padding, leaf, array in zip(self._padding, self.leaves, arrays):
+        for place, leaf, padding in self._leaves_placed:
+            array = values[place]
+            if not _fits(leaf, array):
+                return None
             if padding:
                 buffers.append(padding)
             if leaf.nbytes:
                 buffers.append(np.ascontiguousarray(array))
         return buffers
+
+    def _values(self, observation: Any) -> Optional[List[Any]]:
+        """The observation's containers and leaves, in the places ``_containers`` gives them;
+        None unless its dicts (exactly ``dict``, keys in the layout's order) and tuples are the
+        layout's."""
+        values = [observation]
+        for place, is_dict, keys, _, _ in self._containers:
+            value = values[place]
+            if is_dict:
+                if type(value) is not dict or tuple(value) != keys:
+                    return None
+                values.extend(value.values())
+            elif type(value) is tuple and len(value) == len(keys):
+                values.extend(value)
+            else:
+                return None
+        return values
 
 
 def _int_action(data: Any) -> int:
@@ -437,35 +483,23 @@ def _structure_of(paths: List[list]) -> _Structure:
     return build([], paths)
 
 
-def _build(structure: _Structure, arrays: List[np.ndarray]) -> Any:
-    if type(structure) is int:
-        return arrays[structure]
-    container, items = structure
-    if container == "dict":
-        return {key: _build(below, arrays) for key, below in items}
-    return tuple(_build(below, arrays) for _, below in items)
-
-
-def _leaf_values(structure: _Structure, value: Any, found: List[Any]) -> Optional[List[Any]]:
-    """The observation's leaves in layout order; None unless its dicts (exactly ``dict``, keys
-    in the layout's order) and tuples are the layout's."""
-    if type(structure) is int:
-        found.append(value)
-        return found
-    container, items = structure
-    if container == "dict":
-        if type(value) is not dict or len(value) != len(items):
-            return None
-        for (key, below), value_key in zip(items, value):
-            if key != value_key or _leaf_values(below, value[key], found) is None:
-                return None
-        return found
-    if type(value) is not tuple or len(value) != len(items):
-        return None
-    for (_, below), item in zip(items, value):
-        if _leaf_values(below, item, found) is None:
-            return None
-    return found
+def _flattened(structure: _Structure) -> Tuple[List[_Container], List[int]]:
+    """The containers of an observation with ``structure`` (see ``_Container``), and each
+    leaf's place among its values, in leaf order."""
+    containers: List[_Container] = []
+    leaf_places: Dict[int, int] = {}
+    queue = [(0, structure)]
+    next_place = 1
+    for place, node in queue:
+        if type(node) is int:
+            leaf_places[node] = place
+            continue
+        container, items = node
+        keys = tuple(key for key, _ in items)
+        containers.append((place, container == "dict", keys, next_place, next_place + len(keys)))
+        queue.extend((next_place + index, below) for index, (_, below) in enumerate(items))
+        next_place += len(items)
+    return containers, [leaf_places[number] for number in range(len(leaf_places))]
 
 
 def _encoded_info(info: Dict[str, Any], allow_pickle: bool) -> Optional[bytes]:
@@ -485,13 +519,6 @@ def _frame_start(header_length: int, data_length: int) -> bytes:
 
 def _fits(leaf: _Leaf, value: Any) -> bool:
     return type(value) is np.ndarray and value.dtype == leaf.dtype and value.shape == leaf.shape
-
-
-def _leaf_array(leaf: _Leaf, data: Any) -> np.ndarray:
-    """A writable view of ``leaf``'s bytes in ``data`` (an empty array for an empty leaf)."""
-    if not leaf.nbytes:
-        return np.empty(leaf.shape, leaf.dtype)
-    return np.ndarray(leaf.shape, leaf.dtype, data, leaf.offset)
 
 
 def _plain_dtype(text: Any) -> np.dtype:

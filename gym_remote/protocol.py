@@ -344,7 +344,8 @@ def decode_frame(header: Any, data: Any, allow_pickle: bool = False) -> Any:
         ProtocolError: the header is not valid msgpack or points outside the data section.
         UnsupportedValue: the frame holds a pickled value and ``allow_pickle`` is false.
     """
-    return _Decoder(data, allow_pickle).decode(header)
+    decoder = _Decoder(data, allow_pickle) if len(data) else _DATALESS_DECODERS[bool(allow_pickle)]
+    return decoder.decode(header)
 
 
 class _Decoder:
@@ -397,6 +398,10 @@ class _Decoder:
             return cloudpickle.loads(payload)
         raise ProtocolError(f"unknown extension type {code}")
 
+
+# Decoders for frames with an empty data section (small messages and infos): one fewer object
+# to make per message.
+_DATALESS_DECODERS = (_Decoder(b"", False), _Decoder(b"", True))
 
 _DTYPE_CACHE: Dict[Any, np.dtype] = {}
 _DTYPE_CACHE_LIMIT = 1024

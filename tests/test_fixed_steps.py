@@ -117,6 +117,34 @@ def test_a_fixed_reply_gives_back_exactly_what_the_env_returned(reward, flags):
     assert observation["camera"].flags.writeable and observation["arm"][0].ctypes.data % 8 == 0
 
 
+DEEP = spaces.Tuple(
+    (
+        spaces.Dict(
+            {
+                "a": spaces.Tuple((spaces.Box(0, 1, (0,), np.float32), spaces.MultiBinary((2, 2)))),
+                "b": spaces.Box(0, 1, (0, 3), np.float32),
+            }
+        ),
+        spaces.Tuple((spaces.Tuple((spaces.MultiDiscrete([4, 4]),)), spaces.Box(0, 1, (), np.float16))),
+        spaces.Box(-1, 1, (3,), np.float64),
+    )
+)
+
+
+def test_deeply_nested_observations_with_empty_arrays_come_back_exactly_and_writable():
+    worker_side = layout_for(DEEP)
+    observation = DEEP.sample()
+    step = (observation, 0.5, False, False, {})
+    buffers = worker_side.encode_reply(step)
+    assert buffers is not None
+    decoded = through_the_wire(worker_side).decode_reply(*_header_and_data(buffers))
+    assert data_equivalence(decoded, step, exact=True)
+    arrays = [decoded[0][0]["a"][0], decoded[0][0]["a"][1], decoded[0][0]["b"], decoded[0][1][0][0]]
+    assert all(array.flags.writeable for array in [*arrays, decoded[0][1][1], decoded[0][2]])
+    for changed in [(observation[0], observation[1][0], observation[2]), (observation[0], observation[1])]:
+        assert worker_side.encode_reply((changed, 0.5, False, False, {})) is None
+
+
 @pytest.mark.parametrize(
     "change",
     [
