@@ -631,36 +631,26 @@ class MessageReader:
         if read_timeout is None:
             read_timeout = wait
         buffer = self.receive_chunk(wait) if chunk is None else chunk
-        if len(buffer) >= PREFIX.size:
-            magic, header_length, data_length = PREFIX.unpack_from(buffer)
-            end = PREFIX.size + header_length + data_length
-            if (
-                magic in _SOCKET_DATA_MAGICS
-                and end <= len(buffer)
-                and end - PREFIX.size <= self.max_message_size
-            ):
-                # The usual small message, whole in hand: one copy of its data section (an
-                # allocation of its own, so aligned and writable) and no other work.
-                if len(buffer) > end:
-                    self._pending = bytes(buffer[end:])
-                header_end = PREFIX.size + header_length
-                return (
-                    buffer[PREFIX.size : header_end],
-                    bytearray(buffer[header_end:end]),
-                    magic == MAGIC_FIXED,
-                )
-        deadline = None if read_timeout is None else time.monotonic() + read_timeout
+        deadline = None
         if len(buffer) < PREFIX.size:  # the rest of the prefix, and no more yet
+            deadline = _deadline(read_timeout)
             prefix = bytearray(PREFIX.size)
             prefix[: len(buffer)] = buffer
-            self._set_timeout(read_timeout)
-            self._recv_into(memoryview(prefix)[len(buffer) :], deadline)
+            self._receive_into(memoryview(prefix)[len(buffer) :], read_timeout, deadline)
             buffer = prefix
         magic, header_length, data_length = PREFIX.unpack_from(buffer)
+        body_length = header_length + data_length
+        end = PREFIX.size + body_length
+        if magic in _SOCKET_DATA_MAGICS and end <= len(buffer) and body_length <= self.max_message_size:
+            # The usual small message, whole in hand: one copy of its data section (an
+            # allocation of its own, so aligned and writable) and no other work.
+            if len(buffer) > end:
+                self._pending = bytes(buffer[end:])
+            header_end = PREFIX.size + header_length
+            return buffer[PREFIX.size : header_end], bytearray(buffer[header_end:end]), magic == MAGIC_FIXED
         shared = magic in _SHARED_DATA_MAGICS and self.segment is not None
         if magic not in _SOCKET_DATA_MAGICS and not shared:
             raise ProtocolError(f"not a gym-remote frame (bad magic {bytes(magic)!r})")
-        body_length = header_length + data_length
         if body_length > self.max_message_size:
             raise MessageTooLarge(
                 f"a {body_length}-byte message exceeds the maximum message size "
@@ -674,8 +664,9 @@ class MessageReader:
         if len(buffer) > end:
             self._pending = bytes(buffer[end:])
         if have < on_socket:
-            self._set_timeout(read_timeout)
-            self._recv_into(view[have:on_socket], deadline)
+            if deadline is None:
+                deadline = _deadline(read_timeout)
+            self._receive_into(view[have:on_socket], read_timeout, deadline)
         if shared:
             try:
                 self.segment.read_into(view[header_length:])
@@ -684,15 +675,20 @@ class MessageReader:
         return view[:header_length], view[header_length:], magic in _FIXED_MAGICS
 
     def _set_timeout(self, seconds: Optional[float]) -> None:
-        if seconds != self._receive_timeout:
-            # SO_RCVTIMEO of zero means "no timeout"; the smallest real one is a microsecond.
-            seconds_value = 0.0 if seconds is None else max(seconds, 1e-6)
-            whole = int(seconds_value)
-            micros = int((seconds_value - whole) * 1e6)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micros))
-            self._receive_timeout = seconds
+        """Makes each receive wait up to ``seconds`` (None: forever); callers skip it when that
+        is already so (one system call)."""
+        # SO_RCVTIMEO of zero means "no timeout"; the smallest real one is a microsecond.
+        seconds_value = 0.0 if seconds is None else max(seconds, 1e-6)
+        whole = int(seconds_value)
+        micros = int((seconds_value - whole) * 1e6)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micros))
+        self._receive_timeout = seconds
 
-    def _recv_into(self, view: memoryview, deadline: Optional[float]) -> None:
+    def _receive_into(self, view: memoryview, timeout: Optional[float], deadline: Optional[float]) -> None:
+        """Fills ``view`` from the socket, each receive waiting up to ``timeout`` seconds and
+        all of them ending by ``deadline`` (``time.monotonic()``; None: no deadline)."""
+        if timeout != self._receive_timeout:
+            self._set_timeout(timeout)
         while view.nbytes:
             try:
                 received = self.sock.recv_into(view)
@@ -756,6 +752,11 @@ def _addressed(buffer: np.ndarray) -> Tuple[np.ndarray, int]:
     """``buffer`` with the address of its memory (np.empty: unlike bytearray, it does not zero
     memory that is overwritten right away)."""
     return buffer, buffer.__array_interface__["data"][0]
+
+
+def _deadline(seconds: Optional[float]) -> Optional[float]:
+    """The ``time.monotonic()`` reading ``seconds`` from now (None: no deadline)."""
+    return None if seconds is None else time.monotonic() + seconds
 
 
 def _check_deadline(deadline: Optional[float]) -> None:
