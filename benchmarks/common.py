@@ -7,6 +7,7 @@ import datetime
 import os
 import pathlib
 import platform
+import socket
 from typing import Any, Iterator
 
 import numpy as np
@@ -53,6 +54,16 @@ def record(section: str, markdown: str) -> None:
         text = text.rstrip() + "\n\n" + block + "\n"
     DOCS.write_text(text)
     print(f"results written to {DOCS}")
+
+
+def loopback_listener(unix_path: str | None = None) -> socket.socket:
+    """A listening socket on 127.0.0.1 at a free port, or at the Unix socket path ``unix_path``."""
+    if unix_path is None:
+        return socket.create_server(("127.0.0.1", 0))
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(unix_path)
+    listener.listen()
+    return listener
 
 
 def observation_leaves(value: Any, path: tuple = ()) -> list[tuple[tuple, np.ndarray]]:

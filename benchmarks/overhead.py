@@ -4,9 +4,10 @@ For CartPole-v1 and a 393 KB image env (two 256x256x3 uint8 images and a 9-float
 one run: local steps/s, remote steps/s over loopback TCP, the per-step overhead (remote step
 time minus local step time), and a bare TCP_NODELAY socket round trip that carries the same
 payload sizes. Target: overhead <= 2x the bare round trip. Beside it, the same ratio for the
-minimal Python pair of ``benchmarks/python_floor.py``: what any Python remote env costs. All
-take turns in rounds (the remote ones in a rotating order) and the medians are reported.
-Results go to docs/benchmarks.md.
+minimal Python pair of ``benchmarks/python_floor.py``: what any Python remote env costs. The
+same again over a Unix socket (where a RemoteEnv given no address meets its private server),
+against a bare Unix round trip and the pair over a Unix socket. All take turns in rounds (the
+remote ones in a rotating order) and the medians are reported. Results go to docs/benchmarks.md.
 
 Run: ``python -m benchmarks.overhead [--steps N] [--rounds R] [--same-core]``.
 """
@@ -18,7 +19,9 @@ import multiprocessing
 import os
 import socket
 import statistics
+import tempfile
 import time
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -27,6 +30,7 @@ import gym_remote
 import gym_remote.testing  # noqa: F401  (registers the image env)
 from benchmarks.common import (
     guest_halt_poll_ns,
+    loopback_listener,
     machine_line,
     observation_leaves,
     record,
@@ -36,6 +40,7 @@ from benchmarks.python_floor import MinimalPythonEnv
 from gym_remote.sharedmem import MINIMUM_SHARED_BYTES
 from gym_remote.testing import ServerProcess
 
+TCP, UNIX = "TCP", "Unix socket"
 WORKLOADS = {
     "CartPole-v1": "CartPole-v1",
     "image env (393 KB)": "gym_remote_testing/ImageEnv-v0",
@@ -65,7 +70,8 @@ def payload_sizes(env_id: str) -> tuple[int, int]:
 
 def _echo_server(listener: socket.socket, request_bytes: int, reply_bytes: int) -> None:
     connection, _ = listener.accept()
-    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if listener.family != socket.AF_UNIX:
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     request = bytearray(request_bytes)
     reply = bytes(reply_bytes)
     view = memoryview(request)
@@ -80,16 +86,21 @@ def _echo_server(listener: socket.socket, request_bytes: int, reply_bytes: int) 
 
 
 class BareSocket:
-    """A bare TCP_NODELAY round trip to a forked Python echo server, with fixed payload sizes."""
+    """A bare round trip to a forked Python echo server, with fixed payload sizes: over loopback
+    TCP (TCP_NODELAY), or over a Unix socket listening at ``unix_path``."""
 
-    def __init__(self, request_bytes: int, reply_bytes: int) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, request_bytes: int, reply_bytes: int, unix_path: str | None = None) -> None:
+        self._listener = loopback_listener(unix_path)
         self._server = multiprocessing.get_context("fork").Process(
             target=_echo_server, args=(self._listener, request_bytes, reply_bytes), daemon=True
         )
         self._server.start()
-        self._client = socket.create_connection(self._listener.getsockname())
-        self._client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if unix_path is None:
+            self._client = socket.create_connection(self._listener.getsockname())
+            self._client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        else:
+            self._client = socket.socket(socket.AF_UNIX)
+            self._client.connect(unix_path)
         self._request = bytes(request_bytes)
         self._reply = bytearray(reply_bytes)
 
@@ -110,15 +121,26 @@ class BareSocket:
         self._listener.close()
 
 
-def measure_workload(
-    env_id: str, address: str, steps: int, rounds: int
-) -> list[tuple[str, float, float, float, float]]:
-    """``(transport, local, remote, minimal Python pair, bare round trip)``, in seconds per step,
-    per reply transport: the medians of ``rounds`` rounds in which the local env, each remote
-    env, the minimal Python pair and the bare socket take turns, so that the machine's drift hits
-    them alike.
+class Row(NamedTuple):
+    """One remote env's medians, in seconds per step, beside the floors on its connection."""
 
-    The remote envs and the pair take their turns in an order that rotates from round to round,
+    connection: str
+    transport: str
+    local: float
+    remote: float
+    minimal: float
+    bare: float
+    bare_tcp: float
+
+
+def measure_workload(env_id: str, addresses: dict[str, str], steps: int, rounds: int) -> list[Row]:
+    """A row per remote env: over TCP per reply transport, and over a Unix socket the reply path
+    a ``RemoteEnv`` takes there by default; each beside the minimal Python pair and the bare round
+    trip on the same connection. The medians of ``rounds`` rounds in which the local env, each
+    remote env, each minimal Python pair and each bare socket take turns, so that the machine's
+    drift hits them alike.
+
+    The remote envs and the pairs take their turns in an order that rotates from round to round,
     and each timed run follows an untimed tenth of one: with free scheduling, whichever
     process pair runs first after the local env was measured here about 10 us a CartPole step
     slower than the same code run after another remote env (where the scheduler puts the
@@ -127,37 +149,53 @@ def measure_workload(
     local_env.action_space.seed(0)
     actions = [local_env.action_space.sample() for _ in range(steps)]
     request_bytes, reply_bytes = payload_sizes(env_id)
-    bare = BareSocket(request_bytes, reply_bytes)
-    # Replies with 64 KiB of arrays or more take the same-host shared memory path.
+    # Replies with 64 KiB of arrays or more take the same-host shared memory path by default.
     transports = ("shared memory", "socket") if reply_bytes >= MINIMUM_SHARED_BYTES else ("socket",)
-    remote_envs = {}
-    for transport in transports:
-        with shared_memory_setting(transport == "shared memory"):
-            remote_envs[transport] = gym_remote.RemoteEnv(env_id, address=address)
-    minimal = MinimalPythonEnv(env_id)
-    envs = {"local": local_env, **remote_envs, "minimal": minimal}
-    samples: dict[str, list[float]] = {name: [] for name in (*envs, "bare")}
-    try:
-        for env in envs.values():  # warm-up
-            run_episodes(env, actions[: steps // 10])
-        bare.round_trip_seconds(steps // 10)
-        settle = actions[: steps // 10]
-        contenders = [*remote_envs, "minimal"]
-        for round_number in range(rounds):
-            shift = round_number % len(contenders)
-            for name in ["local", *contenders[shift:], *contenders[:shift]]:
-                run_episodes(envs[name], settle)
-                samples[name].append(run_episodes(envs[name], actions))
-            bare.round_trip_seconds(len(settle))
-            samples["bare"].append(bare.round_trip_seconds(steps))
-    finally:
-        for env in envs.values():
-            env.close()
-        bare.close()
+    with tempfile.TemporaryDirectory() as directory:
+        # The bare sockets fork their echo servers first, so that those hold no other socket.
+        bares = {TCP: BareSocket(request_bytes, reply_bytes)}
+        bares[UNIX] = BareSocket(request_bytes, reply_bytes, unix_path=f"{directory}/bare.sock")
+        remote_envs = {}
+        for connection, transport in [(TCP, transport) for transport in transports] + [(UNIX, transports[0])]:
+            address = addresses[connection]
+            with shared_memory_setting(transport == "shared memory"):
+                remote_envs[connection, transport] = gym_remote.RemoteEnv(env_id, address=address)
+        minimal = {
+            ("minimal", TCP): MinimalPythonEnv(env_id),
+            ("minimal", UNIX): MinimalPythonEnv(env_id, unix_path=f"{directory}/pair.sock"),
+        }
+        envs = {"local": local_env, **remote_envs, **minimal}
+        samples: dict[Any, list[float]] = {name: [] for name in (*envs, *bares)}
+        try:
+            for env in envs.values():  # warm-up
+                run_episodes(env, actions[: steps // 10])
+            settle = actions[: steps // 10]
+            contenders = [name for name in envs if name != "local"]
+            for round_number in range(rounds):
+                shift = round_number % len(contenders)
+                for name in ["local", *contenders[shift:], *contenders[:shift]]:
+                    run_episodes(envs[name], settle)
+                    samples[name].append(run_episodes(envs[name], actions))
+                for name, bare in bares.items():
+                    bare.round_trip_seconds(len(settle))
+                    samples[name].append(bare.round_trip_seconds(steps))
+        finally:
+            for env in envs.values():
+                env.close()
+            for bare in bares.values():
+                bare.close()
     median = {name: statistics.median(values) for name, values in samples.items()}
     return [
-        (transport, median["local"], median[transport], median["minimal"], median["bare"])
-        for transport in transports
+        Row(
+            connection,
+            transport,
+            median["local"],
+            median[connection, transport],
+            median["minimal", connection],
+            median[connection],
+            median[TCP],
+        )
+        for connection, transport in remote_envs
     ]
 
 
@@ -171,50 +209,60 @@ def main() -> None:
     parser.add_argument(
         "--same-core",
         action="store_true",
-        help="pin this process, the server, its workers and the echo server to one CPU core",
+        help="pin this process, the servers, their workers and the echo servers to one CPU core",
     )
     arguments = parser.parse_args()
     if arguments.same_core:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # children inherit it
 
     rows = []
-    with ServerProcess("--import", "gym_remote.testing") as server:
+    with tempfile.TemporaryDirectory() as directory, ServerProcess(
+        "--import", "gym_remote.testing"
+    ) as server, ServerProcess(
+        "--import", "gym_remote.testing", address=f"unix://{directory}/server.sock"
+    ) as unix_server:
+        addresses = {TCP: server.address, UNIX: unix_server.address}
         for name, env_id in WORKLOADS.items():
             steps = arguments.steps if "CartPole" in env_id else max(arguments.steps // 5, 200)
-            for transport, local, remote, minimal, floor in measure_workload(
-                env_id, server.address, steps, arguments.rounds
-            ):
-                overhead = remote - local
-                rows.append(
-                    (
-                        name,
-                        transport,
-                        1 / local,
-                        1 / remote,
-                        overhead * 1e6,
-                        floor * 1e6,
-                        overhead / floor,
-                        (minimal - local) / floor,
-                    )
-                )
+            rows += [(name, row) for row in measure_workload(env_id, addresses, steps, arguments.rounds)]
 
-    lines = [
-        f"Measured {machine_line()}; loopback TCP, {arguments.steps} steps per measurement, the "
-        f"median of {arguments.rounds} rounds in which every measurement takes a turn (the remote ones "
-        "in a rotating order, each after an untimed tenth of a run); "
-        + ("every process on one core." if arguments.same_core else "processes scheduled freely."),
-        "",
-        "| workload | reply through | local steps/s | remote steps/s | overhead per step "
-        "| bare TCP round trip | overhead / round trip (target <= 2) "
-        "| minimal Python pair: overhead / round trip |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, transport, local_rate, remote_rate, overhead_us, floor_us, ratio, minimal_ratio in rows:
-        lines.append(
-            f"| {name} | {transport} | {local_rate:,.0f} | {remote_rate:,.0f} | {overhead_us:.1f} us "
-            f"| {floor_us:.1f} us | {ratio:.2f}x | {minimal_ratio:.2f}x |"
-        )
-    table = "\n".join(lines)
+    table = "\n".join(
+        [
+            f"Measured {machine_line()}; {arguments.steps} steps per measurement, the median of "
+            f"{arguments.rounds} rounds in which every measurement takes a turn (the remote ones in a "
+            "rotating order, each after an untimed tenth of a run); "
+            + ("every process on one core." if arguments.same_core else "processes scheduled freely."),
+            "",
+            "Over loopback TCP:",
+            "",
+            "| workload | reply through | local steps/s | remote steps/s | overhead per step "
+            "| bare TCP round trip | overhead / round trip (target <= 2) "
+            "| minimal Python pair: overhead / round trip |",
+            "|---|---|---|---|---|---|---|---|",
+            *(
+                f"| {name} | {row.transport} | {1 / row.local:,.0f} | {1 / row.remote:,.0f} "
+                f"| {_overhead(row) * 1e6:.1f} us | {row.bare * 1e6:.1f} us "
+                f"| {_overhead(row) / row.bare:.2f}x | {(row.minimal - row.local) / row.bare:.2f}x |"
+                for name, row in rows
+                if row.connection == TCP
+            ),
+            "",
+            "Over a Unix socket (where a `RemoteEnv` given no address meets its private server), "
+            "with the reply path it takes there by default:",
+            "",
+            "| workload | reply through | remote steps/s | overhead per step | bare Unix round trip "
+            "| overhead / round trip | minimal Python pair: overhead / round trip "
+            "| overhead / bare TCP round trip |",
+            "|---|---|---|---|---|---|---|---|",
+            *(
+                f"| {name} | {row.transport} | {1 / row.remote:,.0f} | {_overhead(row) * 1e6:.1f} us "
+                f"| {row.bare * 1e6:.1f} us | {_overhead(row) / row.bare:.2f}x "
+                f"| {(row.minimal - row.local) / row.bare:.2f}x | {_overhead(row) / row.bare_tcp:.2f}x |"
+                for name, row in rows
+                if row.connection == UNIX
+            ),
+        ]
+    )
     print(table)
     polling_ns = guest_halt_poll_ns()
     if polling_ns == 0 and not arguments.same_core:
@@ -228,6 +276,11 @@ def main() -> None:
         if polling_ns:  # beside the usual sections, which this project's machines (halting) write
             section, title = section + "-halt-polling", title + ", guest halt polling on"
         record(section, f"### Per-step overhead, {title} (`benchmarks/overhead.py`)\n\n" + table)
+
+
+def _overhead(row: Row) -> float:
+    """Seconds a remote step costs beyond the local step."""
+    return row.remote - row.local
 
 
 if __name__ == "__main__":

@@ -18,10 +18,11 @@ from benchmarks.python_floor import MinimalPythonEnv
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.parametrize("over_unix_socket", [False, True], ids=["tcp", "unix"])
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "gym_remote_testing/ImageEnv-v0"])
-def test_the_minimal_python_pair_returns_what_the_local_env_does(env_id):
+def test_the_minimal_python_pair_returns_what_the_local_env_does(env_id, over_unix_socket, tmp_path):
     local_env = gym.make(env_id)
-    minimal = MinimalPythonEnv(env_id)
+    minimal = MinimalPythonEnv(env_id, unix_path=str(tmp_path / "pair.sock") if over_unix_socket else None)
     try:
         local_env.action_space.seed(0)
         expected, _ = local_env.reset(seed=3)
@@ -61,10 +62,13 @@ def test_the_overhead_benchmark_prints_its_table_without_recording():
     )
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith(("| CartPole", "| image"))]
-    assert len(rows) == 3  # CartPole over the socket, the image env over shared memory and the socket
-    for row in rows:
+    # Over TCP: CartPole over the socket, the image env over shared memory and the socket; over a
+    # Unix socket: each by its default reply path, also against the bare TCP round trip.
+    transports = [row.split(" | ")[1] for row in rows]
+    assert transports == ["socket", "shared memory", "socket", "socket", "shared memory"]
+    for index, row in enumerate(rows):
         ratios = [float(value) for value in re.findall(r"\| ([\d.]+)x", row)]
-        assert len(ratios) == 2 and all(ratio > 0 for ratio in ratios), row
+        assert len(ratios) == (2 if index < 3 else 3) and all(ratio > 0 for ratio in ratios), row
     assert "results written" not in result.stdout
 
 
