@@ -52,9 +52,12 @@ def _structure(space: gym.Space, make_leaf: Callable[[gym.Space], Any]) -> Any:
 
 
 def _only_held_here(arrays: list[np.ndarray]) -> bool:
-    """Whether this module's list ``arrays`` holds the only references to its arrays."""
-    # References to each: the list, `array`, and getrefcount's argument.
-    return all(sys.getrefcount(array) == 3 for array in arrays)
+    """Whether this module's list ``arrays`` (of ``SharedSegment.array``) holds the only
+    references to its arrays and to views of them. Views of such an array refer to its base
+    (``SharedSegment.bytes_at``), not to it."""
+    # References to each array: the list, `array`, and getrefcount's argument; to its base: the
+    # array, and getrefcount's argument.
+    return all(sys.getrefcount(array) == 3 and sys.getrefcount(array.base) == 2 for array in arrays)
 
 
 class PooledBatches:

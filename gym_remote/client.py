@@ -365,7 +365,7 @@ class RemoteEnv(gym.Env):
         if "shared_memory" in description:
             self._attach_shared_memory(description["shared_memory"])
         if "fixed_steps" in description:
-            self._connection.fixed_layout = FixedLayout.from_wire(description["fixed_steps"])
+            self._connection.use_fixed_layout(FixedLayout.from_wire(description["fixed_steps"]))
         allow_pickle = self._connection.allow_pickle
         self._remote = _RemoteDescription(
             observation_space=decode_space(description["observation_space"], allow_pickle),

@@ -9,6 +9,7 @@ from typing import Any
 from gym_remote import __version__
 from gym_remote.addresses import Address, connect
 from gym_remote.errors import (
+    InvalidCall,
     MessageTooLarge,
     ProtocolError,
     RemoteEnvError,
@@ -28,7 +29,7 @@ from gym_remote.protocol import (
     encode_frame,
     send_buffers,
 )
-from gym_remote.sharedmem import SharedSegment
+from gym_remote.sharedmem import MINIMUM_SHARED_BYTES, ReplyBuffers, SharedSegment
 
 __all__ = ["Connection", "error_from_wire"]
 
@@ -59,6 +60,9 @@ class Connection:
         self.closed = False
         # The layout of fixed-layout steps, once the worker offered one (see gym_remote.fixed).
         self.fixed_layout: FixedLayout | None = None
+        # Whether steps ask for their observation in reply buffers (see use_fixed_layout).
+        self._wants_reply_buffers = False
+        self._reply_buffers: ReplyBuffers | None = None
         self._sock = connect(address, timeout)
         timeval = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
@@ -113,20 +117,56 @@ class Connection:
         fixed, result = self._fixed_exchange("reset", layout, request)
         return (result[0], result[4]) if fixed else tuple(result)  # type: ignore[return-value]
 
+    def use_fixed_layout(self, layout: FixedLayout) -> None:
+        """Sends steps and resets in fixed-layout frames from now on (the worker offered
+        ``layout``). Where large replies come through shared memory, the first step also gives
+        the worker reply buffers: it then writes observations into memory this client hands
+        out, and no copy is made on this side."""
+        self.fixed_layout = layout
+        self._wants_reply_buffers = (
+            self.uses_shared_memory and layout.observation_nbytes >= MINIMUM_SHARED_BYTES
+        )
+
     def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Steps the session's env: in a fixed-layout frame where ``action`` fits the offered
         layout, otherwise in an ordinary ``step`` request."""
         layout = self.fixed_layout
-        request = None if layout is None else layout.encode_action(action)
+        reply_buffer = self._free_reply_buffer() if self._wants_reply_buffers else 0
+        request = None if layout is None else layout.encode_action(action, reply_buffer)
         if request is None:
             return tuple(self.request("step", action=action))  # type: ignore[return-value]
-        fixed, result = self._fixed_exchange("step", layout, request)
+        fixed, result = self._fixed_exchange("step", layout, request, reply_buffer)
         return result if fixed else tuple(result)
 
-    def _fixed_exchange(self, op: str, layout: FixedLayout, request: bytes) -> tuple[bool, Any]:
+    def _free_reply_buffer(self) -> int:
+        """The number of a reply buffer for this step's observation, or 0 (in the reply). The
+        first call gives the worker the buffers."""
+        if self._reply_buffers is None:
+            assert self.fixed_layout is not None
+            try:
+                buffers = ReplyBuffers(self.fixed_layout.observation_nbytes)
+            except OSError:
+                self._wants_reply_buffers = False
+                return 0
+            try:
+                self.request("use_reply_buffers", **buffers.offer())
+            except InvalidCall:  # a worker that cannot open them (or predates them)
+                buffers.close()
+                self._wants_reply_buffers = False
+                return 0
+            except BaseException:
+                buffers.close()
+                raise
+            self._reply_buffers = buffers
+        return self._reply_buffers.take()
+
+    def _fixed_exchange(
+        self, op: str, layout: FixedLayout, request: bytes, reply_buffer: int = 0
+    ) -> tuple[bool, Any]:
         """Sends a whole fixed-layout request; returns whether the reply was fixed-layout too,
         with its ``(observation, reward, terminated, truncated, info)``, or else the result of
-        the ordinary reply."""
+        the ordinary reply. A reply to a request that named a reply buffer and that carries no
+        data section has its observation there."""
         try:
             self._sock.sendall(request)
             chunk = self._reader.receive_chunk(self.timeout)
@@ -138,8 +178,12 @@ class Connection:
             raise self._failure(op, error) from None
         if not fixed:
             return False, self._result(op, (header, data, fixed))
+        placed = None
+        if reply_buffer and not len(data):
+            assert self._reply_buffers is not None
+            placed = layout.observation(self._reply_buffers.data(reply_buffer))
         try:
-            return True, layout.decode_reply(header, data, self.allow_pickle)
+            return True, layout.decode_reply(header, data, self.allow_pickle, placed)
         except ProtocolError:
             self.close()
             raise
@@ -215,7 +259,11 @@ class Connection:
         if not self.closed:
             self.closed = True
             self.fixed_layout = None  # steps take the ordinary way, which says the connection is closed
+            self._wants_reply_buffers = False
             self._sock.close()
+            if self._reply_buffers is not None:
+                self._reply_buffers.close()
+                self._reply_buffers = None
             if self._reader.segment is not None:
                 self._reader.segment.close()
                 self._reader.segment = None

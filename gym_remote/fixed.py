@@ -5,13 +5,16 @@ When a session's action is one fixed-shape array (Box, Discrete, MultiDiscrete, 
 and its observation is such arrays in Dicts and Tuples, the worker offers a layout in its
 ``make`` reply and the client may then send steps and resets as ``GYMF`` frames::
 
-    request header = request kind: uint8 | 7 zero bytes
+    request header = request kind: uint8 | reply buffer: uint8 | 6 zero bytes
                      data = the action's bytes (a step), nothing or an int64 seed (a reset)
     reply header   = reward: 8 bytes | reward kind: uint8 | terminated: uint8 | truncated: uint8
                      | 1 zero byte | info length: uint32 | info  data = the observation's arrays
 
 where info is a MessagePack value as in ordinary headers (empty for ``{}``); a reset's reply
-has reward 0.0 and both flags False. Both ends fall back to ordinary frames wherever a value
+has reward 0.0 and both flags False. A step request may name one of the session's reply buffers
+(shared memory the client made, see ``use_reply_buffers`` in ``docs/protocol.md``; 0: none,
+``n``: the n-th): the worker then writes the observation's data section there, and its reply has
+an empty data section. Both ends fall back to ordinary frames wherever a value
 does not fit exactly (another action type, a reset with options, a reward or flag of another
 type, an info holding arrays, an observation of another dtype, shape or structure), so what
 user code gets is always what the env returned. See
@@ -30,17 +33,20 @@ from gym_remote.errors import InvalidCall, ProtocolError, UnsupportedValue
 from gym_remote.protocol import DATA_ALIGNMENT, MAGIC_FIXED, PREFIX, decode_frame, encode_frame, wire_dtype
 from gym_remote.spaces import leaf_subspaces
 
-__all__ = ["FixedLayout", "ACTION_HEADER", "REPLY_HEADER"]
+__all__ = ["FixedLayout", "ACTION_HEADER", "REPLY_HEADER", "MAX_REPLY_BUFFERS"]
 
-ACTION_HEADER = struct.Struct("<B7x")
+ACTION_HEADER = struct.Struct("<BB6x")
+# The most reply buffers a session can have (a request names one by 1, 2, ...; 0: none).
+MAX_REPLY_BUFFERS = 3
 REPLY_HEADER = struct.Struct("<8sBBBxI")
 
 # Request kinds: a step whose action is an array of the layout's dtype and shape, or (for a
 # scalar layout) a numpy scalar of its dtype or a Python int (sent as int64); or a reset.
 ACTION_ARRAY, ACTION_NUMPY_SCALAR, ACTION_INT, RESET = 0, 1, 2, 3
 # A whole reset request without a seed, and the start of one with a seed (8 bytes follow).
-_UNSEEDED_RESET = PREFIX.pack(MAGIC_FIXED, ACTION_HEADER.size, 0) + ACTION_HEADER.pack(RESET)
-_SEEDED_RESET_START = PREFIX.pack(MAGIC_FIXED, ACTION_HEADER.size, 8) + ACTION_HEADER.pack(RESET)
+_UNSEEDED_RESET = PREFIX.pack(MAGIC_FIXED, ACTION_HEADER.size, 0) + ACTION_HEADER.pack(RESET, 0)
+_SEEDED_RESET_START = PREFIX.pack(MAGIC_FIXED, ACTION_HEADER.size, 8) + ACTION_HEADER.pack(RESET, 0)
+_REPLY_BUFFER_CODES = range(MAX_REPLY_BUFFERS + 1)
 # Reward kinds: the type and the reply header that holds it (as a float64 or an int64).
 _FLOAT_REPLY = struct.Struct("<dBBBxI")
 _INT_REPLY = struct.Struct("<qBBBxI")
@@ -141,10 +147,17 @@ class FixedLayout:
         self._leaves_placed = [
             (place, leaf, bytes(leaf.offset - end)) for place, leaf, end in zip(leaf_places, leaves, ends)
         ]
+        # Per action kind, the start (prefix and header) of a step request per reply buffer code.
         action_start = _frame_start(ACTION_HEADER.size, self.action_nbytes)
-        self._array_action_start = action_start + ACTION_HEADER.pack(ACTION_ARRAY)
-        self._scalar_action_start = action_start + ACTION_HEADER.pack(ACTION_NUMPY_SCALAR)
-        self._int_action_start = _frame_start(ACTION_HEADER.size, 8) + ACTION_HEADER.pack(ACTION_INT)
+        int_start = _frame_start(ACTION_HEADER.size, 8)
+        self._array_action_starts, self._scalar_action_starts, self._int_action_starts = (
+            [start + ACTION_HEADER.pack(kind, code) for code in _REPLY_BUFFER_CODES]
+            for start, kind in [
+                (action_start, ACTION_ARRAY),
+                (action_start, ACTION_NUMPY_SCALAR),
+                (int_start, ACTION_INT),
+            ]
+        )
         # Whether the worker takes fixed-layout resets (it says so in its offer).
         self.takes_resets = takes_resets
         array_request_length = _REQUEST_DATA_AT + self.action_nbytes
@@ -155,17 +168,18 @@ class FixedLayout:
             ACTION_INT: _int_action,
         }
         # The starts (prefix and header) of the requests this layout takes, with their whole
-        # length and what turns their data section into the action.
-        self._request_starts = {self._array_action_start: (array_request_length, self._array_action)}
+        # length, what turns their data section into the action, and their reply buffer code.
+        self._request_starts = {
+            start: (array_request_length, self._array_action, code)
+            for code, start in enumerate(self._array_action_starts)
+        }
         # The numpy scalar type of a scalar layout's actions (its dtype is the layout's).
         self._scalar_action_type: Optional[type] = None
         if not action_shape:
-            self._request_starts.update(
-                {
-                    self._scalar_action_start: (array_request_length, self._numpy_scalar_action),
-                    self._int_action_start: (_REQUEST_DATA_AT + 8, _int_action),
-                }
-            )
+            for code in _REPLY_BUFFER_CODES:
+                scalar_start, int_start = self._scalar_action_starts[code], self._int_action_starts[code]
+                self._request_starts[scalar_start] = (array_request_length, self._numpy_scalar_action, code)
+                self._request_starts[int_start] = (_REQUEST_DATA_AT + 8, _int_action, code)
             if np.dtype(action_dtype.type) == action_dtype:
                 self._scalar_action_type = action_dtype.type
         self._reply_start = _frame_start(REPLY_HEADER.size, self.observation_nbytes)
@@ -233,21 +247,22 @@ class FixedLayout:
 
     # ------------------------------------------------------------------ the client's end
 
-    def encode_action(self, action: Any) -> Optional[bytes]:
-        """The whole fixed-layout step request for ``action``; None if it does not fit."""
+    def encode_action(self, action: Any, reply_buffer: int = 0) -> Optional[bytes]:
+        """The whole fixed-layout step request for ``action``, asking for the observation in
+        reply buffer ``reply_buffer`` (1, 2, ...; 0: in the reply); None if it does not fit."""
         kind_of = type(action)
         if kind_of is np.ndarray:
             if action.shape != self.action_shape or action.dtype != self.action_dtype:
                 return None
-            return self._array_action_start + action.tobytes()
+            return self._array_action_starts[reply_buffer] + action.tobytes()
         if self.action_shape:
             return None
         if kind_of is int:
             if action not in _INT64_RANGE:
                 return None
-            return self._int_action_start + action.to_bytes(8, "little", signed=True)
+            return self._int_action_starts[reply_buffer] + action.to_bytes(8, "little", signed=True)
         if kind_of is self._scalar_action_type:
-            return self._scalar_action_start + action.tobytes()
+            return self._scalar_action_starts[reply_buffer] + action.tobytes()
         return None
 
     def encode_reset(self, seed: Optional[int]) -> Optional[bytes]:
@@ -278,13 +293,15 @@ class FixedLayout:
         data = bytearray(chunk[_REPLY_DATA_AT:])
         leaf = self._single_array
         if leaf is None:
-            return self._observation(data), reward, terminated, truncated, {}
+            return self.observation(data), reward, terminated, truncated, {}
         return np.ndarray(leaf.shape, leaf.dtype, data), reward, terminated, truncated, {}
 
     def decode_reply(
-        self, header: Any, data: Any, allow_pickle: bool = False
+        self, header: Any, data: Any, allow_pickle: bool = False, placed: Any = None
     ) -> Tuple[Any, Any, Any, Any, Dict[str, Any]]:
-        """A fixed-layout reply's ``(observation, reward, terminated, truncated, info)``.
+        """A fixed-layout reply's ``(observation, reward, terminated, truncated, info)``; the
+        observation is ``placed`` where given (the reply's data section is then empty: the
+        worker wrote it into a reply buffer).
 
         Raises:
             ProtocolError: the header or data section does not fit the layout.
@@ -305,13 +322,15 @@ class FixedLayout:
         info = decode_frame(header[REPLY_HEADER.size :], b"", allow_pickle) if info_length else {}
         if type(info) is not dict:
             raise ProtocolError(f"the info of a fixed-layout reply is a {type(info).__name__}, not a map")
+        if placed is not None:
+            return placed, reward, flags[0], flags[1], info
         if len(data) != self.observation_nbytes:
             raise ProtocolError(
                 f"fixed-layout reply has {len(data)} bytes of observation, expected {self.observation_nbytes}"
             )
-        return self._observation(data), reward, flags[0], flags[1], info
+        return self.observation(data), reward, flags[0], flags[1], info
 
-    def _observation(self, data: Any) -> Any:
+    def observation(self, data: Any) -> Any:
         """The observation whose arrays lie in ``data`` (writable memory of their own, the
         layout's size): each a view of its bytes, then the containers built from the innermost
         out."""
@@ -327,15 +346,15 @@ class FixedLayout:
 
     # ------------------------------------------------------------------ the worker's end
 
-    def action_of_whole_request(self, chunk: Any) -> Any:
-        """The action in ``chunk`` when it is exactly one well-formed fixed-layout step request
-        (one receive, one lookup); otherwise None, and
+    def action_of_whole_request(self, chunk: Any) -> Optional[Tuple[Any, int]]:
+        """The action and reply buffer code in ``chunk`` when it is exactly one well-formed
+        fixed-layout step request (one receive, one lookup); otherwise None, and
         :meth:`MessageReader.receive_frame <gym_remote.protocol.MessageReader.receive_frame>`
         and :meth:`decode_action` take the frame (and say what is wrong with it)."""
-        length_and_action = self._request_starts.get(bytes(chunk[:_REQUEST_DATA_AT]))
-        if length_and_action is None or len(chunk) != length_and_action[0]:
+        request = self._request_starts.get(bytes(chunk[:_REQUEST_DATA_AT]))
+        if request is None or len(chunk) != request[0]:
             return None
-        return length_and_action[1](chunk[_REQUEST_DATA_AT:])
+        return request[1](chunk[_REQUEST_DATA_AT:]), request[2]
 
     @staticmethod
     def is_reset(header: Any) -> bool:
@@ -354,21 +373,21 @@ class FixedLayout:
             raise InvalidCall(f"a fixed-layout reset has 0 or 8 bytes of seed, got {len(data)}")
         return int.from_bytes(data, "little", signed=True) if data else None
 
-    def decode_action(self, header: Any, data: Any) -> Any:
-        """The action a fixed-layout step request carries.
+    def decode_action(self, header: Any, data: Any) -> Tuple[Any, int]:
+        """The action and the reply buffer code a fixed-layout step request carries.
 
         Raises:
             InvalidCall: the header or data section does not fit the layout.
         """
         if len(header) != ACTION_HEADER.size:
             raise InvalidCall(f"a fixed-layout step header has {ACTION_HEADER.size} bytes, got {len(header)}")
-        kind = ACTION_HEADER.unpack(header)[0]
+        kind, reply_buffer = ACTION_HEADER.unpack(header)
         expected = 8 if kind == ACTION_INT else self.action_nbytes
         if kind > ACTION_INT or (kind != ACTION_ARRAY and self.action_shape):
             raise InvalidCall(f"action kind {kind} does not fit the action layout {self.action_shape}")
         if len(data) != expected:
             raise InvalidCall(f"a fixed-layout action of kind {kind} has {expected} bytes, got {len(data)}")
-        return self._action_of_kind[kind](data)
+        return self._action_of_kind[kind](data), reply_buffer
 
     def _array_action(self, data: Any) -> np.ndarray:
         """An array action in memory of its own (``data`` may be a receive buffer's)."""

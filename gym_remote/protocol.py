@@ -319,7 +319,7 @@ def _encode_frame_completely(value: Any, allow_pickle: bool) -> List[Any]:
 
 def encode_bytes(value: Any, allow_pickle: bool = False) -> bytes:
     """Encodes ``value`` as one frame in a single bytes object (for pipes and files, not sockets)."""
-    return b"".join(_byte_view(chunk) for chunk in encode_frame(value, allow_pickle))
+    return b"".join(byte_view(chunk) for chunk in encode_frame(value, allow_pickle))
 
 
 def decode_bytes(data: bytes, allow_pickle: bool = False) -> Any:
@@ -472,7 +472,7 @@ def send_frame(sock: socket.socket, buffers: List[Any], segment: Any = None) -> 
     if (
         segment is not None
         and data_length >= MINIMUM_SHARED_BYTES
-        and segment.write([_byte_view(chunk) for chunk in buffers[2:]], data_length)
+        and segment.write([byte_view(chunk) for chunk in buffers[2:]], data_length)
     ):
         shared_magic = MAGIC_FIXED_SHARED if magic == MAGIC_FIXED else MAGIC_SHARED
         shared_frame = [PREFIX.pack(shared_magic, header_length, data_length), buffers[1]]
@@ -500,7 +500,7 @@ def _length_on_socket(magic: bytes, header_length: int, data_length: int) -> int
 def _send_all(sock: socket.socket, buffers: List[Any], length: int) -> None:
     """Sends the ``length`` bytes of ``buffers`` (see :func:`send_buffers`)."""
     if len(buffers) > MAX_SEND_BUFFERS:
-        buffers = buffers[:2] + [b"".join(_byte_view(chunk) for chunk in buffers[2:])]
+        buffers = buffers[:2] + [b"".join(byte_view(chunk) for chunk in buffers[2:])]
     try:
         sent = sock.sendmsg(buffers)
     except (BlockingIOError, socket.timeout):
@@ -527,7 +527,7 @@ def _send_remaining(sock: socket.socket, buffers: List[Any], sent: int, length: 
     remaining = length - sent
     if not remaining:
         return
-    views = [_byte_view(chunk) for chunk in buffers]
+    views = [byte_view(chunk) for chunk in buffers]
     first = 0
     try:
         while remaining:
@@ -541,7 +541,7 @@ def _send_remaining(sock: socket.socket, buffers: List[Any], sent: int, length: 
         raise RemoteTimeout("sending a message timed out") from None
 
 
-def _byte_view(chunk: Any) -> Any:
+def byte_view(chunk: Any) -> Any:
     """A 1-D byte view of a chunk (numpy views work for every dtype, memoryview casts do not)."""
     if isinstance(chunk, np.ndarray):
         return chunk.reshape(-1).view(np.uint8)

@@ -9,8 +9,10 @@ A reply whose data section goes there is a frame with the magic ``GYMS`` and no 
 socket (see ``docs/protocol.md``). The client copies the data section out before it sends its
 next request, and the worker writes only in reply to a request, so the two never overlap.
 
-The other way round, a remote vector env makes segments holding whole observation batches and
-its workers write observations straight into them (:class:`BatchWriter`, "shared batches").
+The other way round, a client makes segments that its workers write observations straight
+into, so that it copies nothing: a remote env's step observations (:class:`ReplyBuffers`, "reply
+buffers") and a remote vector env's whole observation batches (:class:`BatchWriter`, "shared
+batches").
 This module runs inside simulator interpreters too: it keeps to Python 3.8.
 """
 
@@ -23,7 +25,15 @@ import numpy as np
 
 from gym_remote.errors import InvalidCall
 
-__all__ = ["SharedSegment", "BatchWriter", "available", "write_row", "MINIMUM_SHARED_BYTES", "DATA_START"]
+__all__ = [
+    "SharedSegment",
+    "BatchWriter",
+    "ReplyBuffers",
+    "available",
+    "write_row",
+    "MINIMUM_SHARED_BYTES",
+    "DATA_START",
+]
 
 # Data sections smaller than this go on the socket: a copy through memory saves nothing there.
 MINIMUM_SHARED_BYTES = 1 << 16
@@ -68,7 +78,8 @@ class SharedSegment:
 
     @classmethod
     def attach(cls, offer: Dict[str, Any], writable: bool = False) -> "SharedSegment":
-        """Opens the segment another process offered (see :meth:`offer`).
+        """Opens the segment another process offered (see :meth:`offer`); a writable one takes
+        :meth:`write` of data sections that fit it (it never grows).
 
         Raises:
             OSError: it cannot be opened from here (another host, container or user).
@@ -78,7 +89,9 @@ class SharedSegment:
         token = bytes.fromhex(str(offer["token"]))
         fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0))
         try:
-            segment = cls(fd, os.fstat(fd).st_size, writable, token, 0)
+            size = os.fstat(fd).st_size
+            # A writable attachment writes data sections up to the size the maker gave it.
+            segment = cls(fd, size, writable, token, max(size - DATA_START, 0) if writable else 0)
         except BaseException:
             os.close(fd)
             raise
@@ -129,7 +142,14 @@ class SharedSegment:
             or offset + count * dtype.itemsize > len(self._map)
         ):
             raise ValueError(f"an array of {dtype} {shape} at {offset} does not fit the segment")
-        return np.frombuffer(self._map, dtype=dtype, count=count, offset=offset).reshape(shape)
+        return self.bytes_at(offset, count * dtype.itemsize).view(dtype).reshape(shape)
+
+    def bytes_at(self, offset: int, nbytes: int) -> np.ndarray:
+        """The segment's ``nbytes`` bytes from ``offset`` as a uint8 array that keeps the mapping
+        while any array over it lives. Every array made from it (a view, a reshape, or
+        ``np.ndarray(buffer=...)``) refers to this very array: numpy ties views to the first array
+        up their chain of bases that has no array base, and this one's base is a memoryview."""
+        return np.frombuffer(self._map, dtype=np.uint8, count=nbytes, offset=offset)
 
     def close(self) -> None:
         """Closes the segment (idempotent); the mapping goes when no array over it is left."""
@@ -150,6 +170,50 @@ class SharedSegment:
             self._map.close()
         self._map = mapping
         self._bytes = np.frombuffer(mapping, dtype=np.uint8)
+
+
+class ReplyBuffers:
+    """Segments a client makes for one session's fixed-layout step replies: the worker writes
+    a step's observation (its data section) into the buffer the request names, and the client
+    hands out arrays over that memory instead of copying it out. A buffer is named again only
+    once no array over it is left, so an observation the caller keeps is never overwritten.
+    """
+
+    COUNT = 3
+
+    def __init__(self, nbytes: int) -> None:
+        self.segments: List[SharedSegment] = []
+        try:
+            for _ in range(self.COUNT):
+                self.segments.append(SharedSegment.create(0, size=DATA_START + nbytes))
+        except BaseException:
+            self.close()
+            raise
+        self._data = [segment.bytes_at(DATA_START, nbytes) for segment in self.segments]
+
+    def offer(self) -> Dict[str, Any]:
+        """The fields of ``use_reply_buffers``."""
+        return {"buffers": [segment.offer() for segment in self.segments]}
+
+    def take(self) -> int:
+        """The number (1, 2, ...) of a buffer no array handed out uses, or 0 when the caller
+        still holds observations in all of them."""
+        for index in range(len(self._data)):
+            # References: the list and getrefcount's argument.
+            if sys.getrefcount(self._data[index]) == 2:
+                return index + 1
+        return 0
+
+    def data(self, number: int) -> np.ndarray:
+        """Buffer ``number``'s data section (writable bytes; arrays made over it keep it in use)."""
+        return self._data[number - 1]
+
+    def close(self) -> None:
+        """Closes the segments; observations the caller still holds stay valid (and keep theirs
+        mapped)."""
+        self._data = []
+        for segment in self.segments:
+            segment.close()
 
 
 def write_row(leaves: List[Tuple[list, np.ndarray]], row: int, observation: Any, exact: bool) -> bool:

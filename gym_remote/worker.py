@@ -37,12 +37,15 @@ from gym_remote.errors import (
     SimulatorUnavailable,
     UnsupportedValue,
 )
-from gym_remote.fixed import FixedLayout
+from gym_remote.fixed import MAX_REPLY_BUFFERS, FixedLayout
 from gym_remote.protocol import (
+    MAGIC_FIXED,
     MAX_SEND_BUFFERS,
+    PREFIX,
     IdleTimeout,
     MessageReader,
     PeerClosed,
+    byte_view,
     decode_frame,
     encode_frame,
     send_frame,
@@ -93,6 +96,8 @@ class WorkerSession:
         self.offered_segment: Optional[sharedmem.SharedSegment] = None
         self.segment: Optional[sharedmem.SharedSegment] = None
         self.batches: Optional[sharedmem.BatchWriter] = None  # a remote vector env's shared batches
+        # Shared memory the client made for fixed-layout step replies' observations.
+        self.reply_buffers: List[sharedmem.SharedSegment] = []
         self.fixed_layout: Optional[FixedLayout] = None  # offered when the client asks
         self._handlers: Dict[str, Callable[[Dict[str, Any]], Any]] = {
             "reset": self._reset,
@@ -107,6 +112,7 @@ class WorkerSession:
             "ping": lambda request: None,
             "use_shared_memory": self._use_shared_memory,
             "use_shared_batches": self._use_shared_batches,
+            "use_reply_buffers": self._use_reply_buffers,
             "close": self._close,
         }
 
@@ -135,6 +141,8 @@ class WorkerSession:
             self.offered_segment.close()
         if self.batches is not None:
             self.batches.close()
+        for segment in self.reply_buffers:
+            segment.close()
 
     def _serve(self) -> None:
         """Answers calls until close, EOF or idleness. Fixed-layout resets and steps need no
@@ -146,8 +154,8 @@ class WorkerSession:
             try:
                 chunk = self.reader.receive_chunk(self.idle_timeout) if pending is None else pending
                 pending = None
-                action = None if layout is None else layout.action_of_whole_request(chunk)
-                if action is None:
+                step_request = None if layout is None else layout.action_of_whole_request(chunk)
+                if step_request is None:
                     header, data, fixed = self.reader.receive_frame(
                         self.idle_timeout, self.read_timeout, chunk
                     )
@@ -159,9 +167,9 @@ class WorkerSession:
                         self._fixed_reset(layout, layout.decode_seed(data))
                         continue
                     else:
-                        action = layout.decode_action(header, data)
-                if action is not None:
-                    pending = self._fixed_steps(layout, action)  # type: ignore[arg-type]
+                        step_request = layout.decode_action(header, data)
+                if step_request is not None:
+                    pending = self._fixed_steps(layout, *step_request)  # type: ignore[misc]
                     continue
             except PeerClosed:
                 break
@@ -255,12 +263,13 @@ class WorkerSession:
         else:
             self._send(buffers)
 
-    def _fixed_steps(self, layout: FixedLayout, action: Any) -> Any:
+    def _fixed_steps(self, layout: FixedLayout, action: Any, reply_buffer: int) -> Any:
         """Steps the first env with ``action`` from a fixed-layout request, then with each next
         request while it comes whole (the short way: one receive, one lookup, the env's step
         and one send each); returns the first bytes that are anything else (None once it
         replied with an error). Replies in a fixed-layout frame where the step's values fit
-        ``layout`` exactly, otherwise in an ordinary one.
+        ``layout`` exactly (with the observation in the reply buffer the request names, if
+        any), otherwise in an ordinary one.
 
         Raises:
             InvalidCall: the env was never reset.
@@ -276,9 +285,16 @@ class WorkerSession:
         )
         while not self.closed:
             try:
+                if reply_buffer > len(self.reply_buffers):  # checked before the env steps
+                    raise InvalidCall(
+                        f"the step asks for reply buffer {reply_buffer}; this session has "
+                        f"{len(self.reply_buffers)} (use_reply_buffers)"
+                    )
                 result = step(action)
                 self.last_observations[0] = result[0]
                 buffers = layout.encode_reply(result, self.allow_pickle)
+                if reply_buffer and buffers is not None:
+                    buffers = self._placed_reply(buffers, reply_buffer)
             except Exception as error:
                 self._reply_error(error)
                 return None
@@ -294,10 +310,20 @@ class WorkerSession:
                 except (OSError, RemoteTimeout):
                     self._close_envs()  # as in _send: the client is gone
             chunk = self.reader.receive_chunk(self.idle_timeout)
-            action = layout.action_of_whole_request(chunk)
-            if action is None:
+            step_request = layout.action_of_whole_request(chunk)
+            if step_request is None:
                 return chunk
+            action, reply_buffer = step_request
         return None
+
+    def _placed_reply(self, buffers: List[Any], reply_buffer: int) -> List[Any]:
+        """The fixed-layout reply ``buffers`` with its data section written into reply buffer
+        ``reply_buffer`` (1, 2, ...; one the session has) instead, so that the frame carries none."""
+        _, header_length, data_length = PREFIX.unpack_from(buffers[0])
+        segment = self.reply_buffers[reply_buffer - 1]
+        if not segment.write([byte_view(chunk) for chunk in buffers[2:]], data_length):
+            return buffers  # it does not fit there: the observation travels in the reply
+        return [PREFIX.pack(MAGIC_FIXED, header_length, 0), buffers[1]]
 
     def _observe(self, request: Dict[str, Any]) -> Any:
         index, _ = self._running_env(request, "observe")
@@ -396,6 +422,30 @@ class WorkerSession:
         if self.batches is not None:
             raise InvalidCall("use_shared_batches: this session already has shared batches")
         self.batches = sharedmem.BatchWriter.attach(request.get("buffers"), request.get("layout"))
+
+    def _use_reply_buffers(self, request: Dict[str, Any]) -> Any:
+        layout = self.fixed_layout
+        if layout is None:
+            raise InvalidCall("use_reply_buffers: this session offered no fixed layout")
+        if self.reply_buffers:
+            raise InvalidCall("use_reply_buffers: this session already has reply buffers")
+        offers = request.get("buffers")
+        if not isinstance(offers, list) or not 0 < len(offers) <= MAX_REPLY_BUFFERS:
+            raise InvalidCall(f"use_reply_buffers needs a list of 1 to {MAX_REPLY_BUFFERS} buffers")
+        segments: List[sharedmem.SharedSegment] = []
+        try:
+            for offer in offers:
+                segments.append(sharedmem.SharedSegment.attach(offer, writable=True))
+                if segments[-1].limit < layout.observation_nbytes:
+                    raise ValueError(
+                        f"a buffer holds {segments[-1].limit} bytes, the observation has "
+                        f"{layout.observation_nbytes}"
+                    )
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            for segment in segments:
+                segment.close()
+            raise InvalidCall(f"use_reply_buffers: {type(error).__name__}: {error}") from None
+        self.reply_buffers = segments
 
     def _close(self, request: Dict[str, Any]) -> Any:
         self._close_envs()

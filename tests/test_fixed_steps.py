@@ -19,11 +19,11 @@ import gym_remote.testing  # noqa: F401  (registers the test envs)
 from gym_remote import errors
 from gym_remote.addresses import parse_address
 from gym_remote.connection import Connection
-from gym_remote.fixed import ACTION_HEADER, REPLY_HEADER, FixedLayout
+from gym_remote.fixed import ACTION_HEADER, MAX_REPLY_BUFFERS, REPLY_HEADER, FixedLayout
 from gym_remote.protocol import (
     PREFIX,
     MessageReader,
-    _byte_view,
+    byte_view,
     decode_bytes,
     decode_frame,
     encode_bytes,
@@ -54,7 +54,7 @@ def _split(frame: bytes) -> tuple[bytes, bytearray]:
 
 
 def _header_and_data(buffers: list) -> tuple[bytes, bytearray]:
-    frame = b"".join(bytes(_byte_view(chunk)) for chunk in buffers)
+    frame = b"".join(bytes(byte_view(chunk)) for chunk in buffers)
     magic, header_length, data_length = PREFIX.unpack_from(frame)
     assert magic == b"GYMF" and len(frame) == PREFIX.size + header_length + data_length
     return _split(frame)
@@ -203,7 +203,8 @@ def test_actions_that_fit_travel_fixed_and_arrive_as_they_were_sent(action_space
     assert request is not None
     header, data = _header_and_data([request])
     assert header[0] == kind
-    received = layout.decode_action(header, data)
+    received, reply_buffer = layout.decode_action(header, data)
+    assert reply_buffer == 0
     assert type(received) is type(action) and data_equivalence(received, action, exact=True)
     if isinstance(received, np.ndarray):
         assert received.flags.writeable
@@ -246,7 +247,7 @@ def test_other_resets_take_the_ordinary_request():
         assert layout.encode_reset(seed) is None
     del offer["resets"]  # a worker that takes fixed-layout steps only
     assert FixedLayout.from_wire(offer).encode_reset(0) is None
-    assert not FixedLayout.is_reset(ACTION_HEADER.pack(0)) and not FixedLayout.is_reset(bytes([3]))
+    assert not FixedLayout.is_reset(ACTION_HEADER.pack(0, 0)) and not FixedLayout.is_reset(bytes([3]))
 
 
 def test_a_reset_reply_is_a_step_reply_with_zero_reward_and_no_flags():
@@ -318,11 +319,11 @@ def test_malformed_fixed_frames_are_refused_with_what_is_wrong():
     with pytest.raises(errors.InvalidCall, match="header has 8 bytes, got 1"):
         layout.decode_action(b"\x00", bytearray(12))
     with pytest.raises(errors.InvalidCall, match="action kind 9"):
-        layout.decode_action(ACTION_HEADER.pack(9), bytearray(12))
+        layout.decode_action(ACTION_HEADER.pack(9, 0), bytearray(12))
     with pytest.raises(errors.InvalidCall, match="has 12 bytes, got 4"):
-        layout.decode_action(ACTION_HEADER.pack(0), bytearray(4))
+        layout.decode_action(ACTION_HEADER.pack(0, 0), bytearray(4))
     with pytest.raises(errors.InvalidCall, match="does not fit the action layout"):
-        layout.decode_action(ACTION_HEADER.pack(2), bytearray(8))
+        layout.decode_action(ACTION_HEADER.pack(2, 0), bytearray(8))
     with pytest.raises(errors.InvalidCall, match="0 or 8 bytes of seed, got 4"):
         FixedLayout.decode_seed(bytearray(4))
     good = REPLY_HEADER.pack(struct.pack("<d", 1.0), 0, 0, 0, 0)
@@ -342,7 +343,7 @@ def test_malformed_fixed_frames_are_refused_with_what_is_wrong():
 
 
 def _frame(buffers: list) -> bytes:
-    return b"".join(bytes(_byte_view(chunk)) for chunk in buffers)
+    return b"".join(bytes(byte_view(chunk)) for chunk in buffers)
 
 
 def _patched(frame: bytes, offset: int, value: bytes) -> bytes:
@@ -394,12 +395,14 @@ def test_only_a_whole_reply_without_info_takes_the_short_way():
         (spaces.Discrete(5), 4),
     ],
 )
-def test_a_whole_request_in_one_chunk_gives_the_action_its_frame_does(action_space, action):
+@pytest.mark.parametrize("reply_buffer", range(MAX_REPLY_BUFFERS + 1))
+def test_a_whole_request_in_one_chunk_gives_the_action_its_frame_does(action_space, action, reply_buffer):
     layout = layout_for(spaces.Box(0, 1, (1,), np.float32), action_space)
-    received = bytearray(through_the_wire(layout).encode_action(action))
-    whole = layout.action_of_whole_request(memoryview(received))
+    received = bytearray(through_the_wire(layout).encode_action(action, reply_buffer))
+    whole, whole_reply_buffer = layout.action_of_whole_request(memoryview(received))
     assert type(whole) is type(action) and data_equivalence(whole, action, exact=True)
-    assert data_equivalence(whole, layout.decode_action(*_split(bytes(received))), exact=True)
+    assert whole_reply_buffer == reply_buffer
+    assert data_equivalence((whole, reply_buffer), layout.decode_action(*_split(bytes(received))), exact=True)
     received[24:] = bytes(len(received) - 24)  # the next receive reuses the chunk's memory
     assert data_equivalence(whole, action, exact=True)
     if isinstance(whole, np.ndarray):
@@ -415,6 +418,7 @@ def test_only_a_whole_well_formed_request_takes_the_short_way():
         (scalar, request + request[:4]),
         (scalar, _patched(request, 0, b"GYMR")),
         (scalar, _patched(request, 16, bytes([9]))),  # no such action kind
+        (scalar, _patched(request, 17, bytes([MAX_REPLY_BUFFERS + 1]))),  # no such reply buffer
         (scalar, _patched(request, 8, struct.pack("<Q", 9))),  # a data length that is not the frame's
         (array, request),  # an int for an array layout
     ]
@@ -434,15 +438,15 @@ def test_a_frame_in_parts_or_with_the_next_one_takes_the_ordinary_way():
         assert bytes(chunk) == request[:20] and layout.action_of_whole_request(chunk) is None
         left.sendall(request[20:])
         header, data, fixed = reader.receive_frame(5.0, chunk=chunk)
-        assert fixed and np.array_equal(layout.decode_action(header, data), action)
+        assert fixed and np.array_equal(layout.decode_action(header, data)[0], action)
         left.sendall(request + request)
         chunk = reader.receive_chunk(5.0)
         assert len(chunk) == 2 * len(request) and layout.action_of_whole_request(chunk) is None
         header, data, fixed = reader.receive_frame(5.0, chunk=chunk)
-        assert fixed and np.array_equal(layout.decode_action(header, data), action)
+        assert fixed and np.array_equal(layout.decode_action(header, data)[0], action)
         left.close()
         chunk = reader.receive_chunk(5.0)  # the second frame, kept from the last receive
-        assert np.array_equal(layout.action_of_whole_request(chunk), action)
+        assert np.array_equal(layout.action_of_whole_request(chunk)[0], action)
 
 
 @contextlib.contextmanager
@@ -532,8 +536,8 @@ def test_resets_equal_the_local_env_and_travel_fixed_where_they_fit(server, monk
             connection, "request", lambda op, **fields: ordinary_requests.append(op) or request(op, **fields)
         )
 
-        def recorded_exchange(op, layout, frame):
-            fixed, result = fixed_exchange(op, layout, frame)
+        def recorded_exchange(op, layout, frame, *reply_buffer):
+            fixed, result = fixed_exchange(op, layout, frame, *reply_buffer)
             if op == "reset":
                 fixed_reset_replies.append(fixed)
             return fixed, result

@@ -131,7 +131,7 @@ def test_the_fast_encoder_writes_the_same_frames_as_the_complete_one():
     ]
 
     def as_bytes(buffers):
-        return [bytes(protocol._byte_view(chunk)) for chunk in buffers]
+        return [bytes(protocol.byte_view(chunk)) for chunk in buffers]
 
     for value in values:
         protocol._thread_fast_encoder().encode(value)  # takes it: no fallback to the complete encoder

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import data_equivalence
@@ -14,7 +15,7 @@ from gymnasium.utils.env_checker import data_equivalence
 import gym_remote
 from gym_remote import RemoteEnv, RemoteVectorEnv, WorkerCrashed
 from gym_remote.batches import SharedBatches
-from gym_remote.sharedmem import available
+from gym_remote.sharedmem import ReplyBuffers, available
 from tests.helpers import all_gone, wait_for, worker_pids
 
 pytestmark = pytest.mark.skipif(not available(), reason="shared memory needs Linux's memfd_create")
@@ -26,6 +27,18 @@ def mapped_segments(pid: int | str = "self") -> int:
     """How many gym-remote segments a process has mapped."""
     with open(f"/proc/{pid}/maps") as maps:
         return sum("memfd:gym-remote" in line for line in maps)
+
+
+def in_shared_memory(array: np.ndarray) -> bool:
+    """Whether ``array``'s memory lies in a gym-remote segment this process has mapped."""
+    address = array.__array_interface__["data"][0]
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if "memfd:gym-remote" in line:
+                start, end = (int(part, 16) for part in line.split()[0].split("-"))
+                if start <= address < end:
+                    return True
+    return False
 
 
 def rollout(env, steps: int = 6) -> list:
@@ -50,6 +63,71 @@ def test_a_loopback_session_takes_large_replies_through_shared_memory(server, mo
         assert through_memory[2][0]["pixels"]["image"][0, 0, 0] == 2
     finally:
         shared.close()
+        plain.close()
+
+
+def test_step_observations_lie_in_reply_buffers_and_kept_ones_are_never_overwritten(server):
+    env = RemoteEnv(IMAGE_ENV, address=server.address)
+    local = gym.make(IMAGE_ENV)
+    try:
+        env.reset(seed=5)
+        local.reset(seed=5)
+        kept, expected = [], []
+        for step in range(12):
+            action = local.action_space.sample()
+            result, local_result = env.step(action), local.step(action)
+            assert data_equivalence(result, local_result, exact=True)
+            image = result[0]["pixels"]["image"]
+            assert image.flags.writeable
+            # Dropped observations free their buffer: every step's lies in one, until the caller
+            # keeps them all (from step 6 on): then they come in the replies.
+            assert in_shared_memory(image) == (step < 6 + ReplyBuffers.COUNT)
+            if step >= 6:
+                kept.append(result[0])
+                expected.append(local_result[0])
+        assert data_equivalence(kept, expected, exact=True)
+    finally:
+        env.close()
+        local.close()
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"buffers": []}, "a list of 1 to 3 buffers"),
+        ({"buffers": "segment"}, "a list of 1 to 3 buffers"),
+        ({"buffers": [{"pid": 1, "fd": 999, "token": "00"}]}, "use_reply_buffers: "),
+    ],
+)
+def test_bad_reply_buffers_are_refused_with_a_typed_error(server, monkeypatch, fields, message):
+    monkeypatch.setenv("GYM_REMOTE_SHARED_MEMORY", "0")  # no reply buffers of the client's own
+    env = RemoteEnv(IMAGE_ENV, address=server.address)
+    try:
+        env.reset(seed=0)
+        connection = env._connect()
+        with pytest.raises(gym_remote.InvalidCall, match=message):
+            connection.request("use_reply_buffers", **fields)
+        # A step naming a reply buffer the session does not have: refused, the session goes on.
+        request = connection.fixed_layout.encode_action(np.zeros(7, np.float32), 2)
+        with pytest.raises(gym_remote.InvalidCall, match="reply buffer 2; this session has 0"):
+            connection._fixed_exchange("step", connection.fixed_layout, request, 2)
+        assert env.step(np.zeros(7, np.float32))[0]["pixels"]["image"][0, 0, 0] == 1
+    finally:
+        env.close()
+
+
+def test_reply_buffers_are_given_once_and_only_with_a_fixed_layout(server):
+    env = RemoteEnv(IMAGE_ENV, address=server.address)
+    plain = RemoteEnv("gym_remote_testing/RichSpaces-v0", address=server.address)
+    try:
+        env.reset(seed=0)
+        env.step(np.zeros(7, np.float32))  # the first step gives the worker the buffers
+        with pytest.raises(gym_remote.InvalidCall, match="already has reply buffers"):
+            env._connect().request("use_reply_buffers", buffers=[])
+        with pytest.raises(gym_remote.InvalidCall, match="offered no fixed layout"):
+            plain._connect().request("use_reply_buffers", buffers=[])
+    finally:
+        env.close()
         plain.close()
 
 
@@ -85,6 +163,8 @@ def test_no_segment_remains_after_close(start_server):
     env.reset(seed=0)
     (worker,) = worker_pids(server.pid)
     assert mapped_segments() == before + 1 and mapped_segments(worker) == 1
+    env.step(np.zeros(7, np.float32))  # and the client's reply buffers, from the first step on
+    assert mapped_segments() == mapped_segments(worker) + before == before + 1 + ReplyBuffers.COUNT
     env.close()
     assert mapped_segments() == before
     assert all_gone({worker}), "the worker, the segment's last holder, did not end"
@@ -109,6 +189,22 @@ def test_shared_batches_leave_no_segment_after_close_but_kept_batches_stay_valid
     assert (kept == 0).all()
     del kept
     assert mapped_segments() == before
+
+
+def test_a_kept_view_of_a_shared_batch_is_never_overwritten(server):
+    envs = RemoteVectorEnv(IMAGE_ENV, 2, address=server.address, envs_per_worker=2)
+    try:
+        assert envs.uses_shared_batches
+        envs.reset(seed=0)
+        observations, *_ = envs.step(envs.action_space.sample())
+        row = observations["pixels"]["image"][1]  # a view of the batch, kept without the batch
+        expected = row.copy()
+        del observations
+        for _ in range(2 * SharedBatches.COUNT):
+            envs.step(envs.action_space.sample())
+        assert np.array_equal(row, expected)
+    finally:
+        envs.close()
 
 
 def test_no_segment_remains_after_the_worker_is_killed(start_server):
