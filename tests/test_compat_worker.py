@@ -93,6 +93,11 @@ def test_old_worker_sends_large_replies_through_shared_memory(compat_server):
         chunk = env.step_chunk(np.zeros((6, 7), np.float32), all_observations=True)  # grows the segment
         pixels = [observation["pixels"]["image2"][5, 5, 0] for observation in chunk.observations]
         assert pixels == list(range(254, 248, -1))
+        # Steps: into the client's reply buffers, and through the worker's segment once the
+        # caller holds them all; either way, what the caller keeps stays as it came.
+        kept = [env.step(np.zeros(7, np.float32))[0]["pixels"]["image"] for _ in range(5)]
+        assert [image[0, 0, 0] for image in kept] == list(range(7, 12))
+        assert all(image.flags.writeable for image in kept)
     finally:
         env.close()
 
