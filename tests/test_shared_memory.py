@@ -85,6 +85,7 @@ def test_step_observations_lie_in_reply_buffers_and_kept_ones_are_never_overwrit
             if step >= 6:
                 kept.append(result[0])
                 expected.append(local_result[0])
+        env.close()  # what the caller keeps outlives the session, its reply buffers included
         assert data_equivalence(kept, expected, exact=True)
     finally:
         env.close()
