@@ -132,17 +132,11 @@ class FixedLayout:
         structure = _structure_of([leaf.path for leaf in leaves])
         # The observation's one array, unless it is empty or in a Dict or Tuple.
         self._single_array = leaves[0] if structure == 0 and leaves[0].nbytes else None
-        # How the observation's containers and leaves lie in a list of its values (see _Container);
-        # replies are built from it and taken apart by plain loops over tuples, which touch little
-        # memory: the client builds a reply right after waking up, on cold caches.
+        # How the observation's containers and leaves lie in a list of its values (see _Container):
+        # replies are built from it and taken apart by plain loops, without recursion.
         self._containers, leaf_places = _flattened(structure)
-        self._containers_inside_out = self._containers[::-1]
         self._value_count = len(self._containers) + len(leaves)
-        # Per leaf, in order: its place among the values, and for the client what its array is
-        # made of, for the worker the zeros before it in the data section.
-        self._leaf_views = [
-            (place, leaf.shape, leaf.dtype, leaf.offset) for place, leaf in zip(leaf_places, leaves)
-        ]
+        # Per leaf, in order: its place among the values, and the zeros before it in the data section.
         ends = [0] + [leaf.offset + leaf.nbytes for leaf in leaves]
         self._leaves_placed = [
             (place, leaf, bytes(leaf.offset - end)) for place, leaf, end in zip(leaf_places, leaves, ends)
@@ -338,9 +332,9 @@ class FixedLayout:
         if leaf is not None:
             return np.ndarray(leaf.shape, leaf.dtype, data)
         values: List[Any] = [None] * self._value_count
-        for place, shape, dtype, offset in self._leaf_views:
-            values[place] = np.ndarray(shape, dtype, data, offset)
-        for place, is_dict, keys, first, end in self._containers_inside_out:
+        for place, leaf, _ in self._leaves_placed:
+            values[place] = np.ndarray(leaf.shape, leaf.dtype, data, leaf.offset)
+        for place, is_dict, keys, first, end in reversed(self._containers):
             values[place] = dict(zip(keys, values[first:end])) if is_dict else tuple(values[first:end])
         return values[0]
 
