@@ -115,13 +115,7 @@ class SharedBatches:
             self.layout.append({"path": path, "offset": offset, "dtype": dtype.str, "shape": list(shape)})
             nbytes = int(np.prod(shape)) * dtype.itemsize
             offset += nbytes + (-nbytes % _LEAF_ALIGNMENT)
-        self.segments: list[SharedSegment] = []
-        try:
-            for _ in range(self.COUNT):
-                self.segments.append(SharedSegment.create(0, size=offset))
-        except BaseException:
-            self.close()
-            raise
+        self.segments = SharedSegment.create_many(self.COUNT, offset)
         self._arrays = [
             [
                 segment.array(dtype, shape, entry["offset"])

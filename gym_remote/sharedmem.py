@@ -77,6 +77,20 @@ class SharedSegment:
         return segment
 
     @classmethod
+    def create_many(cls, count: int, size: int) -> List["SharedSegment"]:
+        """``count`` new segments of ``size`` bytes for a client's own buffers (which it never
+        writes data sections into); none is left open if one cannot be made."""
+        segments: List[SharedSegment] = []
+        try:
+            for _ in range(count):
+                segments.append(cls.create(0, size=size))
+        except BaseException:
+            for segment in segments:
+                segment.close()
+            raise
+        return segments
+
+    @classmethod
     def attach(cls, offer: Dict[str, Any], writable: bool = False) -> "SharedSegment":
         """Opens the segment another process offered (see :meth:`offer`); a writable one takes
         :meth:`write` of data sections that fit it (it never grows).
@@ -182,13 +196,7 @@ class ReplyBuffers:
     COUNT = 3
 
     def __init__(self, nbytes: int) -> None:
-        self.segments: List[SharedSegment] = []
-        try:
-            for _ in range(self.COUNT):
-                self.segments.append(SharedSegment.create(0, size=DATA_START + nbytes))
-        except BaseException:
-            self.close()
-            raise
+        self.segments = SharedSegment.create_many(self.COUNT, DATA_START + nbytes)
         self._data = [segment.bytes_at(DATA_START, nbytes) for segment in self.segments]
 
     def offer(self) -> Dict[str, Any]:
