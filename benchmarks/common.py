@@ -66,6 +66,27 @@ def loopback_listener(unix_path: str | None = None) -> socket.socket:
     return listener
 
 
+def loopback_connection(address: str | tuple[str, int]) -> socket.socket:
+    """A connection to a :func:`loopback_listener`'s ``getsockname()``: a Unix socket's path, or
+    a TCP address (then with TCP_NODELAY)."""
+    if isinstance(address, str):
+        connection = socket.socket(socket.AF_UNIX)
+        connection.connect(address)
+        return connection
+    return _no_delay(socket.create_connection(address))
+
+
+def accepted(listener: socket.socket) -> socket.socket:
+    """The next connection to a :func:`loopback_listener` (over TCP: with TCP_NODELAY)."""
+    connection, _ = listener.accept()
+    return connection if listener.family == socket.AF_UNIX else _no_delay(connection)
+
+
+def _no_delay(connection: socket.socket) -> socket.socket:
+    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return connection
+
+
 def observation_leaves(value: Any, path: tuple = ()) -> list[tuple[tuple, np.ndarray]]:
     """The arrays of an observation (nested dicts of arrays), each with its path of keys."""
     if isinstance(value, dict):

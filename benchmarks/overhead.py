@@ -29,7 +29,9 @@ import numpy as np
 import gym_remote
 import gym_remote.testing  # noqa: F401  (registers the image env)
 from benchmarks.common import (
+    accepted,
     guest_halt_poll_ns,
+    loopback_connection,
     loopback_listener,
     machine_line,
     observation_leaves,
@@ -69,9 +71,7 @@ def payload_sizes(env_id: str) -> tuple[int, int]:
 
 
 def _echo_server(listener: socket.socket, request_bytes: int, reply_bytes: int) -> None:
-    connection, _ = listener.accept()
-    if listener.family != socket.AF_UNIX:
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    connection = accepted(listener)
     request = bytearray(request_bytes)
     reply = bytes(reply_bytes)
     view = memoryview(request)
@@ -95,12 +95,7 @@ class BareSocket:
             target=_echo_server, args=(self._listener, request_bytes, reply_bytes), daemon=True
         )
         self._server.start()
-        if unix_path is None:
-            self._client = socket.create_connection(self._listener.getsockname())
-            self._client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        else:
-            self._client = socket.socket(socket.AF_UNIX)
-            self._client.connect(unix_path)
+        self._client = loopback_connection(self._listener.getsockname())
         self._request = bytes(request_bytes)
         self._reply = bytearray(reply_bytes)
 

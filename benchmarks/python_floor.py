@@ -21,7 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from benchmarks.common import loopback_listener, observation_leaves
+from benchmarks.common import accepted, loopback_connection, loopback_listener, observation_leaves
 
 # A request: reset (with a seed, -1 for none) or step, then the action's bytes.
 _REQUEST = struct.Struct("<?q")
@@ -32,18 +32,13 @@ _SCRATCH_BYTES = 1 << 16
 
 def _worker(env_id: str, address: str) -> None:
     """Serves ``env_id`` to the client listening at ``address``: a TCP port on 127.0.0.1, or a
-    Unix socket's path."""
+    Unix socket's path (starting with ``/``)."""
     import gym_remote.testing  # noqa: F401  (registers the image env)
 
     env = gym.make(env_id)
     action_dtype, action_shape = env.action_space.dtype, env.action_space.shape
     action_count = int(np.prod(action_shape))
-    if address.isdigit():
-        sock = socket.create_connection(("127.0.0.1", int(address)))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    else:
-        sock = socket.socket(socket.AF_UNIX)
-        sock.connect(address)
+    sock = loopback_connection(address if address.startswith("/") else ("127.0.0.1", int(address)))
     scratch = bytearray(_SCRATCH_BYTES)
     while sock.recv_into(scratch):  # requests are small: one receive each
         is_step, seed = _REQUEST.unpack_from(scratch)
@@ -61,7 +56,7 @@ def _worker(env_id: str, address: str) -> None:
 
 class MinimalPythonEnv:
     """The client end: ``reset()`` and ``step(action)`` like an env, over the minimal protocol,
-    on loopback TCP or, given ``unix_path`` (a path to listen at), over a Unix socket."""
+    on loopback TCP or, given ``unix_path`` (an absolute path to listen at), over a Unix socket."""
 
     def __init__(self, env_id: str, unix_path: str | None = None) -> None:
         local_env = gym.make(env_id)
@@ -77,10 +72,8 @@ class MinimalPythonEnv:
             [sys.executable, "-m", "benchmarks.python_floor", env_id, address],
             cwd=pathlib.Path(__file__).resolve().parent.parent,
         )
-        self._sock, _ = listener.accept()
+        self._sock = accepted(listener)
         listener.close()
-        if unix_path is None:
-            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # A worker that dies makes receives fail after a minute instead of hanging (the kernel's
         # timeout: no extra poll per receive).
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 60, 0))
