@@ -37,6 +37,8 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	# The package's annotations (it ships py.typed) are checked too.
+	$(VENV)/bin/mypy
 	# Code that runs inside simulator interpreters keeps to Python 3.8.
 	$(VENV)/bin/vermin --target=3.8- --no-tips --violations --eval-annotations \
 		gym_remote/__init__.py gym_remote/errors.py gym_remote/protocol.py gym_remote/spaces.py \

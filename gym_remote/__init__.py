@@ -6,6 +6,8 @@ package registers ``remote/Env-v0`` so ``gym.make("remote/Env-v0", env_id=...)``
 
 __version__ = "0.1.0"
 
+from typing import Any  # noqa: E402
+
 import gym_remote.envs  # noqa: E402,F401  (registers the simulator adapters' ids)
 from gym_remote.errors import (  # noqa: E402
     AuthenticationFailed,
@@ -33,7 +35,7 @@ register_remote("remote/Libero-v0", "gym_remote/Libero-v0")
 register_remote("remote/Robosuite-v0", "gym_remote/Robosuite-v0")
 
 
-def __getattr__(name: str):  # type: ignore[no-untyped-def]
+def __getattr__(name: str) -> Any:
     # The client is imported on first use: simulator interpreters (Python 3.8) import this
     # package for the worker and must not load client code.
     if name == "RemoteEnv":

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import gymnasium as gym
 import numpy as np
@@ -37,7 +37,7 @@ def array_leaves(space: gym.Space, num_envs: int) -> list[tuple[list, np.dtype, 
     leaves = leaf_subspaces(space, _ARRAY_SPACES)
     if leaves is None:
         return None
-    batches = [(path, create_empty_array(subspace, n=num_envs, fn=np.empty)) for path, subspace in leaves]
+    batches = [(path, _empty_batch(subspace, num_envs)) for path, subspace in leaves]
     return [(path, batch.dtype, batch.shape) for path, batch in batches]
 
 
@@ -88,7 +88,7 @@ class PooledBatches:
             if sys.getrefcount(array) == 3:
                 return array
         # All held by the caller: a new array, which the pool keeps in place of its oldest.
-        array = create_empty_array(space, n=self.num_envs, fn=np.empty)
+        array = _empty_batch(space, self.num_envs)
         arrays.append(array)
         if len(arrays) > self._KEPT_PER_LEAF:
             del arrays[0]
@@ -109,7 +109,7 @@ class SharedBatches:
     def __init__(self, space: gym.Space, leaves: list[tuple[list, np.dtype, tuple[int, ...]]]) -> None:
         self.space = space
         self.paths = [path for path, _, _ in leaves]
-        self.layout = []
+        self.layout: list[dict[str, Any]] = []
         offset = DATA_START
         for path, dtype, shape in leaves:
             self.layout.append({"path": path, "offset": offset, "dtype": dtype.str, "shape": list(shape)})
@@ -160,3 +160,9 @@ class SharedBatches:
         """Closes the segments; batches the caller still holds stay valid."""
         for segment in self.segments:
             segment.close()
+
+
+def _empty_batch(space: gym.Space, num_envs: int) -> np.ndarray:
+    """An uninitialised batch array of ``num_envs`` values of an array space (Box, Discrete,
+    MultiDiscrete, MultiBinary)."""
+    return cast(np.ndarray, create_empty_array(space, n=num_envs, fn=np.empty))

@@ -209,7 +209,7 @@ class RemoteEnv(gym.Env):
         return self._described().metadata
 
     @property
-    def spec(self) -> EnvSpec:  # type: ignore[override]
+    def spec(self) -> EnvSpec:
         """The spec this env was made from, with the remote env's episode limit and flags."""
         base = self._local_spec or EnvSpec(
             id="remote/Env-v0",
@@ -276,9 +276,9 @@ class RemoteEnv(gym.Env):
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(
+        self.__init__(  # type: ignore[misc]
             state["env_id"],
-            render_mode=state["render_mode"],  # type: ignore[misc]
+            render_mode=state["render_mode"],
             **state["arguments"],
             **state["env_kwargs"],
         )

@@ -107,11 +107,13 @@ class EnvCompliance:
     steps: int = 10
     seed: int = 7
     check_env_kwargs: Dict[str, Any] = {}
+    # The server this class's tests share (started by the first that needs it).
+    _server_process: Any = None
 
     def _server(self) -> Any:
         from gym_remote.testing import ServerProcess
 
-        server = getattr(type(self), "_server_process", None)
+        server = type(self)._server_process
         if server is None or server.process.poll() is not None:
             server = ServerProcess(*self.server_arguments)
             type(self)._server_process = server
@@ -119,7 +121,7 @@ class EnvCompliance:
 
     @classmethod
     def teardown_class(cls) -> None:
-        server = getattr(cls, "_server_process", None)
+        server = cls._server_process
         if server is not None:
             server.stop()
             cls._server_process = None

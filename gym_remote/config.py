@@ -119,7 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
     """Adds one command-line option per field of ``config_type``, documenting its variable."""
     for option in dataclasses.fields(config_type):
         flag = option.metadata.get("flag", "--" + option.name.replace("_", "-"))
-        default = option.default if option.default is not dataclasses.MISSING else option.default_factory()  # type: ignore[misc]
+        default = option.default if option.default is not dataclasses.MISSING else option.default_factory()  # type: ignore[operator]
         help_text = f"{option.metadata['help']} [env {env_var(option.name)}; default {default!r}]"
         kind = option.type if isinstance(option.type, str) else option.type.__name__
         if kind.startswith("list"):

@@ -112,10 +112,10 @@ class Connection:
         request."""
         layout = self.fixed_layout
         request = None if layout is None or options is not None else layout.encode_reset(seed)
-        if request is None:
-            return tuple(self.request("reset", seed=seed, options=options))  # type: ignore[return-value]
+        if layout is None or request is None:
+            return tuple(self.request("reset", seed=seed, options=options))
         fixed, result = self._fixed_exchange("reset", layout, request)
-        return (result[0], result[4]) if fixed else tuple(result)  # type: ignore[return-value]
+        return (result[0], result[4]) if fixed else tuple(result)
 
     def use_fixed_layout(self, layout: FixedLayout) -> None:
         """Sends steps and resets in fixed-layout frames from now on (the worker offered
@@ -133,8 +133,8 @@ class Connection:
         layout = self.fixed_layout
         reply_buffer = self._free_reply_buffer() if self._wants_reply_buffers else 0
         request = None if layout is None else layout.encode_action(action, reply_buffer)
-        if request is None:
-            return tuple(self.request("step", action=action))  # type: ignore[return-value]
+        if layout is None or request is None:
+            return tuple(self.request("step", action=action))
         fixed, result = self._fixed_exchange("step", layout, request, reply_buffer)
         return result if fixed else tuple(result)
 

@@ -6,7 +6,7 @@ error is picklable, so it survives the trip through ``AsyncVectorEnv``'s worker 
 This module runs inside simulator interpreters too: it keeps to Python 3.8.
 """
 
-from typing import Dict, Optional, Type
+from typing import Any, Dict, Optional, Tuple, Type
 
 __all__ = [
     "RemoteEnvError",
@@ -64,7 +64,7 @@ class RemoteEnvError(Exception):
             return self.message
         return f"{self.message}\n\nRemote traceback:\n{self.remote_traceback.rstrip()}"
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> Tuple[Any, ...]:
         return (_rebuild_error, (type(self), self.message, self.remote_type, self.remote_traceback))
 
 

@@ -23,7 +23,7 @@ Python 3.8 and gymnasium 0.29.
 """
 
 import struct
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import gymnasium as gym
 import numpy as np
@@ -163,7 +163,7 @@ class FixedLayout:
         }
         # The starts (prefix and header) of the requests this layout takes, with their whole
         # length, what turns their data section into the action, and their reply buffer code.
-        self._request_starts = {
+        self._request_starts: Dict[bytes, Tuple[int, Callable[[Any], Any], int]] = {
             start: (array_request_length, self._array_action, code)
             for code, start in enumerate(self._array_action_starts)
         }
@@ -199,6 +199,7 @@ class FixedLayout:
         leaves = []
         offset = 0
         for path, subspace in paths:
+            assert subspace.shape is not None  # fixed-shape spaces have one
             leaf = _Leaf(path, np.dtype(subspace.dtype), tuple(subspace.shape), offset)
             leaves.append(leaf)
             offset += leaf.nbytes + (-leaf.nbytes % DATA_ALIGNMENT)
@@ -425,7 +426,7 @@ class FixedLayout:
         header = reply_header.pack(reward, number, terminated_code, truncated_code, len(info_bytes))
         if info_bytes:
             start = _frame_start(REPLY_HEADER.size + len(info_bytes), self.observation_nbytes)
-            buffers = [start, header + info_bytes]
+            buffers: List[Any] = [start, header + info_bytes]
         else:
             buffers = [self._reply_start, header]
         for place, leaf, padding in self._leaves_placed:
@@ -504,7 +505,7 @@ def _flattened(structure: _Structure) -> Tuple[List[_Container], List[int]]:
     queue = [(0, structure)]
     next_place = 1
     for place, node in queue:
-        if type(node) is int:
+        if isinstance(node, int):
             leaf_places[node] = place
             continue
         container, items = node

@@ -659,7 +659,7 @@ class MessageReader:
         on_socket = header_length if shared else body_length
         end = PREFIX.size + on_socket
         have = min(len(buffer), end) - PREFIX.size
-        view = memoryview(self._bodies.take(body_length, header_length, have))
+        view = self._bodies.take(body_length, header_length, have).data
         view[:have] = buffer[PREFIX.size : PREFIX.size + have]
         if len(buffer) > end:
             self._pending = bytes(buffer[end:])

@@ -162,7 +162,7 @@ class Server:
 
     def _stop_when_stdin_closes(self) -> None:
         try:
-            while sys.stdin.buffer.read1(4096):
+            while sys.stdin.buffer.read1(4096):  # type: ignore[union-attr]
                 pass
         except (OSError, ValueError):
             pass

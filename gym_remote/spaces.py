@@ -146,7 +146,7 @@ def _decode_discrete(encoded: Dict[str, Any], allow_pickle: bool) -> spaces.Disc
     if dtype == np.int64:
         return spaces.Discrete(encoded["n"], start=encoded["start"])
     # Discrete's dtype argument is newer than gymnasium 0.29.
-    return spaces.Discrete(encoded["n"], start=encoded["start"], dtype=dtype)  # type: ignore[call-arg]
+    return spaces.Discrete(encoded["n"], start=encoded["start"], dtype=dtype)
 
 
 @_codec(spaces.MultiDiscrete)
@@ -166,7 +166,7 @@ def _decode_multi_discrete(encoded: Dict[str, Any], allow_pickle: bool) -> space
 
 @_codec(spaces.MultiBinary)
 def _encode_multi_binary(space: spaces.MultiBinary, allow_pickle: bool) -> Dict[str, Any]:
-    n = space.n
+    n: Any = space.n  # an int, or a shape (a sequence or an array)
     return {"type": "MultiBinary", "n": int(n) if np.ndim(n) == 0 else [int(x) for x in n]}
 
 
@@ -250,7 +250,7 @@ def _decode_graph(encoded: Dict[str, Any], allow_pickle: bool) -> spaces.Graph:
     )
 
 
-_ONE_OF = getattr(spaces, "OneOf", None)  # new in gymnasium 1.0
+_ONE_OF: Any = getattr(spaces, "OneOf", None)  # new in gymnasium 1.0
 if _ONE_OF is not None:
 
     @_codec(_ONE_OF)

@@ -16,7 +16,7 @@ This module runs inside simulator interpreters too: it keeps to Python 3.8.
 import ctypes
 import os
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, SupportsFloat, Tuple
 
 import gymnasium as gym
 import numpy as np
@@ -108,7 +108,7 @@ class RichSpacesEnv(gym.Env):
         self._steps = 0
         return self._observation(), {"note": "reset", "options": options}
 
-    def step(self, action: Any) -> Tuple[Any, float, bool, bool, dict]:
+    def step(self, action: Any) -> Tuple[Any, SupportsFloat, bool, bool, dict]:
         self._steps += 1
         reward = np.float32(action["force"].sum())
         terminated = self._steps >= 20
@@ -127,7 +127,12 @@ class VaryingStepsEnv(gym.Env):
 
     metadata = {"render_modes": []}
     REWARDS = (1.5, 2, np.float64(0.25), np.float32(-0.5), np.int32(3), -(2**63), True, 2**63 - 1)
-    INFOS = ({}, {"is_success": False}, {"array": np.arange(3)}, {"nested": {"pair": (1, "a")}})
+    INFOS: Tuple[Dict[str, Any], ...] = (
+        {},
+        {"is_success": False},
+        {"array": np.arange(3)},
+        {"nested": {"pair": (1, "a")}},
+    )
 
     def __init__(self) -> None:
         self.observation_space = spaces.Dict(

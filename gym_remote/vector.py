@@ -110,7 +110,7 @@ class RemoteVectorEnv(VectorEnv):
         self._placement = [
             (number, slot) for number, hosted in enumerate(self._hosted) for slot in range(len(hosted))
         ]
-        arguments = {
+        arguments: dict[str, Any] = {
             "render_mode": render_mode,
             "timeout": timeout,
             "token": token,
@@ -282,8 +282,9 @@ class RemoteVectorEnv(VectorEnv):
         """Closes every session, then the private server if this vector env started one."""
         for session in getattr(self, "sessions", []):
             session.close()
-        if getattr(self, "_shared", None) is not None:
-            self._shared.close()
+        shared = getattr(self, "_shared", None)
+        if shared is not None:
+            shared.close()
             self._shared = None
         self._observations = None  # batches the caller still holds stay valid
         if self._embedded is not None:
@@ -373,7 +374,7 @@ class RemoteVectorEnv(VectorEnv):
         infos: dict[str, Any] = {}
         for position, info in enumerate(infos_list):
             infos = _add_info_for(self, infos, info, position, len(ready))
-        batch = create_empty_array(self.single_observation_space, n=len(ready), fn=np.zeros)
+        batch: Any = create_empty_array(self.single_observation_space, n=len(ready), fn=np.zeros)
         batch = concatenate(self.single_observation_space, observations, batch)
         return (
             batch,
@@ -441,7 +442,7 @@ class RemoteVectorEnv(VectorEnv):
         # With copy, each batch is memory the caller does not hold, which the observations go
         # straight into (one copy, where concatenating into a kept batch and deep-copying it
         # would be two).
-        batch = self._batches.take() if self.copy else self._observations
+        batch: Any = self._batches.take() if self.copy else self._observations
         self._observations = concatenate(self.single_observation_space, self._env_observations, batch)
         return self._observations
 
@@ -508,8 +509,8 @@ class RemoteVectorEnv(VectorEnv):
         replies = {}
         for (index, _), outcome in zip(items, reply):
             if not isinstance(outcome, dict) or "ok" not in outcome:
-                error = outcome.get("error") if isinstance(outcome, dict) else outcome
-                raise self._named([index], error_from_wire(error))
+                failure = outcome.get("error") if isinstance(outcome, dict) else outcome
+                raise self._named([index], error_from_wire(failure))
             replies[index] = outcome["ok"]
         return replies
 
@@ -556,7 +557,7 @@ def _as_step_result(op: str, reply: Any) -> tuple[Any, Any, bool, bool, dict[str
     if op == "reset":
         observation, info = reply
         return observation, 0.0, False, False, info
-    return tuple(reply)  # type: ignore[return-value]
+    return tuple(reply)
 
 
 def _seeds(seed: int | Sequence[int | None] | None, count: int) -> list[int | None]:

@@ -169,7 +169,7 @@ class WorkerSession:
                     else:
                         step_request = layout.decode_action(header, data)
                 if step_request is not None:
-                    pending = self._fixed_steps(layout, *step_request)  # type: ignore[misc]
+                    pending = self._fixed_steps(layout, *step_request)  # type: ignore[arg-type]
                     continue
             except PeerClosed:
                 break

@@ -241,7 +241,7 @@ class LiberoEnv(gym.Env):
         self.task_description = language_of(self.task)
         self.camera_names = list(camera_names)
         # In the order of their keys, as the observation space lists them.
-        ordered_names = sorted(self.camera_names, key=camera_keys.get)
+        ordered_names = sorted(self.camera_names, key=lambda name: camera_keys[name])
         self.camera_keys = {name: camera_keys[name] for name in ordered_names}
         self.obs_type = obs_type
         self.control_mode = control_mode
@@ -270,7 +270,9 @@ class LiberoEnv(gym.Env):
             hard_reset=hard_reset,
         )
         image_space = spaces.Box(0, 255, (observation_height, observation_width, 3), np.uint8)
-        observation_spaces = {"pixels": spaces.Dict({key: image_space for key in self.camera_keys.values()})}
+        observation_spaces: Dict[str, spaces.Space] = {
+            "pixels": spaces.Dict({key: image_space for key in self.camera_keys.values()})
+        }
         if obs_type == "pixels_agent_pos":
             observation_spaces["robot_state"] = _robot_state_space()
         self.observation_space = spaces.Dict(observation_spaces)

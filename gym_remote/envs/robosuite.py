@@ -126,7 +126,9 @@ class RobosuiteEnv(gym.Env):
             **robosuite_kwargs,
         )
         observation = self._env.reset()
-        self.observation_space = spaces.Dict({key: _space_for(value) for key, value in observation.items()})
+        observation_space = spaces.Dict({key: _space_for(value) for key, value in observation.items()})
+        self.observation_space = observation_space
+        self._observation_dtypes = {key: space.dtype for key, space in observation_space.items()}
         low, high = self._env.action_spec
         self.action_space = spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
 
@@ -165,6 +167,5 @@ class RobosuiteEnv(gym.Env):
 
     def _format(self, observation: Dict[str, Any]) -> Dict[str, Any]:
         return {
-            key: np.asarray(observation[key], dtype=self.observation_space[key].dtype)
-            for key in self.observation_space.spaces
+            key: np.asarray(observation[key], dtype=dtype) for key, dtype in self._observation_dtypes.items()
         }
