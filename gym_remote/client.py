@@ -188,7 +188,9 @@ class RemoteEnv(gym.Env):
 
     def close(self) -> None:
         """Ends the session (and the private server, if this env owns one). Idempotent."""
-        if self._state is SessionState.ACTIVE and self._connection is not None:
+        # A connection left owing the reply of an interrupted call just closes (the worker then
+        # ends the session) rather than wait for that reply first.
+        if self._state is SessionState.ACTIVE and self._connection is not None and self._connection.settled:
             try:
                 self._connection.request("close")
             except RemoteEnvError:

@@ -15,6 +15,7 @@ from gym_remote.errors import (
     RemoteEnvError,
     RemoteTimeout,
     ServerUnavailable,
+    SessionClosed,
     SessionExpired,
     VersionMismatch,
     WorkerCrashed,
@@ -58,6 +59,11 @@ class Connection:
         self.allow_pickle = allow_pickle
         self.in_session = False
         self.closed = False
+        # Why the connection was closed under its user (say, a call interrupted mid-reply).
+        self._closed_because = ""
+        # Requests whose caller was interrupted (KeyboardInterrupt, say) before their reply began:
+        # the replies are read and dropped before the next request, so every reply meets its call.
+        self._unanswered = 0
         # The layout of fixed-layout steps, once the worker offered one (see gym_remote.fixed).
         self.fixed_layout: FixedLayout | None = None
         # Whether steps ask for their observation in reply buffers (see use_fixed_layout).
@@ -96,11 +102,22 @@ class Connection:
         self._send_buffers(op, encode_frame(fields, self.allow_pickle))
 
     def receive(self, op: str) -> Any:
-        """Receives the reply to the request ``op`` sent last: its result, or its error raised."""
+        """Receives the reply to the request ``op`` sent last: its result, or its error raised.
+
+        A caller interrupted (by KeyboardInterrupt, say) before the reply began leaves it to be
+        dropped before the next request; one interrupted in the middle of it closes the
+        connection (its session ends: the next call says so).
+        """
+        waiting = True
         try:
-            frame = self._reader.receive_frame(self.timeout)
+            chunk = self._reader.receive_chunk(self.timeout)
+            waiting = False
+            frame = self._reader.receive_frame(self.timeout, chunk=chunk)
         except (RemoteTimeout, ProtocolError, OSError) as error:
             raise self._failure(op, error) from None
+        except BaseException:
+            self._interrupted(op, waiting)
+            raise
         if frame[2]:
             self.close()
             raise ProtocolError(f"a fixed-layout frame in reply to {op}")
@@ -166,16 +183,24 @@ class Connection:
         """Sends a whole fixed-layout request; returns whether the reply was fixed-layout too,
         with its ``(observation, reward, terminated, truncated, info)``, or else the result of
         the ordinary reply. A reply to a request that named a reply buffer and that carries no
-        data section has its observation there."""
+        data section has its observation there. Interruptions as in :meth:`receive`."""
+        if self._unanswered:
+            self._drop_unanswered(op)
+        waiting = False
         try:
             self._sock.sendall(request)
+            waiting = True
             chunk = self._reader.receive_chunk(self.timeout)
+            waiting = False
             result = layout.decode_whole_reply(chunk)
             if result is not None:
                 return True, result
             header, data, fixed = self._reader.receive_frame(self.timeout, chunk=chunk)
         except (RemoteTimeout, ProtocolError, OSError) as error:
             raise self._failure(op, error) from None
+        except BaseException:
+            self._interrupted(op, waiting)
+            raise
         if not fixed:
             return False, self._result(op, (header, data, fixed))
         placed = None
@@ -190,11 +215,49 @@ class Connection:
 
     def _send_buffers(self, op: str, buffers: list[Any]) -> None:
         if self.closed:
+            if self._closed_because:
+                raise SessionClosed(f"the session at {self.address} ended: {self._closed_because}")
             raise ServerUnavailable(f"the connection to {self.address} is closed")
+        if self._unanswered:
+            self._drop_unanswered(op)
         try:
             send_buffers(self._sock, buffers)
         except (RemoteTimeout, ProtocolError, OSError) as error:
             raise self._failure(op, error) from None
+        except BaseException:
+            self._interrupted(op, waiting=False)
+            raise
+
+    @property
+    def settled(self) -> bool:
+        """Whether every request sent has had its reply (none was left by an interrupted call)."""
+        return not self._unanswered
+
+    def abandon_reply(self) -> None:
+        """Leaves the reply to the request in flight unread: it is dropped before the next request."""
+        self._unanswered += 1
+
+    def _interrupted(self, op: str, waiting: bool) -> None:
+        """Keeps requests and replies paired after ``op`` was interrupted by an exception of the
+        caller's (KeyboardInterrupt, say): a reply not yet begun is dropped later; a request or
+        reply cut in the middle leaves the stream unreadable, so the connection closes."""
+        if waiting:
+            self.abandon_reply()
+            return
+        self.close()
+        self._closed_because = f"a {op} call was interrupted in the middle of its request or reply"
+
+    def _drop_unanswered(self, op: str) -> None:
+        """Reads and drops the replies left by interrupted calls, before ``op`` is sent."""
+        try:
+            while self._unanswered:
+                self._reader.receive_frame(self.timeout)
+                self._unanswered -= 1
+        except (RemoteTimeout, ProtocolError, OSError) as error:
+            raise self._failure(f"{op} (reading the reply of an interrupted call)", error) from None
+        except BaseException:
+            self._interrupted(op, waiting=False)
+            raise
 
     def _result(self, op: str, frame: tuple[Any, Any, bool]) -> Any:
         """The result a MessagePack reply frame carries, or its error raised."""

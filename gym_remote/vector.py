@@ -280,6 +280,8 @@ class RemoteVectorEnv(VectorEnv):
 
     def close_extras(self, **kwargs: Any) -> None:
         """Closes every session, then the private server if this vector env started one."""
+        if getattr(self, "_pending", None):
+            self._abandon_pending()  # sessions with steps in flight close without waiting for them
         for session in getattr(self, "sessions", []):
             session.close()
         shared = getattr(self, "_shared", None)
@@ -452,20 +454,32 @@ class RemoteVectorEnv(VectorEnv):
             pending = sorted(index for items in self._pending.values() for index, _ in items)
             raise InvalidCall(f"sub-envs {pending} have steps in flight: recv() them first")
         first_error: RemoteEnvError | None = None
-        for number, items in self._by_session(requests).items():
-            try:
-                self._send(number, items)
-            except RemoteEnvError as error:
-                first_error = first_error or error
         replies: dict[int, Any] = {}
-        for number in list(self._pending):
-            try:
-                replies.update(self._receive(number))
-            except RemoteEnvError as error:
-                first_error = first_error or error
+        try:
+            for number, items in self._by_session(requests).items():
+                try:
+                    self._send(number, items)
+                except RemoteEnvError as error:
+                    first_error = first_error or error
+            for number in list(self._pending):
+                try:
+                    replies.update(self._receive(number))
+                except RemoteEnvError as error:
+                    first_error = first_error or error
+        except BaseException:  # interrupted (KeyboardInterrupt, say): the next call starts afresh
+            self._abandon_pending()
+            raise
         if first_error is not None:
             raise first_error
         return replies
+
+    def _abandon_pending(self) -> None:
+        """Leaves the replies in flight unread: each session drops them before its next request."""
+        for number in self._pending:
+            connection = self.sessions[number]._connection
+            if connection is not None:
+                connection.abandon_reply()
+        self._pending.clear()
 
     def _by_session(
         self, requests: dict[int, tuple[str, dict[str, Any]]]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -263,6 +265,91 @@ def test_a_slow_call_times_out_and_closes_the_session(server):
     with pytest.raises(errors.SessionClosed):
         env.step(-1)
     env.close()
+
+
+class Interrupted(BaseException):
+    """Raised in the main thread by a signal handler, as KeyboardInterrupt is by Ctrl-C."""
+
+
+@contextlib.contextmanager
+def interrupt_after(seconds: float):
+    """Interrupts the main thread (this test's) after ``seconds``, wherever it waits."""
+
+    def raise_interrupted(signal_number, frame):
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, raise_interrupted)
+    main_thread = threading.main_thread().ident
+    timer = threading.Timer(seconds, signal.pthread_kill, (main_thread, signal.SIGUSR1))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        timer.join(10)
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_a_call_interrupted_while_it_waits_leaves_the_session_in_step(server):
+    env = remote(server, sleep_seconds=1.0, allocate_bytes=8)
+    env.reset(seed=0)
+    with interrupt_after(0.2), pytest.raises(Interrupted):
+        env.step(fault("sleep"))
+    # The interrupted step's reply is read and dropped first: every later call gets its own.
+    assert env.get_wrapper_attr("describe")("after") == "after:FaultyEnv"
+    observation, reward, terminated, truncated, info = env.step(-1)
+    assert observation.shape == (8,) and info == {}
+    with interrupt_after(0.2), pytest.raises(Interrupted):
+        env.step(fault("sleep"))
+    env.close()  # does not wait for the dropped reply
+    assert_serves(server)
+
+
+def test_a_call_interrupted_in_the_middle_of_its_reply_ends_its_session_clearly(start_server, monkeypatch):
+    monkeypatch.setenv("GYM_REMOTE_SHARED_MEMORY", "0")  # the 1 MB reply comes over the socket
+    server = start_server("--import", "gym_remote.testing")
+    env = remote(server)
+    env.reset(seed=0)
+    reader = env._connection._reader
+
+    def interrupted_mid_frame(*args, **kwargs):
+        raise Interrupted
+
+    monkeypatch.setattr(reader, "_receive_into", interrupted_mid_frame)
+    with pytest.raises(Interrupted):
+        env.step(-1)
+    with pytest.raises(errors.SessionClosed, match="step call was interrupted in the middle"):
+        env.step(-1)
+    with pytest.raises(errors.SessionClosed, match="ended earlier"):
+        env.reset()
+    env.close()
+    wait_for(lambda: not worker_pids(server.pid), what="the interrupted session's worker to end")
+    assert_serves(server)
+
+
+@pytest.mark.parametrize("envs_per_worker", [1, 3])
+def test_a_vector_step_interrupted_while_it_waits_leaves_every_session_in_step(server, envs_per_worker):
+    envs = gym_remote.RemoteVectorEnv(
+        FAULTY, 3, address=server.address, envs_per_worker=envs_per_worker, sleep_seconds=1, allocate_bytes=4
+    )
+    envs.reset(seed=0)
+    with interrupt_after(0.2), pytest.raises(Interrupted):
+        envs.step(np.array([fault("sleep")] * 3))
+    assert envs.call("describe", "after") == ("after:FaultyEnv",) * 3
+    observations, rewards, terminations, truncations, infos = envs.step(np.array([-1] * 3))
+    assert observations.shape == (3, 4) and not terminations.any()
+    envs.close()
+
+
+def test_closing_with_slow_steps_in_flight_does_not_wait_for_them(server):
+    envs = gym_remote.RemoteVectorEnv(FAULTY, 2, address=server.address, sleep_seconds=30, allocate_bytes=4)
+    envs.reset(seed=0)
+    envs.send(np.array([fault("sleep")] * 2))
+    closing = threading.Thread(target=envs.close)
+    closing.start()
+    closing.join(10)
+    assert not closing.is_alive(), "close() waited for the steps in flight"
+    assert_serves(server)
 
 
 def test_a_slow_env_never_delays_another_session(server):
