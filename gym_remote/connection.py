@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import weakref
 from typing import Any
 
 from gym_remote import __version__
@@ -36,6 +38,8 @@ __all__ = ["Connection", "error_from_wire"]
 
 # Errors after which the peer has closed (or will close) the connection.
 _FATAL_ERRORS = (SessionExpired, ProtocolError, VersionMismatch, WorkerCrashed)
+# Every open connection of this process, so that a forked child can let go of them.
+_open_connections: weakref.WeakSet[Connection] = weakref.WeakSet()
 
 
 class Connection:
@@ -73,6 +77,7 @@ class Connection:
         timeval = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
         self._reader = MessageReader(self._sock, max_message_size)
+        _open_connections.add(self)
         try:
             reply = self.request(
                 "hello",
@@ -216,7 +221,7 @@ class Connection:
     def _send_buffers(self, op: str, buffers: list[Any]) -> None:
         if self.closed:
             if self._closed_because:
-                raise SessionClosed(f"the session at {self.address} ended: {self._closed_because}")
+                raise SessionClosed(f"the connection to {self.address} is closed: {self._closed_because}")
             raise ServerUnavailable(f"the connection to {self.address} is closed")
         if self._unanswered:
             self._drop_unanswered(op)
@@ -246,6 +251,17 @@ class Connection:
             return
         self.close()
         self._closed_because = f"a {op} call was interrupted in the middle of its request or reply"
+
+    def _disown(self, owner_pid: int) -> None:
+        """In a child forked from ``owner_pid``: lets go of this copy of the connection, saying
+        nothing to the worker, so that the parent's session goes on undisturbed (a request
+        from here would take a reply meant for the parent, and ``close`` would end its session)."""
+        if not self.closed:
+            self.close()  # this process's copies only: the socket stays open in the parent
+            self._closed_because = (
+                f"it belongs to process {owner_pid}, which this process was forked from; "
+                "make a new env in this process"
+            )
 
     def _drop_unanswered(self, op: str) -> None:
         """Reads and drops the replies left by interrupted calls, before ``op`` is sent."""
@@ -321,6 +337,7 @@ class Connection:
         """Closes the socket; the worker sees end-of-file and ends the session."""
         if not self.closed:
             self.closed = True
+            _open_connections.discard(self)
             self.fixed_layout = None  # steps take the ordinary way, which says the connection is closed
             self._wants_reply_buffers = False
             self._sock.close()
@@ -330,6 +347,16 @@ class Connection:
             if self._reader.segment is not None:
                 self._reader.segment.close()
                 self._reader.segment = None
+
+
+def _disown_inherited_connections() -> None:
+    """Runs in every forked child (``os.register_at_fork``)."""
+    parent = os.getppid()
+    for connection in list(_open_connections):
+        connection._disown(parent)
+
+
+os.register_at_fork(after_in_child=_disown_inherited_connections)
 
 
 def error_from_wire(payload: Any) -> RemoteEnvError:

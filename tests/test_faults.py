@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import signal
 import socket
@@ -350,6 +351,34 @@ def test_closing_with_slow_steps_in_flight_does_not_wait_for_them(server):
     closing.join(10)
     assert not closing.is_alive(), "close() waited for the steps in flight"
     assert_serves(server)
+
+
+def test_a_forked_child_can_neither_use_nor_end_its_parents_session(server):
+    env = remote(server, "CartPole-v1")
+    env.reset(seed=0)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # report what stepping and closing the inherited env did, then leave at once
+        try:
+            try:
+                env.step(0)
+                outcome = "stepped"
+            except errors.SessionClosed as error:
+                outcome = f"refused: {error}"
+            env.close()
+            os.write(write_end, outcome.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        outcome = reader.read().decode()
+    os.waitpid(child, 0)
+    assert outcome.startswith("refused") and f"belongs to process {os.getpid()}" in outcome
+    for _ in range(5):  # the parent's session goes on, each reply its own
+        observation, _, terminated, _, info = env.step(1)
+        assert observation.shape == (4,) and info == {}
+    assert env.get_wrapper_attr("gravity") == 9.8
+    env.close()
 
 
 def test_a_slow_env_never_delays_another_session(server):
