@@ -11,6 +11,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 import gym_remote
 from gym_remote import RemoteVectorEnv
 from gym_remote.testing import FAULTS
+from tests.helpers import all_gone, worker_pids
 
 NUM_ENVS = 3
 
@@ -89,8 +90,12 @@ def test_spread_over_two_servers_and_one_going_away(start_server):
         assert [env.config.address for env in envs.sessions] == [first.address, second.address] * 2
         envs.reset(seed=1)
         envs.step(np.zeros(4, np.int64))
+        second_workers = worker_pids(second.pid)
+        assert len(second_workers) == 2
         second.process.kill()
         second.process.wait(10)
+        # Its workers follow it; until they have, one could still answer a step.
+        assert all_gone(second_workers), "the second server's workers outlived it"
         with pytest.raises(
             gym_remote.WorkerCrashed, match=f"sub-env 1 \\(CartPole-v1 at {second.address}\\)"
         ):
