@@ -46,7 +46,8 @@ class Connection:
     """One connection to a gym-remote server, and later to the worker of its session.
 
     Raises from every method: :class:`ServerUnavailable`, :class:`RemoteTimeout`,
-    :class:`WorkerCrashed` or the typed error the peer replied with.
+    :class:`WorkerCrashed`, :class:`SessionClosed` (once a call was cut off mid-message, or in a
+    forked child) or the typed error the peer replied with.
     """
 
     def __init__(
