@@ -245,9 +245,10 @@ class Connection:
 
     def _interrupted(self, op: str, waiting: bool) -> None:
         """Keeps requests and replies paired after ``op`` was interrupted by an exception of the
-        caller's (KeyboardInterrupt, say): a reply not yet begun is dropped later; a request or
-        reply cut in the middle leaves the stream unreadable, so the connection closes."""
-        if waiting:
+        caller's (KeyboardInterrupt, say) while ``waiting`` for its reply or not: a reply not yet
+        begun is dropped later; a request or reply cut in the middle leaves the stream
+        unreadable, so the connection closes."""
+        if waiting and self._reader.nothing_taken():
             self.abandon_reply()
             return
         self.close()

@@ -610,6 +610,9 @@ class MessageReader:
             return pending
         if wait != self._receive_timeout:
             self._set_timeout(wait)
+        # Every frame starts with a nonzero byte: one here after an interrupted receive says
+        # that the stream's bytes were taken (see nothing_taken).
+        self._scratch[0] = 0
         try:
             received = self.sock.recv_into(self._scratch)
         except (BlockingIOError, socket.timeout):
@@ -617,6 +620,13 @@ class MessageReader:
         if not received:
             raise PeerClosed("the peer closed the connection")
         return self._scratch_view[:received]
+
+    def nothing_taken(self) -> bool:
+        """After a :meth:`receive_chunk` that reads the socket was interrupted (by
+        KeyboardInterrupt, say): whether it took nothing from the stream, so that the frame it
+        waited for is still to come. An interruption can land just after the kernel handed over
+        bytes, before any Python code of this class noted them: the first byte tells."""
+        return self._scratch[0] == 0
 
     def receive_frame(
         self, wait: Optional[float], read_timeout: Optional[float] = None, chunk: Any = None

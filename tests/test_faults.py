@@ -328,6 +328,35 @@ def test_a_call_interrupted_in_the_middle_of_its_reply_ends_its_session_clearly(
     assert_serves(server)
 
 
+class _InterruptedJustAfterReceiving:
+    """A socket whose receives take the bytes and are then interrupted, as by a signal that
+    lands after the kernel returned them and before any Python code noted them."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def recv_into(self, *args):
+        self._sock.recv_into(*args)
+        raise Interrupted
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+def test_a_call_interrupted_just_after_its_reply_arrived_ends_its_session_clearly(server):
+    env = remote(server, "CartPole-v1", timeout=5)
+    env.reset(seed=0)
+    reader = env._connection._reader
+    reader.sock = _InterruptedJustAfterReceiving(reader.sock)
+    with pytest.raises(Interrupted):
+        env.step(0)
+    # The reply is gone from the stream: waiting for it again would hang or pair wrongly.
+    with pytest.raises(errors.SessionClosed, match="step call was interrupted in the middle"):
+        env.step(0)
+    env.close()
+    assert_serves(server)
+
+
 @pytest.mark.parametrize("envs_per_worker", [1, 3])
 def test_a_vector_step_interrupted_while_it_waits_leaves_every_session_in_step(server, envs_per_worker):
     envs = gym_remote.RemoteVectorEnv(
