@@ -23,7 +23,7 @@ from gym_remote.errors import (
     WorkerCrashed,
     error_from_code,
 )
-from gym_remote.fixed import FixedLayout
+from gym_remote.fixed import IN_THE_DATA, FixedLayout
 from gym_remote.protocol import (
     PROTOCOL_VERSION,
     MessageReader,
@@ -137,7 +137,8 @@ class Connection:
         request = None if layout is None or options is not None else layout.encode_reset(seed)
         if layout is None or request is None:
             return tuple(self.request("reset", seed=seed, options=options))
-        fixed, result = self._fixed_exchange("reset", layout, request)
+        self.send_fixed("reset", request)
+        fixed, result = self.receive_fixed("reset", layout)
         return (result[0], result[4]) if fixed else tuple(result)
 
     def use_fixed_layout(self, layout: FixedLayout) -> None:
@@ -158,7 +159,8 @@ class Connection:
         request = None if layout is None else layout.encode_action(action, reply_buffer)
         if layout is None or request is None:
             return tuple(self.request("step", action=action))
-        fixed, result = self._fixed_exchange("step", layout, request, reply_buffer)
+        self.send_fixed("step", request)
+        fixed, result = self.receive_fixed("step", layout, reply_buffer)
         return result if fixed else tuple(result)
 
     def _free_reply_buffer(self) -> int:
@@ -183,19 +185,30 @@ class Connection:
             self._reply_buffers = buffers
         return self._reply_buffers.take()
 
-    def _fixed_exchange(
-        self, op: str, layout: FixedLayout, request: bytes, reply_buffer: int = 0
-    ) -> tuple[bool, Any]:
-        """Sends a whole fixed-layout request; returns whether the reply was fixed-layout too,
-        with its ``(observation, reward, terminated, truncated, info)``, or else the result of
-        the ordinary reply. A reply to a request that named a reply buffer and that carries no
-        data section has its observation there. Interruptions as in :meth:`receive`."""
-        if self._unanswered:
-            self._drop_unanswered(op)
-        waiting = False
+    def send_fixed(self, op: str, request: bytes) -> None:
+        """Sends a whole fixed-layout request (made by :attr:`fixed_layout`) without waiting;
+        :meth:`receive_fixed` gets its reply. Interruptions as in :meth:`receive`."""
+        if self.closed or self._unanswered:
+            self._settle(op)
         try:
             self._sock.sendall(request)
-            waiting = True
+        except (RemoteTimeout, ProtocolError, OSError) as error:
+            raise self._failure(op, error) from None
+        except BaseException:
+            self._interrupted(op, waiting=False)
+            raise
+
+    def receive_fixed(
+        self, op: str, layout: FixedLayout, reply_buffer: int = 0, into_batch_row: bool = False
+    ) -> tuple[bool, Any]:
+        """Receives the reply to the fixed-layout request sent last: whether it was fixed-layout
+        too, with its ``(observation, reward, terminated, truncated, info)``, or else the result
+        of the ordinary reply. A reply with no data section to a request that named a reply
+        buffer has its observation there; to one that named a shared batch row (``into_batch_row``),
+        its observation is None: the worker wrote it into that row. Interruptions as in
+        :meth:`receive`."""
+        waiting = True
+        try:
             chunk = self._reader.receive_chunk(self.timeout)
             waiting = False
             result = layout.decode_whole_reply(chunk)
@@ -209,10 +222,12 @@ class Connection:
             raise
         if not fixed:
             return False, self._result(op, (header, data, fixed))
-        placed = None
+        placed = IN_THE_DATA
         if reply_buffer and not len(data):
             assert self._reply_buffers is not None
             placed = layout.observation(self._reply_buffers.data(reply_buffer))
+        elif into_batch_row and not len(data):
+            placed = None
         try:
             return True, layout.decode_reply(header, data, self.allow_pickle, placed)
         except ProtocolError:
@@ -220,12 +235,8 @@ class Connection:
             raise
 
     def _send_buffers(self, op: str, buffers: list[Any]) -> None:
-        if self.closed:
-            if self._closed_because:
-                raise SessionClosed(f"the connection to {self.address} is closed: {self._closed_because}")
-            raise ServerUnavailable(f"the connection to {self.address} is closed")
-        if self._unanswered:
-            self._drop_unanswered(op)
+        if self.closed or self._unanswered:
+            self._settle(op)
         try:
             send_buffers(self._sock, buffers)
         except (RemoteTimeout, ProtocolError, OSError) as error:
@@ -265,8 +276,13 @@ class Connection:
                 "make a new env in this process"
             )
 
-    def _drop_unanswered(self, op: str) -> None:
-        """Reads and drops the replies left by interrupted calls, before ``op`` is sent."""
+    def _settle(self, op: str) -> None:
+        """Before ``op`` is sent: raises if the connection is closed, else reads and drops the
+        replies left by interrupted calls."""
+        if self.closed:
+            if self._closed_because:
+                raise SessionClosed(f"the connection to {self.address} is closed: {self._closed_because}")
+            raise ServerUnavailable(f"the connection to {self.address} is closed")
         try:
             while self._unanswered:
                 self._reader.receive_frame(self.timeout)

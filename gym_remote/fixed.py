@@ -5,7 +5,8 @@ When a session's action is one fixed-shape array (Box, Discrete, MultiDiscrete, 
 and its observation is such arrays in Dicts and Tuples, the worker offers a layout in its
 ``make`` reply and the client may then send steps and resets as ``GYMF`` frames::
 
-    request header = request kind: uint8 | reply buffer: uint8 | 6 zero bytes
+    request header = request kind: uint8 | reply buffer: uint8 | batch buffer: uint8 | 1 zero byte
+                     | batch row: uint32
                      data = the action's bytes (a step), nothing or an int64 seed (a reset)
     reply header   = reward: 8 bytes | reward kind: uint8 | terminated: uint8 | truncated: uint8
                      | 1 zero byte | info length: uint32 | info  data = the observation's arrays
@@ -14,10 +15,12 @@ where info is a MessagePack value as in ordinary headers (empty for ``{}``); a r
 has reward 0.0 and both flags False. A step request may name one of the session's reply buffers
 (shared memory the client made, see ``use_reply_buffers`` in ``docs/protocol.md``; 0: none,
 ``n``: the n-th): the worker then writes the observation's data section there, and its reply has
-an empty data section. Both ends fall back to ordinary frames wherever a value
-does not fit exactly (another action type, a reset with options, a reward or flag of another
-type, an info holding arrays, an observation of another dtype, shape or structure), so what
-user code gets is always what the env returned. See
+an empty data section. A step or reset request may instead name a row of one of the session's
+shared batches (see ``use_shared_batches``; batch buffer 0: none, ``n``: the n-th), where the
+worker then writes the observation, as an ordinary request's ``into`` asks. Both ends fall back
+to ordinary frames wherever a value does not fit exactly (another action type, a reset with
+options, a reward or flag of another type, an info holding arrays, an observation of another
+dtype, shape or structure), so what user code gets is always what the env returned. See
 ``docs/protocol.md``. This module runs inside simulator interpreters too: it keeps to
 Python 3.8 and gymnasium 0.29.
 """
@@ -33,19 +36,23 @@ from gym_remote.errors import InvalidCall, ProtocolError, UnsupportedValue
 from gym_remote.protocol import DATA_ALIGNMENT, MAGIC_FIXED, PREFIX, decode_frame, encode_frame, wire_dtype
 from gym_remote.spaces import leaf_subspaces
 
-__all__ = ["FixedLayout", "ACTION_HEADER", "REPLY_HEADER", "MAX_REPLY_BUFFERS"]
+__all__ = ["FixedLayout", "ACTION_HEADER", "REPLY_HEADER", "MAX_REPLY_BUFFERS", "IN_THE_DATA"]
 
-ACTION_HEADER = struct.Struct("<BB6x")
+ACTION_HEADER = struct.Struct("<BBBxI")
+# Where a request header names a shared batch row: batch buffer, a zero byte, batch row.
+_BATCH_ROW = struct.Struct("<BBI")
 # The most reply buffers a session can have (a request names one by 1, 2, ...; 0: none).
 MAX_REPLY_BUFFERS = 3
 REPLY_HEADER = struct.Struct("<8sBBBxI")
+# Says to FixedLayout.decode_reply that a reply's observation is in its data section.
+IN_THE_DATA: Any = object()
 
 # Request kinds: a step whose action is an array of the layout's dtype and shape, or (for a
 # scalar layout) a numpy scalar of its dtype or a Python int (sent as int64); or a reset.
 ACTION_ARRAY, ACTION_NUMPY_SCALAR, ACTION_INT, RESET = 0, 1, 2, 3
 # A whole reset request without a seed, and the start of one with a seed (8 bytes follow).
-_UNSEEDED_RESET = PREFIX.pack(MAGIC_FIXED, ACTION_HEADER.size, 0) + ACTION_HEADER.pack(RESET, 0)
-_SEEDED_RESET_START = PREFIX.pack(MAGIC_FIXED, ACTION_HEADER.size, 8) + ACTION_HEADER.pack(RESET, 0)
+_UNSEEDED_RESET = PREFIX.pack(MAGIC_FIXED, ACTION_HEADER.size, 0) + ACTION_HEADER.pack(RESET, 0, 0, 0)
+_SEEDED_RESET_START = PREFIX.pack(MAGIC_FIXED, ACTION_HEADER.size, 8) + ACTION_HEADER.pack(RESET, 0, 0, 0)
 _REPLY_BUFFER_CODES = range(MAX_REPLY_BUFFERS + 1)
 # Reward kinds: the type and the reply header that holds it (as a float64 or an int64).
 _FLOAT_REPLY = struct.Struct("<dBBBxI")
@@ -59,6 +66,8 @@ _REWARD_KINDS = [
 # Where a whole frame's reward and data section start.
 _REWARD_AT = PREFIX.size
 _REQUEST_DATA_AT = PREFIX.size + ACTION_HEADER.size
+_BATCH_ROW_AT = PREFIX.size + 2  # in a whole request
+_NO_BATCH_ROW = bytes(_BATCH_ROW.size)
 _REPLY_DATA_AT = PREFIX.size + REPLY_HEADER.size
 # Flag codes for terminated and truncated: Python bools (0, 1), then numpy bools (2, 3).
 _FLAGS = [False, True, np.False_, np.True_]
@@ -88,6 +97,8 @@ _STEP_KINDS = {
 _INT64_RANGE = range(-(1 << 63), 1 << 63)
 _FIXED_SHAPE_SPACES = (spaces.Box, spaces.MultiDiscrete, spaces.MultiBinary)
 
+# A shared batch buffer (0, 1, ...) and a row of it, where a request asks for its observation.
+BatchRow = Tuple[int, int]
 # An observation's structure: a leaf's number, or ("dict" or "tuple", [(key, structure), ...]).
 _Structure = Union[int, Tuple[str, list]]
 # One Dict or Tuple of an observation, in a list of its values that starts with the whole
@@ -123,6 +134,7 @@ class FixedLayout:
         action_shape: Tuple[int, ...],
         leaves: List[_Leaf],
         takes_resets: bool = True,
+        takes_batch_rows: bool = True,
     ) -> None:
         self.action_dtype = action_dtype
         self.action_shape = action_shape
@@ -145,7 +157,7 @@ class FixedLayout:
         action_start = _frame_start(ACTION_HEADER.size, self.action_nbytes)
         int_start = _frame_start(ACTION_HEADER.size, 8)
         self._array_action_starts, self._scalar_action_starts, self._int_action_starts = (
-            [start + ACTION_HEADER.pack(kind, code) for code in _REPLY_BUFFER_CODES]
+            [start + ACTION_HEADER.pack(kind, code, 0, 0) for code in _REPLY_BUFFER_CODES]
             for start, kind in [
                 (action_start, ACTION_ARRAY),
                 (action_start, ACTION_NUMPY_SCALAR),
@@ -154,6 +166,8 @@ class FixedLayout:
         )
         # Whether the worker takes fixed-layout resets (it says so in its offer).
         self.takes_resets = takes_resets
+        # Whether it writes observations into the shared batch rows requests name (it says so too).
+        self.takes_batch_rows = takes_batch_rows
         array_request_length = _REQUEST_DATA_AT + self.action_nbytes
         # Per action kind, what turns a request's data section into the action.
         self._action_of_kind = {
@@ -211,6 +225,7 @@ class FixedLayout:
             "action": {"dtype": self.action_dtype.str, "shape": list(self.action_shape)},
             "observation": [leaf.to_wire() for leaf in self.leaves],
             "resets": self.takes_resets,
+            "batch_rows": self.takes_batch_rows,
         }
 
     @classmethod
@@ -233,10 +248,10 @@ class FixedLayout:
             ]
             if not leaves or any(leaf.offset < 0 or leaf.offset % DATA_ALIGNMENT for leaf in leaves):
                 raise ValueError("observation leaves must be at 8-byte aligned offsets")
-            takes_resets = payload.get("resets", False)
-            if type(takes_resets) is not bool:
-                raise ValueError(f"resets must be a bool, got {takes_resets!r}")
-            return cls(_plain_dtype(action["dtype"]), _shape(action["shape"]), leaves, takes_resets)
+            takes_resets, takes_batch_rows = (_flag(payload, name) for name in ("resets", "batch_rows"))
+            return cls(
+                _plain_dtype(action["dtype"]), _shape(action["shape"]), leaves, takes_resets, takes_batch_rows
+            )
         except (LookupError, TypeError, ValueError, ProtocolError) as error:
             raise ProtocolError(f"malformed fixed_steps layout {payload!r}: {error}") from None
 
@@ -260,16 +275,33 @@ class FixedLayout:
             return self._scalar_action_starts[reply_buffer] + action.tobytes()
         return None
 
-    def encode_reset(self, seed: Optional[int]) -> Optional[bytes]:
-        """The whole fixed-layout reset request for ``seed``; None if the worker takes no
-        fixed-layout resets or ``seed`` is not None or an int within int64."""
+    def encode_action_into(self, action: Any, into: Sequence[int]) -> Optional[bytes]:
+        """The whole fixed-layout step request for ``action``, asking for the observation in
+        row ``into[1]`` of shared batch buffer ``into[0]``; None if it does not fit or the
+        worker takes no batch rows."""
+        request = self.encode_action(action)
+        return None if request is None else self._into_batch_row(request, into)
+
+    def encode_reset(self, seed: Optional[int], into: Optional[Sequence[int]] = None) -> Optional[bytes]:
+        """The whole fixed-layout reset request for ``seed`` (asking for the observation in row
+        ``into[1]`` of shared batch buffer ``into[0]``, if given); None if the worker takes no
+        fixed-layout resets (or batch rows), or ``seed`` is not None or an int within int64."""
         if not self.takes_resets:
             return None
         if seed is None:
-            return _UNSEEDED_RESET
-        if type(seed) is not int or seed not in _INT64_RANGE:
+            request = _UNSEEDED_RESET
+        elif type(seed) is not int or seed not in _INT64_RANGE:
             return None
-        return _SEEDED_RESET_START + seed.to_bytes(8, "little", signed=True)
+        else:
+            request = _SEEDED_RESET_START + seed.to_bytes(8, "little", signed=True)
+        return request if into is None else self._into_batch_row(request, into)
+
+    def _into_batch_row(self, request: bytes, into: Sequence[int]) -> Optional[bytes]:
+        """``request`` (which names no reply buffer) naming shared batch row ``into`` instead."""
+        buffer, row = into
+        if not self.takes_batch_rows or not (0 <= buffer < 255 and 0 <= row < 1 << 32):
+            return None
+        return request[:_BATCH_ROW_AT] + _BATCH_ROW.pack(buffer + 1, 0, row) + request[_REQUEST_DATA_AT:]
 
     def decode_whole_reply(self, chunk: Any) -> Optional[Tuple[Any, Any, Any, Any, Dict[str, Any]]]:
         """The step result in ``chunk`` when it is exactly one fixed-layout reply with an empty
@@ -292,11 +324,11 @@ class FixedLayout:
         return np.ndarray(leaf.shape, leaf.dtype, data), reward, terminated, truncated, {}
 
     def decode_reply(
-        self, header: Any, data: Any, allow_pickle: bool = False, placed: Any = None
+        self, header: Any, data: Any, allow_pickle: bool = False, placed: Any = IN_THE_DATA
     ) -> Tuple[Any, Any, Any, Any, Dict[str, Any]]:
         """A fixed-layout reply's ``(observation, reward, terminated, truncated, info)``; the
         observation is ``placed`` where given (the reply's data section is then empty: the
-        worker wrote it into a reply buffer).
+        worker wrote it into a reply buffer, or a shared batch row, for which None is given).
 
         Raises:
             ProtocolError: the header or data section does not fit the layout.
@@ -317,7 +349,7 @@ class FixedLayout:
         info = decode_frame(header[REPLY_HEADER.size :], b"", allow_pickle) if info_length else {}
         if type(info) is not dict:
             raise ProtocolError(f"the info of a fixed-layout reply is a {type(info).__name__}, not a map")
-        if placed is not None:
+        if placed is not IN_THE_DATA:
             return placed, reward, flags[0], flags[1], info
         if len(data) != self.observation_nbytes:
             raise ProtocolError(
@@ -341,48 +373,68 @@ class FixedLayout:
 
     # ------------------------------------------------------------------ the worker's end
 
-    def action_of_whole_request(self, chunk: Any) -> Optional[Tuple[Any, int]]:
-        """The action and reply buffer code in ``chunk`` when it is exactly one well-formed
-        fixed-layout step request (one receive, one lookup); otherwise None, and
+    def action_of_whole_request(self, chunk: Any) -> Optional[Tuple[Any, int, Optional[BatchRow]]]:
+        """The action, reply buffer code and shared batch row (or None) in ``chunk`` when it is
+        exactly one well-formed fixed-layout step request (one receive, one or two lookups);
+        otherwise None, and
         :meth:`MessageReader.receive_frame <gym_remote.protocol.MessageReader.receive_frame>`
         and :meth:`decode_action` take the frame (and say what is wrong with it)."""
-        request = self._request_starts.get(bytes(chunk[:_REQUEST_DATA_AT]))
-        if request is None or len(chunk) != request[0]:
+        start = bytes(chunk[:_REQUEST_DATA_AT])
+        request = self._request_starts.get(start)
+        into = None
+        if request is None:  # one naming a batch row has a known start but for the header's end
+            request = self._request_starts.get(start[:_BATCH_ROW_AT] + _NO_BATCH_ROW)
+            if request is None or request[2] or len(start) != _REQUEST_DATA_AT:
+                return None
+            try:
+                into = _batch_row_named(start[PREFIX.size :])
+            except InvalidCall:
+                return None
+        if len(chunk) != request[0]:
             return None
-        return request[1](chunk[_REQUEST_DATA_AT:]), request[2]
+        return request[1](chunk[_REQUEST_DATA_AT:]), request[2], into
 
     @staticmethod
     def is_reset(header: Any) -> bool:
-        """Whether a fixed-layout request's header asks for a reset (:meth:`decode_seed` reads
+        """Whether a fixed-layout request's header asks for a reset (:meth:`decode_reset` reads
         it) rather than a step (:meth:`decode_action` reads it)."""
         return len(header) == ACTION_HEADER.size and header[0] == RESET
 
     @staticmethod
-    def decode_seed(data: Any) -> Optional[int]:
-        """The seed a fixed-layout reset request carries (None for no data).
+    def decode_reset(header: Any, data: Any) -> Tuple[Optional[int], Optional[BatchRow]]:
+        """The seed (None for no data) and the shared batch row (or None) a fixed-layout reset
+        request carries.
 
         Raises:
-            InvalidCall: the data section is neither empty nor 8 bytes.
+            InvalidCall: the data section is neither empty nor 8 bytes, or the header names a
+                reply buffer or a malformed batch row.
         """
         if len(data) not in (0, 8):
             raise InvalidCall(f"a fixed-layout reset has 0 or 8 bytes of seed, got {len(data)}")
-        return int.from_bytes(data, "little", signed=True) if data else None
+        if header[1]:
+            raise InvalidCall(f"a fixed-layout reset names reply buffer {header[1]}: only steps take one")
+        seed = int.from_bytes(data, "little", signed=True) if data else None
+        return seed, _batch_row_named(header)
 
-    def decode_action(self, header: Any, data: Any) -> Tuple[Any, int]:
-        """The action and the reply buffer code a fixed-layout step request carries.
+    def decode_action(self, header: Any, data: Any) -> Tuple[Any, int, Optional[BatchRow]]:
+        """The action, the reply buffer code and the shared batch row (or None) a fixed-layout
+        step request carries.
 
         Raises:
             InvalidCall: the header or data section does not fit the layout.
         """
         if len(header) != ACTION_HEADER.size:
             raise InvalidCall(f"a fixed-layout step header has {ACTION_HEADER.size} bytes, got {len(header)}")
-        kind, reply_buffer = ACTION_HEADER.unpack(header)
+        kind, reply_buffer = header[0], header[1]
         expected = 8 if kind == ACTION_INT else self.action_nbytes
         if kind > ACTION_INT or (kind != ACTION_ARRAY and self.action_shape):
             raise InvalidCall(f"action kind {kind} does not fit the action layout {self.action_shape}")
         if len(data) != expected:
             raise InvalidCall(f"a fixed-layout action of kind {kind} has {expected} bytes, got {len(data)}")
-        return self._action_of_kind[kind](data), reply_buffer
+        into = _batch_row_named(header)
+        if into is not None and reply_buffer:
+            raise InvalidCall(f"a fixed-layout step names both reply buffer {reply_buffer} and a batch row")
+        return self._action_of_kind[kind](data), reply_buffer, into
 
     def _array_action(self, data: Any) -> np.ndarray:
         """An array action in memory of its own (``data`` may be a receive buffer's)."""
@@ -459,6 +511,29 @@ class FixedLayout:
 
 def _int_action(data: Any) -> int:
     return int.from_bytes(data, "little", signed=True)
+
+
+def _batch_row_named(header: Any) -> Optional[BatchRow]:
+    """The shared batch row ``(buffer, row)`` a fixed-layout request header names, or None.
+
+    Raises:
+        InvalidCall: its batch buffer, zero byte and batch row are malformed.
+    """
+    buffer, zero, row = _BATCH_ROW.unpack_from(header, 2)
+    if zero or (row and not buffer):
+        raise InvalidCall(
+            f"a fixed-layout request header's batch row is malformed (batch buffer {buffer}, "
+            f"zero byte {zero}, row {row})"
+        )
+    return (buffer - 1, row) if buffer else None
+
+
+def _flag(payload: Dict[str, Any], name: str) -> bool:
+    """A layout offer's bool field ``name`` (False when missing: an older worker's offer)."""
+    value = payload.get(name, False)
+    if type(value) is not bool:
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return value
 
 
 def _structure_of(paths: List[list]) -> _Structure:

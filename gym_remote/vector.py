@@ -18,9 +18,10 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 from gym_remote.batches import PooledBatches, SharedBatches
 from gym_remote.client import ChunkResult, RemoteEnv
 from gym_remote.config import ClientConfig, resolve
-from gym_remote.connection import error_from_wire
+from gym_remote.connection import Connection, error_from_wire
 from gym_remote.embedded import EmbeddedServer
 from gym_remote.errors import InvalidCall, ProtocolError, RemoteEnvError
+from gym_remote.fixed import FixedLayout
 from gym_remote.sharedmem import write_row
 
 __all__ = ["RemoteVectorEnv"]
@@ -158,6 +159,9 @@ class RemoteVectorEnv(VectorEnv):
         self._autoreset_envs = np.zeros((num_envs,), dtype=np.bool_)
         # Session number -> the (env index, op) pairs of the request in flight there.
         self._pending: dict[int, list[tuple[int, str]]] = {}
+        # Sessions whose request in flight is a fixed-layout frame: its layout, and whether it
+        # named a shared batch row.
+        self._fixed_in_flight: dict[int, tuple[FixedLayout, bool]] = {}
         try:
             self._shared = self._share_batches()
         except BaseException:
@@ -480,6 +484,7 @@ class RemoteVectorEnv(VectorEnv):
             if connection is not None:
                 connection.abandon_reply()
         self._pending.clear()
+        self._fixed_in_flight.clear()
 
     def _by_session(
         self, requests: dict[int, tuple[str, dict[str, Any]]]
@@ -501,7 +506,14 @@ class RemoteVectorEnv(VectorEnv):
                 connection.send("batch", requests=batch)
             else:
                 ((_, op, fields),) = items
-                connection.send(op, **fields)
+                layout = connection.fixed_layout
+                request = None if layout is None else _fixed_request(layout, op, fields)
+                if request is None:
+                    connection.send(op, **fields)
+                else:
+                    assert layout is not None
+                    connection.send_fixed(op, request)
+                    self._fixed_in_flight[number] = (layout, "into" in fields)
         except RemoteEnvError as error:
             raise self._named([index for index, _, _ in items], error) from None
         self._pending[number] = [(index, op) for index, op, _ in items]
@@ -509,10 +521,14 @@ class RemoteVectorEnv(VectorEnv):
     def _receive(self, number: int) -> dict[int, Any]:
         """The replies of a session's request in flight, per env; raises the first env's error."""
         items = self._pending.pop(number)
+        fixed = self._fixed_in_flight.pop(number, None)
         session = self.sessions[number]
         hosting = isinstance(session, _HostingSession)
         try:
-            reply = session._connect().receive("batch" if hosting else items[0][1])
+            if fixed is None:
+                reply = session._connect().receive("batch" if hosting else items[0][1])
+            else:
+                reply = _fixed_reply(session._connect(), items[0][1], *fixed)
         except RemoteEnvError as error:
             session._note_failure(error)
             raise self._named([index for index, _ in items], error) from None
@@ -572,6 +588,26 @@ def _as_step_result(op: str, reply: Any) -> tuple[Any, Any, bool, bool, dict[str
         observation, info = reply
         return observation, 0.0, False, False, info
     return tuple(reply)
+
+
+def _fixed_request(layout: FixedLayout, op: str, fields: dict[str, Any]) -> bytes | None:
+    """The fixed-layout frame of a ``step`` or ``reset`` request (with or without ``into``),
+    where its values fit ``layout``; otherwise None."""
+    into = fields.get("into")
+    if op == "step":
+        action = fields["action"]
+        return layout.encode_action(action) if into is None else layout.encode_action_into(action, into)
+    if op == "reset" and fields["options"] is None:
+        return layout.encode_reset(fields["seed"], into)
+    return None
+
+
+def _fixed_reply(connection: Connection, op: str, layout: FixedLayout, into_batch_row: bool) -> Any:
+    """The reply to a fixed-layout ``step`` or ``reset`` request, as an ordinary reply's result."""
+    fixed, result = connection.receive_fixed(op, layout, into_batch_row=into_batch_row)
+    if fixed and op == "reset":
+        return [result[0], result[4]]
+    return result
 
 
 def _seeds(seed: int | Sequence[int | None] | None, count: int) -> list[int | None]:

@@ -37,7 +37,7 @@ from gym_remote.errors import (
     SimulatorUnavailable,
     UnsupportedValue,
 )
-from gym_remote.fixed import MAX_REPLY_BUFFERS, FixedLayout
+from gym_remote.fixed import MAX_REPLY_BUFFERS, BatchRow, FixedLayout
 from gym_remote.protocol import (
     MAGIC_FIXED,
     MAX_SEND_BUFFERS,
@@ -164,7 +164,7 @@ class WorkerSession:
                     elif layout is None:
                         raise InvalidCall("a fixed-layout request, but this session offered no fixed layout")
                     elif layout.is_reset(header):
-                        self._fixed_reset(layout, layout.decode_seed(data))
+                        self._fixed_reset(layout, *layout.decode_reset(header, data))
                         continue
                     else:
                         step_request = layout.decode_action(header, data)
@@ -248,13 +248,17 @@ class WorkerSession:
         result[0] = self._placed(result[0], request)
         return result
 
-    def _fixed_reset(self, layout: FixedLayout, seed: Optional[int]) -> None:
+    def _fixed_reset(self, layout: FixedLayout, seed: Optional[int], into: Optional[BatchRow]) -> None:
         """Resets the first env with ``seed`` for a fixed-layout request; replies in a
-        fixed-layout frame where the observation and info fit ``layout`` exactly, otherwise in
-        an ordinary one."""
+        fixed-layout frame where the observation and info fit ``layout`` exactly (with the
+        observation in the shared batch row ``into``, if given and it fits), otherwise in an
+        ordinary one."""
         try:
+            self._check_batch_row(into)
             observation, info = self._reset({"seed": seed})
             buffers = layout.encode_reset_reply(observation, info, self.allow_pickle)
+            if into is not None and buffers is not None:
+                buffers = self._in_batch_row(buffers, observation, into)
         except Exception as error:
             self._reply_error(error)
             return
@@ -263,13 +267,15 @@ class WorkerSession:
         else:
             self._send(buffers)
 
-    def _fixed_steps(self, layout: FixedLayout, action: Any, reply_buffer: int) -> Any:
+    def _fixed_steps(
+        self, layout: FixedLayout, action: Any, reply_buffer: int, into: Optional[BatchRow]
+    ) -> Any:
         """Steps the first env with ``action`` from a fixed-layout request, then with each next
         request while it comes whole (the short way: one receive, one lookup, the env's step
         and one send each); returns the first bytes that are anything else (None once it
         replied with an error). Replies in a fixed-layout frame where the step's values fit
-        ``layout`` exactly (with the observation in the reply buffer the request names, if
-        any), otherwise in an ordinary one.
+        ``layout`` exactly (with the observation in the reply buffer or shared batch row the
+        request names, if any, where it fits), otherwise in an ordinary one.
 
         Raises:
             InvalidCall: the env was never reset.
@@ -290,11 +296,16 @@ class WorkerSession:
                         f"the step asks for reply buffer {reply_buffer}; this session has "
                         f"{len(self.reply_buffers)} (use_reply_buffers)"
                     )
+                if into is not None:
+                    self._check_batch_row(into)
                 result = step(action)
                 self.last_observations[0] = result[0]
                 buffers = layout.encode_reply(result, self.allow_pickle)
-                if reply_buffer and buffers is not None:
-                    buffers = self._placed_reply(buffers, reply_buffer)
+                if buffers is not None:
+                    if reply_buffer:
+                        buffers = self._placed_reply(buffers, reply_buffer)
+                    elif into is not None:
+                        buffers = self._in_batch_row(buffers, result[0], into)
             except Exception as error:
                 self._reply_error(error)
                 return None
@@ -313,17 +324,32 @@ class WorkerSession:
             step_request = layout.action_of_whole_request(chunk)
             if step_request is None:
                 return chunk
-            action, reply_buffer = step_request
+            action, reply_buffer, into = step_request
         return None
 
     def _placed_reply(self, buffers: List[Any], reply_buffer: int) -> List[Any]:
         """The fixed-layout reply ``buffers`` with its data section written into reply buffer
         ``reply_buffer`` (1, 2, ...; one the session has) instead, so that the frame carries none."""
-        _, header_length, data_length = PREFIX.unpack_from(buffers[0])
+        data_length = PREFIX.unpack_from(buffers[0])[2]
         segment = self.reply_buffers[reply_buffer - 1]
         if not segment.write([byte_view(chunk) for chunk in buffers[2:]], data_length):
             return buffers  # it does not fit there: the observation travels in the reply
-        return [PREFIX.pack(MAGIC_FIXED, header_length, 0), buffers[1]]
+        return _without_data(buffers)
+
+    def _check_batch_row(self, into: Optional[BatchRow]) -> None:
+        """Raises InvalidCall, before the env runs, unless this session has the shared batch
+        buffer ``into`` names (or it names none)."""
+        if into is not None and (self.batches is None or into[0] >= len(self.batches.segments)):
+            raise InvalidCall(
+                f"the request asks for row {into[1]} of shared batch buffer {into[0]}; this session has "
+                f"{0 if self.batches is None else len(self.batches.segments)} (use_shared_batches)"
+            )
+
+    def _in_batch_row(self, buffers: List[Any], observation: Any, into: BatchRow) -> List[Any]:
+        """The fixed-layout reply ``buffers`` with the observation written into shared batch row
+        ``into`` instead, so that the frame carries none (as they are where it does not fit)."""
+        assert self.batches is not None  # checked by _check_batch_row
+        return _without_data(buffers) if self.batches.write(observation, list(into)) else buffers
 
     def _observe(self, request: Dict[str, Any]) -> Any:
         index, _ = self._running_env(request, "observe")
@@ -492,6 +518,12 @@ class WorkerSession:
         except (OSError, RemoteTimeout):
             # The client is gone: nobody is left to serve.
             self._close_envs()
+
+
+def _without_data(buffers: List[Any]) -> List[Any]:
+    """A fixed-layout reply's ``buffers`` without their data section (written elsewhere)."""
+    header_length = PREFIX.unpack_from(buffers[0])[1]
+    return [PREFIX.pack(MAGIC_FIXED, header_length, 0), buffers[1]]
 
 
 def _not_reset(op: str) -> InvalidCall:

@@ -18,6 +18,7 @@ import gym_remote
 import gym_remote.testing  # noqa: F401  (registers the test envs)
 from gym_remote import errors
 from gym_remote.addresses import parse_address
+from gym_remote.batches import SharedBatches
 from gym_remote.connection import Connection
 from gym_remote.fixed import ACTION_HEADER, MAX_REPLY_BUFFERS, REPLY_HEADER, FixedLayout
 from gym_remote.protocol import (
@@ -203,8 +204,8 @@ def test_actions_that_fit_travel_fixed_and_arrive_as_they_were_sent(action_space
     assert request is not None
     header, data = _header_and_data([request])
     assert header[0] == kind
-    received, reply_buffer = layout.decode_action(header, data)
-    assert reply_buffer == 0
+    received, reply_buffer, into = layout.decode_action(header, data)
+    assert reply_buffer == 0 and into is None
     assert type(received) is type(action) and data_equivalence(received, action, exact=True)
     if isinstance(received, np.ndarray):
         assert received.flags.writeable
@@ -235,8 +236,8 @@ def test_reset_seeds_that_fit_travel_fixed_and_arrive_as_they_were_sent(seed):
     assert request is not None
     header, data = _header_and_data([request])
     assert FixedLayout.is_reset(header) and len(data) == (0 if seed is None else 8)
-    received = FixedLayout.decode_seed(data)
-    assert type(received) is type(seed) and received == seed
+    received, into = FixedLayout.decode_reset(header, data)
+    assert type(received) is type(seed) and received == seed and into is None
     assert layout.action_of_whole_request(request) is None  # resets never take the steps' short way
 
 
@@ -247,7 +248,7 @@ def test_other_resets_take_the_ordinary_request():
         assert layout.encode_reset(seed) is None
     del offer["resets"]  # a worker that takes fixed-layout steps only
     assert FixedLayout.from_wire(offer).encode_reset(0) is None
-    assert not FixedLayout.is_reset(ACTION_HEADER.pack(0, 0)) and not FixedLayout.is_reset(bytes([3]))
+    assert not FixedLayout.is_reset(ACTION_HEADER.pack(0, 0, 0, 0)) and not FixedLayout.is_reset(bytes([3]))
 
 
 def test_a_reset_reply_is_a_step_reply_with_zero_reward_and_no_flags():
@@ -319,13 +320,25 @@ def test_malformed_fixed_frames_are_refused_with_what_is_wrong():
     with pytest.raises(errors.InvalidCall, match="header has 8 bytes, got 1"):
         layout.decode_action(b"\x00", bytearray(12))
     with pytest.raises(errors.InvalidCall, match="action kind 9"):
-        layout.decode_action(ACTION_HEADER.pack(9, 0), bytearray(12))
+        layout.decode_action(ACTION_HEADER.pack(9, 0, 0, 0), bytearray(12))
     with pytest.raises(errors.InvalidCall, match="has 12 bytes, got 4"):
-        layout.decode_action(ACTION_HEADER.pack(0, 0), bytearray(4))
+        layout.decode_action(ACTION_HEADER.pack(0, 0, 0, 0), bytearray(4))
     with pytest.raises(errors.InvalidCall, match="does not fit the action layout"):
-        layout.decode_action(ACTION_HEADER.pack(2, 0), bytearray(8))
+        layout.decode_action(ACTION_HEADER.pack(2, 0, 0, 0), bytearray(8))
+    with pytest.raises(errors.InvalidCall, match="both reply buffer 1 and a batch row"):
+        layout.decode_action(ACTION_HEADER.pack(0, 1, 1, 0), bytearray(12))
+    for malformed in [
+        ACTION_HEADER.pack(0, 0, 0, 3),
+        ACTION_HEADER.pack(0, 0, 1, 0)[:3] + b"\x01" + bytes(4),
+    ]:
+        with pytest.raises(errors.InvalidCall, match="batch row is malformed"):
+            layout.decode_action(malformed, bytearray(12))
+        with pytest.raises(errors.InvalidCall, match="batch row is malformed"):
+            FixedLayout.decode_reset(bytes([3]) + malformed[1:], b"")
     with pytest.raises(errors.InvalidCall, match="0 or 8 bytes of seed, got 4"):
-        FixedLayout.decode_seed(bytearray(4))
+        FixedLayout.decode_reset(ACTION_HEADER.pack(3, 0, 0, 0), bytearray(4))
+    with pytest.raises(errors.InvalidCall, match="names reply buffer 2: only steps"):
+        FixedLayout.decode_reset(ACTION_HEADER.pack(3, 2, 0, 0), b"")
     good = REPLY_HEADER.pack(struct.pack("<d", 1.0), 0, 0, 0, 0)
     with pytest.raises(errors.ProtocolError, match="malformed fixed-layout reply header"):
         layout.decode_reply(good[:5], bytearray(8))
@@ -399,10 +412,11 @@ def test_only_a_whole_reply_without_info_takes_the_short_way():
 def test_a_whole_request_in_one_chunk_gives_the_action_its_frame_does(action_space, action, reply_buffer):
     layout = layout_for(spaces.Box(0, 1, (1,), np.float32), action_space)
     received = bytearray(through_the_wire(layout).encode_action(action, reply_buffer))
-    whole, whole_reply_buffer = layout.action_of_whole_request(memoryview(received))
+    whole, whole_reply_buffer, into = layout.action_of_whole_request(memoryview(received))
     assert type(whole) is type(action) and data_equivalence(whole, action, exact=True)
-    assert whole_reply_buffer == reply_buffer
-    assert data_equivalence((whole, reply_buffer), layout.decode_action(*_split(bytes(received))), exact=True)
+    assert whole_reply_buffer == reply_buffer and into is None
+    decoded = layout.decode_action(*_split(bytes(received)))
+    assert data_equivalence((whole, reply_buffer, None), decoded, exact=True)
     received[24:] = bytes(len(received) - 24)  # the next receive reuses the chunk's memory
     assert data_equivalence(whole, action, exact=True)
     if isinstance(whole, np.ndarray):
@@ -421,9 +435,39 @@ def test_only_a_whole_well_formed_request_takes_the_short_way():
         (scalar, _patched(request, 17, bytes([MAX_REPLY_BUFFERS + 1]))),  # no such reply buffer
         (scalar, _patched(request, 8, struct.pack("<Q", 9))),  # a data length that is not the frame's
         (array, request),  # an int for an array layout
+        (scalar, _patched(request, 17, bytes([1, 1]))),  # a reply buffer and a batch row
+        (scalar, _patched(request, 19, bytes([1]))),  # the zero byte after the batch buffer
+        (scalar, _patched(request, 20, bytes([1]))),  # a batch row without a batch buffer
     ]
     for layout, other in others:
         assert layout.action_of_whole_request(other) is None
+
+
+@pytest.mark.parametrize("into", [(0, 0), (2, 7), (254, 2**32 - 1)])
+def test_steps_and_resets_naming_a_shared_batch_row_carry_it_both_ways(into):
+    layout = layout_for(spaces.Box(0, 1, (1,), np.float32), spaces.Box(-1, 1, (2,), np.float32))
+    client_side = through_the_wire(layout)
+    action = np.array([0.5, -0.25], np.float32)
+    request = client_side.encode_action_into(action, into)
+    whole = layout.action_of_whole_request(memoryview(request))
+    assert data_equivalence(whole, (action, 0, into), exact=True)
+    assert data_equivalence(layout.decode_action(*_split(request)), (action, 0, into), exact=True)
+    for seed in [None, 3]:
+        header, data = _split(client_side.encode_reset(seed, into))
+        assert FixedLayout.is_reset(header) and FixedLayout.decode_reset(header, data) == (seed, into)
+
+
+def test_batch_rows_are_named_only_to_a_worker_that_takes_them_and_only_where_they_fit():
+    offer = layout_for(spaces.Box(0, 1, (1,), np.float32), spaces.Discrete(3)).to_wire()
+    assert offer["batch_rows"] is True
+    layout = FixedLayout.from_wire(offer)
+    for into in [(255, 0), (-1, 0), (0, 2**32), (0, -1)]:
+        assert layout.encode_action_into(1, into) is None and layout.encode_reset(0, into) is None
+    assert layout.encode_action_into(1.5, (0, 0)) is None  # an action that does not fit
+    del offer["batch_rows"]  # a worker that predates them
+    older = FixedLayout.from_wire(offer)
+    assert older.encode_action_into(1, (0, 0)) is None and older.encode_reset(0, (0, 0)) is None
+    assert older.encode_action(1) is not None and older.encode_reset(0) is not None
 
 
 def test_a_frame_in_parts_or_with_the_next_one_takes_the_ordinary_way():
@@ -531,18 +575,18 @@ def test_resets_equal_the_local_env_and_travel_fixed_where_they_fit(server, monk
     try:
         connection = remote._connect()
         ordinary_requests, fixed_reset_replies = [], []
-        request, fixed_exchange = connection.request, connection._fixed_exchange
+        request, receive_fixed = connection.request, connection.receive_fixed
         monkeypatch.setattr(
             connection, "request", lambda op, **fields: ordinary_requests.append(op) or request(op, **fields)
         )
 
-        def recorded_exchange(op, layout, frame, *reply_buffer):
-            fixed, result = fixed_exchange(op, layout, frame, *reply_buffer)
+        def recorded_receive(op, *arguments):
+            fixed, result = receive_fixed(op, *arguments)
             if op == "reset":
                 fixed_reset_replies.append(fixed)
             return fixed, result
 
-        monkeypatch.setattr(connection, "_fixed_exchange", recorded_exchange)
+        monkeypatch.setattr(connection, "receive_fixed", recorded_receive)
         resets = (
             [(None, None)]
             + [(seed, None) for seed in range(13)]
@@ -617,6 +661,7 @@ def test_a_client_built_from_the_spec_steps_with_fixed_frames(server):
             "action": {"dtype": "<i8", "shape": []},
             "observation": [{"path": [], "dtype": "<f4", "shape": [4], "offset": 0}],
             "resets": True,
+            "batch_rows": True,
         }
         local = gym.make("CartPole-v1")
         reset = PREFIX.pack(b"GYMF", 8, 8) + bytes([3]) + bytes(7) + (5).to_bytes(8, "little", signed=True)
@@ -641,8 +686,10 @@ def test_a_client_built_from_the_spec_steps_with_fixed_frames(server):
         (PREFIX.pack(b"GYMF", 8, 4) + bytes([2]) + bytes(11), "has 8 bytes, got 4"),
         (PREFIX.pack(b"GYMF", 2, 8) + bytes(10), "header has 8 bytes, got 2"),
         (PREFIX.pack(b"GYMF", 8, 4) + bytes([3]) + bytes(11), "0 or 8 bytes of seed, got 4"),
+        (PREFIX.pack(b"GYMF", 8, 0) + bytes([3, 1]) + bytes(6), "names reply buffer 1: only steps"),
+        (PREFIX.pack(b"GYMF", 8, 8) + bytes([2, 0, 1]) + bytes(13), "has 0 (use_shared_batches)"),
     ],
-    ids=["unknown-kind", "short-data", "short-header", "short-seed"],
+    ids=["unknown-kind", "short-data", "short-header", "short-seed", "reset-reply-buffer", "no-batches"],
 )
 def test_bad_fixed_frames_are_invalid_calls_and_the_session_goes_on(server, frame, message):
     connection, _ = _session(server, fixed_steps=True)
@@ -717,3 +764,31 @@ def test_a_run_of_fixed_steps_gives_way_to_errors_and_other_calls_and_resumes(se
         steps(2)
     finally:
         env.close()
+
+
+def test_fixed_steps_and_resets_write_their_observation_into_the_shared_batch_row_they_name(server):
+    connection, description = _session(server, fixed_steps=True)
+    local = gym.make("CartPole-v1")
+    batches = SharedBatches.for_space(local.observation_space, 4)
+    try:
+        connection.request("use_shared_batches", **batches.offer())
+        layout = FixedLayout.from_wire(description["fixed_steps"])
+        magic, header, data = _exchange(connection, layout.encode_reset(5, (1, 2)))
+        assert (magic, data) == (b"GYMF", b"")
+        np.testing.assert_array_equal(batches.batch(1)[2], local.reset(seed=5)[0])
+        magic, header, data = _exchange(connection, layout.encode_action_into(1, (0, 3)))
+        expected = local.step(1)
+        assert (magic, data) == (b"GYMF", b"") and struct.unpack("<dBBBxI", header)[0] == expected[1]
+        np.testing.assert_array_equal(batches.batch(0)[3], expected[0])
+        # A buffer the session does not have: refused before the env steps; the session goes on.
+        magic, header, data = _exchange(connection, layout.encode_action_into(1, (len(batches.segments), 0)))
+        assert (
+            magic == b"GYMR"
+            and f"this session has {len(batches.segments)}"
+            in decode_frame(header, bytearray(data))["error"]["message"]
+        )
+        assert data_equivalence(connection.step(0), local.step(0), exact=True)
+    finally:
+        connection.close()
+        batches.close()
+        local.close()

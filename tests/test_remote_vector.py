@@ -10,6 +10,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 import gym_remote
 from gym_remote import RemoteVectorEnv
+from gym_remote.connection import Connection
 from gym_remote.testing import FAULTS
 from tests.helpers import all_gone, worker_pids
 
@@ -44,6 +45,8 @@ def run_both(local, remote, steps, seed=5):
         "gym_remote_testing/ImageEnv-v0",  # the same, for a dict of arrays
         "FrozenLake-v1",  # integer observations: they come in the replies, into shared batches
         "gym_remote_testing/RichSpaces-v0",  # spaces that are not arrays: no shared batches
+        # Fixed-layout steps whose values now and then fit no fixed reply or no batch row.
+        "gym_remote_testing/VaryingSteps-v0",
     ],
 )
 def test_batches_equal_sync_vector_env(server, mode, env_id, envs_per_worker):
@@ -63,6 +66,46 @@ def test_batches_equal_sync_vector_env(server, mode, env_id, envs_per_worker):
     finally:
         local.close()
         remote.close()
+
+
+@pytest.mark.parametrize("shared_memory", [True, False], ids=["shared-batches", "socket"])
+@pytest.mark.parametrize(
+    "mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP], ids=lambda mode: mode.value
+)
+def test_steps_and_resets_of_one_env_sessions_travel_in_fixed_frames(
+    server, monkeypatch, shared_memory, mode
+):
+    monkeypatch.setenv("GYM_REMOTE_SHARED_MEMORY", "1" if shared_memory else "0")
+    ordinary, fixed_replies = [], []
+    send, receive_fixed = Connection.send, Connection.receive_fixed
+    monkeypatch.setattr(
+        Connection, "send", lambda self, op, **fields: ordinary.append(op) or send(self, op, **fields)
+    )
+
+    def recorded_receive(self, op, *arguments, **keywords):
+        fixed, result = receive_fixed(self, op, *arguments, **keywords)
+        fixed_replies.append((op, fixed, fixed and result[0] is None))
+        return fixed, result
+
+    monkeypatch.setattr(Connection, "receive_fixed", recorded_receive)
+    local = SyncVectorEnv([lambda: gym.make("CartPole-v1")] * NUM_ENVS, autoreset_mode=mode)
+    remote = RemoteVectorEnv("CartPole-v1", NUM_ENVS, address=server.address, autoreset_mode=mode)
+    try:
+        assert remote.uses_shared_batches is shared_memory
+        ended = run_both(local, remote, steps=80)
+    finally:
+        local.close()
+        remote.close()
+    assert ended >= 2, "the run must cross episode boundaries"
+    assert "step" not in ordinary and "reset" not in ordinary
+    # The first reset, then one call per env and vector step (an autoreset for NEXT_STEP), and
+    # for SAME_STEP an autoreset after each step that ended an episode.
+    ops = [op for op, _, _ in fixed_replies]
+    assert len(ops) == NUM_ENVS + 80 * NUM_ENVS + (ended if mode == AutoresetMode.SAME_STEP else 0)
+    assert ops.count("reset") >= NUM_ENVS + 2
+    # Every reply was fixed-layout, with the observation written into its batch row by the worker
+    # where the vector env has shared batches, and in the reply where it has not.
+    assert {(fixed, in_row) for _, fixed, in_row in fixed_replies} == {(True, shared_memory)}
 
 
 def test_make_vec_uses_the_vector_entry_point(server):

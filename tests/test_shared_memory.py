@@ -111,7 +111,8 @@ def test_bad_reply_buffers_are_refused_with_a_typed_error(server, monkeypatch, f
         # A step naming a reply buffer the session does not have: refused, the session goes on.
         request = connection.fixed_layout.encode_action(np.zeros(7, np.float32), 2)
         with pytest.raises(gym_remote.InvalidCall, match="reply buffer 2; this session has 0"):
-            connection._fixed_exchange("step", connection.fixed_layout, request, 2)
+            connection.send_fixed("step", request)
+            connection.receive_fixed("step", connection.fixed_layout, 2)
         assert env.step(np.zeros(7, np.float32))[0]["pixels"]["image"][0, 0, 0] == 1
     finally:
         env.close()
