@@ -21,7 +21,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector.utils import create_empty_array
 
-from gym_remote.sharedmem import DATA_START, SharedSegment
+from gym_remote.sharedmem import DATA_START, MINIMUM_SHARED_BYTES, SharedSegment
 from gym_remote.spaces import leaf_subspaces
 
 __all__ = ["PooledBatches", "SharedBatches", "array_leaves"]
@@ -105,6 +105,9 @@ class SharedBatches:
     """
 
     COUNT = 3
+    # The least array data one env's observation must hold: below it the replies carry the
+    # observations for less work than writing them into rows takes (as for shared memory).
+    MINIMUM_ROW_BYTES = MINIMUM_SHARED_BYTES
 
     def __init__(self, space: gym.Space, leaves: list[tuple[list, np.dtype, tuple[int, ...]]]) -> None:
         self.space = space
@@ -126,9 +129,13 @@ class SharedBatches:
 
     @classmethod
     def for_space(cls, space: gym.Space, num_envs: int) -> SharedBatches | None:
-        """Shared batches for ``space``, or None when its batches are not plain arrays."""
+        """Shared batches for ``space``, or None when its batches are not plain arrays or one
+        env's observation holds fewer than :attr:`MINIMUM_ROW_BYTES` bytes."""
         leaves = array_leaves(space, num_envs)
-        return None if leaves is None else cls(space, leaves)
+        if leaves is None:
+            return None
+        row_bytes = sum(int(np.prod(shape[1:])) * dtype.itemsize for _, dtype, shape in leaves)
+        return cls(space, leaves) if row_bytes >= cls.MINIMUM_ROW_BYTES else None
 
     def offer(self) -> dict[str, Any]:
         """The fields of ``use_shared_batches``: the buffers and where each leaf lies in them."""

@@ -10,6 +10,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 import gym_remote
 from gym_remote import RemoteVectorEnv
+from gym_remote.batches import SharedBatches
 from gym_remote.connection import Connection
 from gym_remote.testing import FAULTS
 from tests.helpers import all_gone, worker_pids
@@ -49,8 +50,10 @@ def run_both(local, remote, steps, seed=5):
         "gym_remote_testing/VaryingSteps-v0",
     ],
 )
-def test_batches_equal_sync_vector_env(server, mode, env_id, envs_per_worker):
+def test_batches_equal_sync_vector_env(server, monkeypatch, mode, env_id, envs_per_worker):
     import gym_remote.testing  # noqa: F401
+
+    monkeypatch.setattr(SharedBatches, "MINIMUM_ROW_BYTES", 0)  # small observations too
 
     local = SyncVectorEnv([lambda: gym.make(env_id)] * NUM_ENVS, autoreset_mode=mode)
     # With 2 per worker, 3 envs make one worker hosting two (batched requests) and one plain session.
@@ -76,6 +79,7 @@ def test_steps_and_resets_of_one_env_sessions_travel_in_fixed_frames(
     server, monkeypatch, shared_memory, mode
 ):
     monkeypatch.setenv("GYM_REMOTE_SHARED_MEMORY", "1" if shared_memory else "0")
+    monkeypatch.setattr(SharedBatches, "MINIMUM_ROW_BYTES", 0)  # CartPole's too
     ordinary, fixed_replies = [], []
     send, receive_fixed = Connection.send, Connection.receive_fixed
     monkeypatch.setattr(
@@ -374,19 +378,29 @@ def test_a_partial_reset_gives_the_envs_own_observations_whatever_the_caller_did
         remote.close()
 
 
-def test_shared_batches_only_where_every_worker_can_write_them(server, monkeypatch):
-    envs = RemoteVectorEnv("CartPole-v1", 2, address=server.address, copy=False)
+def test_shared_batches_only_for_large_observations_where_every_worker_can_write_them(server, monkeypatch):
+    import gym_remote.testing  # noqa: F401
+
+    envs = RemoteVectorEnv("gym_remote_testing/ImageEnv-v0", 2, address=server.address, copy=False)
     try:
         assert envs.uses_shared_batches
         first, _ = envs.reset(seed=0)
-        second = envs.step(np.array([0, 1]))[0]
-        assert np.shares_memory(first, second), "copy=False reuses one batch, as SyncVectorEnv does"
+        second = envs.step(envs.action_space.sample())[0]
+        assert np.shares_memory(first["pixels"]["image"], second["pixels"]["image"]), (
+            "copy=False reuses one batch, as SyncVectorEnv does"
+        )
+    finally:
+        envs.close()
+    # CartPole's 16 bytes travel in the replies for less work than writing them into rows.
+    envs = RemoteVectorEnv("CartPole-v1", 2, address=server.address)
+    try:
+        assert not envs.uses_shared_batches and envs.reset(seed=0)[0].shape == (2, 4)
     finally:
         envs.close()
     monkeypatch.setenv("GYM_REMOTE_SHARED_MEMORY", "0")
-    envs = RemoteVectorEnv("CartPole-v1", 2, address=server.address)
+    envs = RemoteVectorEnv("gym_remote_testing/ImageEnv-v0", 2, address=server.address)
     try:
         assert not envs.uses_shared_batches
-        assert envs.reset(seed=0)[0].shape == (2, 4)
+        assert envs.reset(seed=0)[0]["pixels"]["image"].shape[0] == 2
     finally:
         envs.close()
