@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import gym_remote
+from gym_remote.batches import SharedBatches
 from gym_remote.compliance import EnvCompliance, assert_same_rollout, rollout, rollout_in
 from gym_remote.simulators import recorded_routes
 from tests.helpers import assert_keys_in_space_order
@@ -150,8 +151,9 @@ def test_libero_local_equals_remote_for_the_same_init_state_and_actions(server):
 
 
 @needs_libero
-def test_libero_envs_sharing_a_worker_equal_sessions_of_their_own(server):
+def test_libero_envs_sharing_a_worker_equal_sessions_of_their_own(server, monkeypatch):
     """Two LIBERO envs in one worker, writing into shared batches, against one session each."""
+    monkeypatch.setattr(SharedBatches, "MINIMUM_ROW_BYTES", 0)  # 96x96 images: 55 KB a row
     kwargs = {"task_suite": "libero_goal", "task_id": 1, "observation_height": 96, "observation_width": 96}
     per_env_kwargs = [{"init_state_id": 2}, {"init_state_id": 5}]
     actions = [np.array([[0.2, 0.1, -0.1, 0, 0, 0, -1], [-0.2, 0, 0.1, 0, 0, 0, 1]], np.float32)] * 3
