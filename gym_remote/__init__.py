@@ -46,10 +46,10 @@ def __getattr__(name: str) -> Any:
         from gym_remote.vector import RemoteVectorEnv
 
         return RemoteVectorEnv
-    if name == "list_tasks":
-        from gym_remote.tasks import list_tasks
+    if name in ("list_envs", "list_tasks", "ping"):
+        from gym_remote import discovery
 
-        return list_tasks
+        return getattr(discovery, name)
     raise AttributeError(f"module 'gym_remote' has no attribute {name!r}")
 
 
@@ -57,7 +57,9 @@ __all__ = [
     "__version__",
     "RemoteEnv",
     "RemoteVectorEnv",
+    "list_envs",
     "list_tasks",
+    "ping",
     "register_remote",
     "RemoteEnvError",
     "AuthenticationFailed",

@@ -7,12 +7,10 @@ import dataclasses
 import logging
 import statistics
 import sys
-import time
 
 from gym_remote import __version__
-from gym_remote.addresses import parse_address
 from gym_remote.config import ClientConfig, ServerConfig, add_arguments, resolve
-from gym_remote.connection import Connection
+from gym_remote.discovery import list_envs, list_tasks, ping
 from gym_remote.errors import RemoteEnvError
 from gym_remote.simulators import RECIPES
 
@@ -84,51 +82,36 @@ def _serve(arguments: argparse.Namespace, options: dict) -> None:
     run_server(config, on_ready=lambda address: print(f"gym-remote serving on {address}", flush=True))
 
 
-def _connect(options: dict) -> Connection:
-    config = resolve(ClientConfig, **options)
-    return Connection(
-        parse_address(config.address or _DEFAULT_CLIENT_ADDRESS),
-        timeout=config.timeout,
-        token=config.token,
-        allow_pickle=False,
-        max_message_size=config.max_message_size,
-    )
-
-
 def _list(arguments: argparse.Namespace, options: dict) -> None:
-    connection = _connect(options)
-    try:
-        for env_id in connection.request("list"):
-            print(env_id)
-    finally:
-        connection.close()
+    for env_id in list_envs(**_server_options(options)):
+        print(env_id)
 
 
 def _ping(arguments: argparse.Namespace, options: dict) -> None:
-    connection = _connect(options)
-    try:
-        times = []
-        for _ in range(max(arguments.count, 1)):
-            start = time.perf_counter()
-            connection.request("ping")
-            times.append(time.perf_counter() - start)
-    finally:
-        connection.close()
+    pings = ping(max(arguments.count, 1), **_server_options(options))
+    times = pings.round_trips
     print(
-        f"{connection.server_version} at {connection.address}: {len(times)} round trips, "
+        f"{pings.server} at {pings.address}: {len(times)} round trips, "
         f"median {statistics.median(times) * 1e6:.1f} us, min {min(times) * 1e6:.1f} us"
     )
 
 
 def _tasks(arguments: argparse.Namespace, options: dict) -> None:
-    from gym_remote.tasks import list_tasks
-
     config = resolve(ClientConfig, **options)
-    listing = list_tasks(arguments.env_id, address=config.address or None, timeout=config.timeout)
+    listing = list_tasks(
+        arguments.env_id, address=config.address or None, timeout=config.timeout, token=config.token
+    )
     for suite, tasks in listing["suites"].items():
         for task in tasks:
             length = f"  ({task['episode_length']} steps)" if "episode_length" in task else ""
             print(f"{suite:16s} {task['task_id']:3d}  {task['description']}{length}")
+
+
+def _server_options(options: dict) -> dict:
+    """The address (the usual server's when none is given), timeout and token the options set."""
+    config = resolve(ClientConfig, **options)
+    address = config.address or _DEFAULT_CLIENT_ADDRESS
+    return {"address": address, "timeout": config.timeout, "token": config.token}
 
 
 def _setup(arguments: argparse.Namespace, options: dict) -> None:

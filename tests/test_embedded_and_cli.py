@@ -149,6 +149,32 @@ def test_cli_list_and_ping(start_server, tmp_path):
     assert pinged.returncode == 0 and "20 round trips" in pinged.stdout and "median" in pinged.stdout
 
 
+def test_list_envs_and_ping_from_python(start_server):
+    server = start_server("--allow", "CartPole-*", "--allow", "Pendulum-v1", "--token", "s3cret")
+    assert gym_remote.list_envs(address=server.address, token="s3cret") == [
+        "CartPole-v0",
+        "CartPole-v1",
+        "Pendulum-v1",
+    ]
+    pings = gym_remote.ping(5, address=server.address, token="s3cret")
+    assert pings.server == f"gym-remote {gym_remote.__version__}" and pings.address == server.address
+    assert len(pings.round_trips) == 5 and all(0 < seconds < 10 for seconds in pings.round_trips)
+    with pytest.raises(gym_remote.AuthenticationFailed, match="token"):
+        gym_remote.list_envs(address=server.address, token="wrong")
+    with pytest.raises(ValueError, match="count must be at least 1"):
+        gym_remote.ping(0, address=server.address)
+    with pytest.raises(gym_remote.ServerUnavailable, match="unix:///nonexistent/gym.sock"):
+        gym_remote.list_envs(address="unix:///nonexistent/gym.sock", timeout=2)
+
+
+def test_list_envs_without_an_address_asks_a_private_server_and_leaves_nothing(monkeypatch):
+    monkeypatch.delenv("GYM_REMOTE_ADDRESS", raising=False)
+    before = descendants()
+    listed = gym_remote.list_envs()
+    assert "CartPole-v1" in listed and "gym_remote/Libero-v0" in listed and listed == sorted(listed)
+    assert all_gone(descendants() - before) and descendants() <= before
+
+
 def test_cli_reports_a_missing_server_clearly():
     result = run_cli("list", "--address", "unix:///nonexistent/gym.sock", "--timeout", "2")
     assert result.returncode == 1
