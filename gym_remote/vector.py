@@ -162,6 +162,9 @@ class RemoteVectorEnv(VectorEnv):
         # Sessions whose request in flight is a fixed-layout frame: its layout, and whether it
         # named a shared batch row.
         self._fixed_in_flight: dict[int, tuple[FixedLayout, bool]] = {}
+        # Replies received by a recv() that raised (another session failed, or the caller was
+        # interrupted), per env with its op: the next recv() returns them.
+        self._undelivered: dict[int, tuple[str, Any]] = {}
         try:
             self._shared = self._share_batches()
         except BaseException:
@@ -338,10 +341,15 @@ class RemoteVectorEnv(VectorEnv):
             InvalidCall: an env already has a call in flight.
         """
         env_ids = list(range(self.num_envs)) if env_ids is None else [int(index) for index in env_ids]
-        busy = [index for index in env_ids if self._placement[index][0] in self._pending]
+        busy = [
+            index
+            for index in env_ids
+            if self._placement[index][0] in self._pending or index in self._undelivered
+        ]
         if busy:
             raise InvalidCall(
-                f"sub-envs {busy} already have a step in flight (theirs or their worker's): recv() it first"
+                f"sub-envs {busy} already have a step in flight (theirs or their worker's) or a result "
+                "not yet returned: recv() it first"
             )
         requests = {
             index: ("reset", {"seed": None, "options": None})
@@ -355,22 +363,36 @@ class RemoteVectorEnv(VectorEnv):
     def recv(self, min_envs: int = 1, timeout: float | None = None) -> tuple[Any, ...]:
         """Returns the results of the sessions that are ready, waiting for at least ``min_envs``.
 
+        Where a ready session failed, its error is raised once the other ready sessions' results
+        are received; the next call returns those.
+
         Returns:
             ``(observations, rewards, terminations, truncations, infos, env_ids)``, batched over
             the returned envs in the order of ``env_ids``.
         """
-        if not self._pending:
+        if not self._pending and not self._undelivered:
             raise InvalidCall("recv() without a step in flight: send() first")
         in_flight = sum(len(items) for items in self._pending.values())
-        ready_sessions = self._wait_ready(min(min_envs, in_flight), timeout)
-        ops = {index: op for number in ready_sessions for index, op in self._pending[number]}
-        replies: dict[int, Any] = {}
+        waiting_for = min(min_envs, in_flight + len(self._undelivered)) - len(self._undelivered)
+        ready_sessions = self._wait_ready(waiting_for, timeout) if waiting_for > 0 else []
+        # Every ready session's replies are kept before any failure is raised, so that a crash
+        # of one session (or an interruption) loses none of the others' results.
+        first_error: RemoteEnvError | None = None
         for number in ready_sessions:
-            replies.update(self._receive(number))
-        ready = sorted(replies)
+            ops = dict(self._pending[number])
+            try:
+                replies = self._receive(number)
+            except RemoteEnvError as error:
+                first_error = first_error or error
+                continue
+            self._undelivered.update((index, (ops[index], reply)) for index, reply in replies.items())
+        if first_error is not None:
+            raise first_error
+        delivered, self._undelivered = self._undelivered, {}
+        ready = sorted(delivered)
         observations, rewards, terminations, truncations, infos_list = [], [], [], [], []
         for index in ready:
-            observation, reward, terminated, truncated, info = _as_step_result(ops[index], replies[index])
+            observation, reward, terminated, truncated, info = _as_step_result(*delivered[index])
             self._autoreset_envs[index] = terminated or truncated
             observations.append(observation)
             rewards.append(reward)
@@ -454,9 +476,13 @@ class RemoteVectorEnv(VectorEnv):
 
     def _exchange(self, requests: dict[int, tuple[str, dict[str, Any]]]) -> dict[int, Any]:
         """Sends every request, then gathers every reply; the first failure is raised after all replies."""
-        if self._pending:
-            pending = sorted(index for items in self._pending.values() for index, _ in items)
-            raise InvalidCall(f"sub-envs {pending} have steps in flight: recv() them first")
+        if self._pending or self._undelivered:
+            pending = sorted(
+                [index for items in self._pending.values() for index, _ in items] + [*self._undelivered]
+            )
+            raise InvalidCall(
+                f"sub-envs {pending} have steps in flight or results not yet returned: recv() them first"
+            )
         first_error: RemoteEnvError | None = None
         replies: dict[int, Any] = {}
         try:

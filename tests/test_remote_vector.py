@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import select
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from gym_remote import RemoteVectorEnv
 from gym_remote.batches import SharedBatches
 from gym_remote.connection import Connection
 from gym_remote.testing import FAULTS
-from tests.helpers import all_gone, worker_pids
+from tests.helpers import all_gone, wait_for, worker_pids
 
 NUM_ENVS = 3
 
@@ -308,6 +310,37 @@ def test_send_and_recv(server, envs_per_worker):
             envs.recv()
     finally:
         envs.close()
+
+
+def test_recv_keeps_the_results_of_the_sessions_beside_one_that_crashed(server):
+    import gym_remote.testing  # noqa: F401
+
+    envs = RemoteVectorEnv("gym_remote_testing/Faulty-v0", 3, address=server.address)
+    local = [gym.make("gym_remote_testing/Faulty-v0") for _ in range(3)]
+    try:
+        envs.reset(seed=0)
+        for index, env in enumerate(local):
+            env.reset(seed=index)
+        # Sub-env 1 crashes after the others replied, so that it is received last.
+        envs.send(np.array([-1, -1]), env_ids=[0, 2])
+        envs.send(np.array([FAULTS.index("exit")]), env_ids=[1])
+        sockets = [session._connection.fileno() for session in envs.sessions]
+        wait_for(lambda: len(select.select(sockets, [], [], 1.0)[0]) == 3, what="every session to answer")
+        with pytest.raises(gym_remote.WorkerCrashed, match=r"sub-env 1 "):
+            envs.recv(min_envs=3)
+        with pytest.raises(gym_remote.InvalidCall, match=r"sub-envs \[0\] .*not yet returned"):
+            envs.send(np.array([-1]), env_ids=[0])
+        observations, rewards, *_, env_ids = envs.recv()
+        assert env_ids.tolist() == [0, 2]
+        for position, index in enumerate(env_ids):
+            expected = local[index].step(-1)
+            assert np.array_equal(observations[position], expected[0]) and rewards[position] == expected[1]
+        envs.send(np.array([-1]), env_ids=[2])  # the others go on
+        assert envs.recv()[-1].tolist() == [2]
+    finally:
+        envs.close()
+        for env in local:
+            env.close()
 
 
 def test_a_crash_ends_every_env_of_its_worker_and_names_them(server):
