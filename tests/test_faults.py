@@ -371,6 +371,17 @@ def test_a_vector_step_interrupted_while_it_waits_leaves_every_session_in_step(s
     envs.close()
 
 
+def test_a_recv_interrupted_while_it_waits_loses_no_result(server):
+    envs = gym_remote.RemoteVectorEnv(FAULTY, 3, address=server.address, sleep_seconds=1, allocate_bytes=4)
+    envs.reset(seed=0)
+    envs.send(np.array([-1, fault("sleep"), -1]))
+    with interrupt_after(0.2), pytest.raises(Interrupted):
+        envs.recv(min_envs=3)
+    observations, rewards, terminations, truncations, infos, env_ids = envs.recv(min_envs=3)
+    assert env_ids.tolist() == [0, 1, 2] and observations.shape == (3, 4)
+    envs.close()
+
+
 def test_closing_with_slow_steps_in_flight_does_not_wait_for_them(server):
     envs = gym_remote.RemoteVectorEnv(FAULTY, 2, address=server.address, sleep_seconds=30, allocate_bytes=4)
     envs.reset(seed=0)
