@@ -380,11 +380,11 @@ class RemoteVectorEnv(VectorEnv):
         first_error: RemoteEnvError | None = None
         for number in ready_sessions:
             ops = dict(self._pending[number])
+            replies: dict[int, Any] = {}
             try:
-                replies = self._receive(number)
+                self._receive(number, replies)
             except RemoteEnvError as error:
                 first_error = first_error or error
-                continue
             self._undelivered.update((index, (ops[index], reply)) for index, reply in replies.items())
         if first_error is not None:
             raise first_error
@@ -493,7 +493,7 @@ class RemoteVectorEnv(VectorEnv):
                     first_error = first_error or error
             for number in list(self._pending):
                 try:
-                    replies.update(self._receive(number))
+                    self._receive(number, replies)
                 except RemoteEnvError as error:
                     first_error = first_error or error
         except BaseException:  # interrupted (KeyboardInterrupt, say): the next call starts afresh
@@ -544,8 +544,9 @@ class RemoteVectorEnv(VectorEnv):
             raise self._named([index for index, _, _ in items], error) from None
         self._pending[number] = [(index, op) for index, op, _ in items]
 
-    def _receive(self, number: int) -> dict[int, Any]:
-        """The replies of a session's request in flight, per env; raises the first env's error."""
+    def _receive(self, number: int, replies: dict[int, Any]) -> None:
+        """Puts the replies of a session's request in flight into ``replies``, per env; then
+        raises the first env's error, if any (a hosting session's other envs' replies are in)."""
         items = self._pending.pop(number)
         fixed = self._fixed_in_flight.pop(number, None)
         session = self.sessions[number]
@@ -559,16 +560,19 @@ class RemoteVectorEnv(VectorEnv):
             session._note_failure(error)
             raise self._named([index for index, _ in items], error) from None
         if not hosting:
-            return {items[0][0]: reply}
+            replies[items[0][0]] = reply
+            return
         if not isinstance(reply, list) or len(reply) != len(items):
             raise self._named([index for index, _ in items], ProtocolError("malformed reply to batch"))
-        replies = {}
+        first_error = None
         for (index, _), outcome in zip(items, reply):
-            if not isinstance(outcome, dict) or "ok" not in outcome:
+            if isinstance(outcome, dict) and "ok" in outcome:
+                replies[index] = outcome["ok"]
+            elif first_error is None:
                 failure = outcome.get("error") if isinstance(outcome, dict) else outcome
-                raise self._named([index], error_from_wire(failure))
-            replies[index] = outcome["ok"]
-        return replies
+                first_error = self._named([index], error_from_wire(failure))
+        if first_error is not None:
+            raise first_error
 
     def _named(self, indices: list[int], error: RemoteEnvError) -> RemoteEnvError:
         """The same error, saying which sub-env(s) and where."""

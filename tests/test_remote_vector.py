@@ -343,6 +343,22 @@ def test_recv_keeps_the_results_of_the_sessions_beside_one_that_crashed(server):
             env.close()
 
 
+def test_recv_keeps_the_results_of_the_envs_beside_one_that_raised_in_their_worker(server):
+    import gym_remote.testing  # noqa: F401
+
+    envs = RemoteVectorEnv("gym_remote_testing/Faulty-v0", 4, address=server.address, envs_per_worker=2)
+    try:
+        envs.reset(seed=0)
+        envs.send(np.array([-1, FAULTS.index("raise"), -1, -1]))
+        with pytest.raises(gym_remote.RemoteError, match=r"sub-env 1 .*exploded"):
+            envs.recv(min_envs=4)
+        assert envs.recv()[-1].tolist() == [0, 2, 3]  # env 0 shares env 1's worker
+        envs.send(np.array([-1, -1, -1, -1]))
+        assert envs.recv(min_envs=4)[-1].tolist() == [0, 1, 2, 3]
+    finally:
+        envs.close()
+
+
 def test_a_crash_ends_every_env_of_its_worker_and_names_them(server):
     import gym_remote.testing  # noqa: F401
 
