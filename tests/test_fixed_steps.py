@@ -779,7 +779,13 @@ def test_fixed_steps_and_resets_write_their_observation_into_the_shared_batch_ro
         magic, header, data = _exchange(connection, layout.encode_reset(5, (1, 2)))
         assert (magic, data) == (b"GYMF", b"")
         np.testing.assert_array_equal(batches.batch(1)[2], local.reset(seed=5)[0])
-        magic, header, data = _exchange(connection, layout.encode_action_into(1, (0, 3)))
+        # Built as docs/protocol.md says: kind 2 (an int), no reply buffer, batch buffer 0 + 1, a
+        # zero byte, row 3; the action as 8 bytes.
+        by_hand = (
+            PREFIX.pack(b"GYMF", 8, 8) + bytes([2, 0, 1, 0]) + struct.pack("<I", 3) + struct.pack("<q", 1)
+        )
+        assert layout.encode_action_into(1, (0, 3)) == by_hand
+        magic, header, data = _exchange(connection, by_hand)
         expected = local.step(1)
         assert (magic, data) == (b"GYMF", b"") and struct.unpack("<dBBBxI", header)[0] == expected[1]
         np.testing.assert_array_equal(batches.batch(0)[3], expected[0])
