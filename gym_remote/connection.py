@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import threading
 import weakref
 from typing import Any
 
@@ -69,6 +70,9 @@ class Connection:
         # Requests whose caller was interrupted (KeyboardInterrupt, say) before their reply began:
         # the replies are read and dropped before the next request, so every reply meets its call.
         self._unanswered = 0
+        # Held from a request's send until its reply is read (or left to be dropped), so that a
+        # call from another thread meanwhile is refused instead of taking that reply.
+        self._in_flight = threading.Lock()
         # The layout of fixed-layout steps, once the worker offered one (see gym_remote.fixed).
         self.fixed_layout: FixedLayout | None = None
         # Whether steps ask for their observation in reply buffers (see use_fixed_layout).
@@ -124,6 +128,8 @@ class Connection:
         except BaseException:
             self._interrupted(op, waiting)
             raise
+        finally:
+            self._in_flight.release()
         if frame[2]:
             self.close()
             raise ProtocolError(f"a fixed-layout frame in reply to {op}")
@@ -188,13 +194,15 @@ class Connection:
     def send_fixed(self, op: str, request: bytes) -> None:
         """Sends a whole fixed-layout request (made by :attr:`fixed_layout`) without waiting;
         :meth:`receive_fixed` gets its reply. Interruptions as in :meth:`receive`."""
-        if self.closed or self._unanswered:
-            self._settle(op)
+        if self.closed or self._unanswered or not self._in_flight.acquire(False):
+            self._claim(op)
         try:
             self._sock.sendall(request)
         except (RemoteTimeout, ProtocolError, OSError) as error:
+            self._in_flight.release()
             raise self._failure(op, error) from None
         except BaseException:
+            self._in_flight.release()
             self._interrupted(op, waiting=False)
             raise
 
@@ -220,6 +228,8 @@ class Connection:
         except BaseException:
             self._interrupted(op, waiting)
             raise
+        finally:
+            self._in_flight.release()
         if not fixed:
             return False, self._result(op, (header, data, fixed))
         placed = IN_THE_DATA
@@ -235,13 +245,15 @@ class Connection:
             raise
 
     def _send_buffers(self, op: str, buffers: list[Any]) -> None:
-        if self.closed or self._unanswered:
-            self._settle(op)
+        if self.closed or self._unanswered or not self._in_flight.acquire(False):
+            self._claim(op)
         try:
             send_buffers(self._sock, buffers)
         except (RemoteTimeout, ProtocolError, OSError) as error:
+            self._in_flight.release()
             raise self._failure(op, error) from None
         except BaseException:
+            self._in_flight.release()
             self._interrupted(op, waiting=False)
             raise
 
@@ -253,6 +265,7 @@ class Connection:
     def abandon_reply(self) -> None:
         """Leaves the reply to the request in flight unread: it is dropped before the next request."""
         self._unanswered += 1
+        self._in_flight.release()
 
     def _interrupted(self, op: str, waiting: bool) -> None:
         """Keeps requests and replies paired after ``op`` was interrupted by an exception of the
@@ -260,7 +273,7 @@ class Connection:
         begun is dropped later; a request or reply cut in the middle leaves the stream
         unreadable, so the connection closes."""
         if waiting and self._reader.nothing_taken():
-            self.abandon_reply()
+            self._unanswered += 1  # the receive that was interrupted lets go of _in_flight
             return
         self.close()
         self._closed_because = f"a {op} call was interrupted in the middle of its request or reply"
@@ -276,20 +289,31 @@ class Connection:
                 "make a new env in this process"
             )
 
-    def _settle(self, op: str) -> None:
-        """Before ``op`` is sent: raises if the connection is closed, else reads and drops the
-        replies left by interrupted calls."""
+    def _claim(self, op: str) -> None:
+        """Before ``op`` is sent, where the usual case (open, nothing left unanswered, nothing in
+        flight: the caller took ``_in_flight``) does not hold: raises if the connection is closed
+        or another call (from another thread) is in flight; else takes ``_in_flight`` and reads
+        and drops the replies left by interrupted calls."""
         if self.closed:
             if self._closed_because:
                 raise SessionClosed(f"the connection to {self.address} is closed: {self._closed_because}")
             raise ServerUnavailable(f"the connection to {self.address} is closed")
+        if not self._in_flight.acquire(False):
+            raise InvalidCall(
+                f"{op} while another call on the same env (at {self.address}) waits for its reply: "
+                "an env serves one thread at a time"
+            )
+        if not self._unanswered:
+            return
         try:
             while self._unanswered:
                 self._reader.receive_frame(self.timeout)
                 self._unanswered -= 1
         except (RemoteTimeout, ProtocolError, OSError) as error:
+            self._in_flight.release()
             raise self._failure(f"{op} (reading the reply of an interrupted call)", error) from None
         except BaseException:
+            self._in_flight.release()
             self._interrupted(op, waiting=False)
             raise
 

@@ -371,6 +371,25 @@ def test_a_vector_step_interrupted_while_it_waits_leaves_every_session_in_step(s
     envs.close()
 
 
+def test_a_call_from_another_thread_while_one_waits_is_refused_and_replies_stay_paired(server):
+    env = remote(server, sleep_seconds=1.0, allocate_bytes=8)
+    env.reset(seed=0)
+    results = []
+    stepping = threading.Thread(target=lambda: results.append(env.step(fault("sleep"))))
+    stepping.start()
+    try:
+        wait_for(env._connection._in_flight.locked, what="the other thread's step to be sent")
+        with pytest.raises(errors.InvalidCall, match="one thread at a time"):
+            env.get_wrapper_attr("describe")("meanwhile")
+    finally:
+        stepping.join(15)
+    assert not stepping.is_alive() and len(results) == 1
+    observation, reward, terminated, truncated, info = results[0]  # the step got its own reply
+    assert observation.shape == (8,) and not terminated
+    assert env.get_wrapper_attr("describe")("after") == "after:FaultyEnv"
+    env.close()
+
+
 def test_a_recv_interrupted_while_it_waits_loses_no_result(server):
     envs = gym_remote.RemoteVectorEnv(FAULTY, 3, address=server.address, sleep_seconds=1, allocate_bytes=4)
     envs.reset(seed=0)
