@@ -109,7 +109,7 @@ class Connection:
         workers run at the same time.
         """
         fields["op"] = op
-        self._send_buffers(op, encode_frame(fields, self.allow_pickle))
+        self._transmit(op, encode_frame(fields, self.allow_pickle), whole=False)
 
     def receive(self, op: str) -> Any:
         """Receives the reply to the request ``op`` sent last: its result, or its error raised.
@@ -194,17 +194,7 @@ class Connection:
     def send_fixed(self, op: str, request: bytes) -> None:
         """Sends a whole fixed-layout request (made by :attr:`fixed_layout`) without waiting;
         :meth:`receive_fixed` gets its reply. Interruptions as in :meth:`receive`."""
-        if self.closed or self._unanswered or not self._in_flight.acquire(False):
-            self._claim(op)
-        try:
-            self._sock.sendall(request)
-        except (RemoteTimeout, ProtocolError, OSError) as error:
-            self._in_flight.release()
-            raise self._failure(op, error) from None
-        except BaseException:
-            self._in_flight.release()
-            self._interrupted(op, waiting=False)
-            raise
+        self._transmit(op, request, whole=True)
 
     def receive_fixed(
         self, op: str, layout: FixedLayout, reply_buffer: int = 0, into_batch_row: bool = False
@@ -244,11 +234,15 @@ class Connection:
             self.close()
             raise
 
-    def _send_buffers(self, op: str, buffers: list[Any]) -> None:
+    def _transmit(self, op: str, payload: Any, whole: bool) -> None:
+        """Sends the request ``op``: ``payload`` is its bytes (``whole``) or a frame's buffers."""
         if self.closed or self._unanswered or not self._in_flight.acquire(False):
             self._claim(op)
         try:
-            send_buffers(self._sock, buffers)
+            if whole:
+                self._sock.sendall(payload)
+            else:
+                send_buffers(self._sock, payload)
         except (RemoteTimeout, ProtocolError, OSError) as error:
             self._in_flight.release()
             raise self._failure(op, error) from None
