@@ -19,11 +19,13 @@ This module runs inside simulator interpreters too: it keeps to Python 3.8.
 import mmap
 import os
 import sys
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple, TypeVar
 
 import numpy as np
 
 from gym_remote.errors import InvalidCall
+
+_Prepared = TypeVar("_Prepared")
 
 __all__ = [
     "SharedSegment",
@@ -89,6 +91,30 @@ class SharedSegment:
                 segment.close()
             raise
         return segments
+
+    @classmethod
+    def attach_offered(
+        cls, what: str, offers: List[Any], prepare: Callable[["SharedSegment"], _Prepared]
+    ) -> Tuple[List["SharedSegment"], List[_Prepared]]:
+        """Opens every segment a client offered for this process to write (for the request
+        ``what``) and ``prepare``s each (checks it, maps arrays in it); returns the segments and
+        what ``prepare`` returned. None is left open if one fails.
+
+        Raises:
+            InvalidCall: a segment cannot be opened from here, or ``prepare`` raised ValueError,
+                KeyError or TypeError (a malformed layout); names ``what``.
+        """
+        segments: List[SharedSegment] = []
+        prepared = []
+        try:
+            for offer in offers:
+                segments.append(cls.attach(offer, writable=True))
+                prepared.append(prepare(segments[-1]))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            for segment in segments:
+                segment.close()
+            raise InvalidCall(f"{what}: {type(error).__name__}: {error}") from None
+        return segments, prepared
 
     @classmethod
     def attach(cls, offer: Dict[str, Any], writable: bool = False) -> "SharedSegment":
@@ -273,24 +299,17 @@ class BatchWriter:
         """
         if not isinstance(buffers, list) or not isinstance(layout, list):
             raise InvalidCall("use_shared_batches needs lists of buffers and of leaves")
-        segments: List[SharedSegment] = []
-        try:
-            for offer in buffers:
-                segments.append(SharedSegment.attach(offer, writable=True))
-            leaves_by_buffer = [
-                [
-                    (
-                        list(leaf["path"]),
-                        segment.array(np.dtype(leaf["dtype"]), tuple(leaf["shape"]), leaf["offset"]),
-                    )
-                    for leaf in layout
-                ]
-                for segment in segments
+
+        def leaves_in(segment: SharedSegment) -> List[Tuple[list, np.ndarray]]:
+            return [
+                (
+                    list(leaf["path"]),
+                    segment.array(np.dtype(leaf["dtype"]), tuple(leaf["shape"]), leaf["offset"]),
+                )
+                for leaf in layout
             ]
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            for segment in segments:
-                segment.close()
-            raise InvalidCall(f"use_shared_batches: {type(error).__name__}: {error}") from None
+
+        segments, leaves_by_buffer = SharedSegment.attach_offered("use_shared_batches", buffers, leaves_in)
         return cls(segments, leaves_by_buffer)
 
     def write(self, observation: Any, into: Any) -> bool:

@@ -458,20 +458,16 @@ class WorkerSession:
         offers = request.get("buffers")
         if not isinstance(offers, list) or not 0 < len(offers) <= MAX_REPLY_BUFFERS:
             raise InvalidCall(f"use_reply_buffers needs a list of 1 to {MAX_REPLY_BUFFERS} buffers")
-        segments: List[sharedmem.SharedSegment] = []
-        try:
-            for offer in offers:
-                segments.append(sharedmem.SharedSegment.attach(offer, writable=True))
-                if segments[-1].limit < layout.observation_nbytes:
-                    raise ValueError(
-                        f"a buffer holds {segments[-1].limit} bytes, the observation has "
-                        f"{layout.observation_nbytes}"
-                    )
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            for segment in segments:
-                segment.close()
-            raise InvalidCall(f"use_reply_buffers: {type(error).__name__}: {error}") from None
-        self.reply_buffers = segments
+
+        def check_room(segment: sharedmem.SharedSegment) -> None:
+            if segment.limit < layout.observation_nbytes:
+                raise ValueError(
+                    f"a buffer holds {segment.limit} bytes, the observation has {layout.observation_nbytes}"
+                )
+
+        self.reply_buffers, _ = sharedmem.SharedSegment.attach_offered(
+            "use_reply_buffers", offers, check_room
+        )
 
     def _close(self, request: Dict[str, Any]) -> Any:
         self._close_envs()
