@@ -97,21 +97,25 @@ def _ping(arguments: argparse.Namespace, options: dict) -> None:
 
 
 def _tasks(arguments: argparse.Namespace, options: dict) -> None:
-    config = resolve(ClientConfig, **options)
-    listing = list_tasks(
-        arguments.env_id, address=config.address or None, timeout=config.timeout, token=config.token
-    )
+    listing = list_tasks(arguments.env_id, **_server_options(options, default_address=None))
     for suite, tasks in listing["suites"].items():
         for task in tasks:
             length = f"  ({task['episode_length']} steps)" if "episode_length" in task else ""
             print(f"{suite:16s} {task['task_id']:3d}  {task['description']}{length}")
 
 
-def _server_options(options: dict) -> dict:
-    """The address (the usual server's when none is given), timeout and token the options set."""
+def _server_options(options: dict, default_address: str | None = _DEFAULT_CLIENT_ADDRESS) -> dict:
+    """The address, timeout, token and largest message the options set.
+
+    With no address given: ``default_address``, where None asks a private local server.
+    """
     config = resolve(ClientConfig, **options)
-    address = config.address or _DEFAULT_CLIENT_ADDRESS
-    return {"address": address, "timeout": config.timeout, "token": config.token}
+    return {
+        "address": config.address or default_address,
+        "timeout": config.timeout,
+        "token": config.token,
+        "max_message_size": config.max_message_size,
+    }
 
 
 def _setup(arguments: argparse.Namespace, options: dict) -> None:

@@ -24,7 +24,11 @@ class Pings(NamedTuple):
 
 
 def list_envs(
-    *, address: str | None = None, timeout: float | None = None, token: str | None = None
+    *,
+    address: str | None = None,
+    timeout: float | None = None,
+    token: str | None = None,
+    max_message_size: int | None = None,
 ) -> list[str]:
     """The env ids a server serves: its Gymnasium registry filtered by its ``--allow`` patterns, sorted.
 
@@ -33,6 +37,8 @@ def list_envs(
             (what a ``RemoteEnv`` given no address meets).
         timeout: Seconds to wait (default ``GYM_REMOTE_TIMEOUT`` or 60).
         token: The server's token, when it has one.
+        max_message_size: The largest reply accepted, in bytes (default ``GYM_REMOTE_MAX_MESSAGE_SIZE``
+            or 256 MiB).
 
     Raises:
         ServerUnavailable: nothing answers at ``address`` (named in the message).
@@ -42,12 +48,17 @@ def list_envs(
         >>> list_envs(address="tcp://127.0.0.1:5555")  # doctest: +SKIP
         ['CartPole-v0', 'CartPole-v1', 'Pendulum-v1']
     """
-    with _server_connection(address, timeout, token) as connection:
+    with _server_connection(address, timeout, token, max_message_size) as connection:
         return list(connection.request("list"))
 
 
 def ping(
-    count: int = 1, *, address: str | None = None, timeout: float | None = None, token: str | None = None
+    count: int = 1,
+    *,
+    address: str | None = None,
+    timeout: float | None = None,
+    token: str | None = None,
+    max_message_size: int | None = None,
 ) -> Pings:
     """Times ``count`` request/reply round trips to a server (after connecting).
 
@@ -55,7 +66,7 @@ def ping(
     """
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
-    with _server_connection(address, timeout, token) as connection:
+    with _server_connection(address, timeout, token, max_message_size) as connection:
         round_trips = []
         for _ in range(count):
             start = time.perf_counter()
@@ -78,13 +89,18 @@ def adapter_id(env_id: str) -> str:
 
 
 def list_tasks(
-    env_id: str, *, address: str | None = None, timeout: float | None = None, token: str | None = None
+    env_id: str,
+    *,
+    address: str | None = None,
+    timeout: float | None = None,
+    token: str | None = None,
+    max_message_size: int | None = None,
 ) -> dict[str, Any]:
     """An adapter's tasks: ``{"env_id": ..., "suites": {suite: [{"task_id", "name", "description", ...}]}}``.
 
     Args:
         env_id: ``Libero-v0``, ``Robosuite-v0`` or their ``remote/`` or ``gym_remote/`` ids.
-        address, timeout, token: As for :func:`list_envs`.
+        address, timeout, token, max_message_size: As for :func:`list_envs`.
 
     Example:
         >>> suites = list_tasks("Libero-v0")["suites"]  # doctest: +SKIP
@@ -92,14 +108,18 @@ def list_tasks(
         'pick up the black bowl between the plate and the ramekin and place it on the plate'
     """
     adapter = adapter_id(env_id)
-    with _server_connection(address, timeout, token) as connection:
+    with _server_connection(address, timeout, token, max_message_size) as connection:
         return connection.request("tasks", env_id=adapter)
 
 
 @contextlib.contextmanager
-def _server_connection(address: str | None, timeout: float | None, token: str | None) -> Iterator[Connection]:
+def _server_connection(
+    address: str | None, timeout: float | None, token: str | None, max_message_size: int | None
+) -> Iterator[Connection]:
     """A connection to the server at ``address`` (or to a private local server, stopped after)."""
-    config = resolve(ClientConfig, address=address, timeout=timeout, token=token)
+    config = resolve(
+        ClientConfig, address=address, timeout=timeout, token=token, max_message_size=max_message_size
+    )
     embedded = None if config.address else EmbeddedServer.start(config.timeout)
     try:
         connection = Connection(

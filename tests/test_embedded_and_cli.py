@@ -147,6 +147,8 @@ def test_cli_list_and_ping(start_server, tmp_path):
     assert listed.stdout.split() == ["CartPole-v0", "CartPole-v1", "Pendulum-v1"]
     pinged = run_cli("ping", "--address", server.address, "--count", "20")
     assert pinged.returncode == 0 and "20 round trips" in pinged.stdout and "median" in pinged.stdout
+    capped = run_cli("list", "--address", server.address, "--max-message-size", "40")
+    assert capped.returncode == 1 and "exceeds the maximum message size of 40 bytes" in capped.stderr
 
 
 def test_list_envs_and_ping_from_python(start_server):
@@ -161,6 +163,8 @@ def test_list_envs_and_ping_from_python(start_server):
     assert len(pings.round_trips) == 5 and all(0 < seconds < 10 for seconds in pings.round_trips)
     with pytest.raises(gym_remote.AuthenticationFailed, match="token"):
         gym_remote.list_envs(address=server.address, token="wrong")
+    with pytest.raises(gym_remote.MessageTooLarge, match="maximum message size of 40 bytes"):
+        gym_remote.list_envs(address=server.address, token="s3cret", max_message_size=40)
     with pytest.raises(ValueError, match="count must be at least 1"):
         gym_remote.ping(0, address=server.address)
     with pytest.raises(gym_remote.ServerUnavailable, match="unix:///nonexistent/gym.sock"):
