@@ -157,6 +157,22 @@ class SharedBatches:
         """Each leaf's path with its batch array in ``buffer``."""
         return list(zip(self.paths, self._arrays[buffer]))
 
+    def leaves_of(self, batch: Any) -> list[tuple[list, np.ndarray]]:
+        """Each leaf's path with its array in ``batch``, a batch of this space (of any size)."""
+        leaves = []
+        for path in self.paths:
+            array = batch
+            for key in path:
+                array = array[key]
+            leaves.append((path, array))
+        return leaves
+
+    def copy_row(self, buffer: int, row: int, leaves: list[tuple[list, np.ndarray]], position: int) -> None:
+        """Copies one env's observation from row ``row`` of ``buffer`` into row ``position`` of
+        another batch's ``leaves`` (:meth:`leaves_of`)."""
+        for array, (_, destination) in zip(self._arrays[buffer], leaves):
+            destination[position, ...] = array[row, ...]
+
     def row_copy(self, buffer: int, row: int) -> Any:
         """A copy of one env's observation from ``buffer``."""
         # `[row, ...]`: a 0-d array where a leaf holds scalars, as the worker wrote only arrays.

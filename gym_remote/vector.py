@@ -165,6 +165,9 @@ class RemoteVectorEnv(VectorEnv):
         # Replies received by a recv() that raised (another session failed, or the caller was
         # interrupted), per env with its op: the next recv() returns them.
         self._undelivered: dict[int, tuple[str, Any]] = {}
+        # Env index -> the shared batch buffer whose row the last send() asked its worker to
+        # write the observation into.
+        self._sent_rows: dict[int, int] = {}
         try:
             self._shared = self._share_batches()
         except BaseException:
@@ -357,7 +360,11 @@ class RemoteVectorEnv(VectorEnv):
             else ("step", {"action": action})
             for action, index in zip(actions, env_ids)
         }
-        for number, items in self._by_session(requests).items():
+        # Rows of a buffer the caller holds nothing of; recv() copies them out, so the caller
+        # never gets the buffer itself (and step() and reset() refuse to run while results are out).
+        buffer = None if self._shared is None else self._shared.take()
+        self._sent_rows.update((index, buffer) for index in requests if buffer is not None)
+        for number, items in self._by_session(self._placed(requests, buffer)).items():
             self._send(number, items)
 
     def recv(self, min_envs: int = 1, timeout: float | None = None) -> tuple[Any, ...]:
@@ -402,10 +409,8 @@ class RemoteVectorEnv(VectorEnv):
         infos: dict[str, Any] = {}
         for position, info in enumerate(infos_list):
             infos = _add_info_for(self, infos, info, position, len(ready))
-        batch: Any = create_empty_array(self.single_observation_space, n=len(ready), fn=np.zeros)
-        batch = concatenate(self.single_observation_space, observations, batch)
         return (
-            batch,
+            self._gathered(ready, observations),
             np.array(rewards, dtype=np.float64),
             np.array(terminations, dtype=np.bool_),
             np.array(truncations, dtype=np.bool_),
@@ -459,10 +464,8 @@ class RemoteVectorEnv(VectorEnv):
         assert self._shared is not None
         leaves = self._shared.leaves(buffer)
         for index, observation in enumerate(self._env_observations):
-            if observation is not None and not write_row(leaves, index, observation, exact=False):
-                raise ValueError(
-                    f"the observation of sub-env {index} does not fit {self.single_observation_space}"
-                )
+            if observation is not None:
+                self._write_row(leaves, index, index, observation)
         self._observations = self._shared.batch(buffer)
         return self._observations
 
@@ -473,6 +476,29 @@ class RemoteVectorEnv(VectorEnv):
         batch: Any = self._batches.take() if self.copy else self._observations
         self._observations = concatenate(self.single_observation_space, self._env_observations, batch)
         return self._observations
+
+    def _gathered(self, env_ids: list[int], observations: list[Any]) -> Any:
+        """A new batch of these envs' observations; one that is None was written into the
+        shared batch row its send() named."""
+        batch: Any = create_empty_array(self.single_observation_space, n=len(env_ids), fn=np.empty)
+        if self._shared is None:
+            return concatenate(self.single_observation_space, observations, batch)
+        leaves = self._shared.leaves_of(batch)
+        for position, (index, observation) in enumerate(zip(env_ids, observations)):
+            if observation is None:
+                self._shared.copy_row(self._sent_rows[index], index, leaves, position)
+            else:
+                self._write_row(leaves, position, index, observation)
+        return batch
+
+    def _write_row(
+        self, leaves: list[tuple[list, np.ndarray]], row: int, index: int, observation: Any
+    ) -> None:
+        """Writes sub-env ``index``'s observation (from a reply) into row ``row`` of a batch's leaves."""
+        if not write_row(leaves, row, observation, exact=False):
+            raise ValueError(
+                f"the observation of sub-env {index} does not fit {self.single_observation_space}"
+            )
 
     def _exchange(self, requests: dict[int, tuple[str, dict[str, Any]]]) -> dict[int, Any]:
         """Sends every request, then gathers every reply; the first failure is raised after all replies."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import select
 
 import gymnasium as gym
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import data_equivalence
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
+from gymnasium.vector.utils import concatenate, create_empty_array
 
 import gym_remote
 from gym_remote import RemoteVectorEnv
@@ -310,6 +312,94 @@ def test_send_and_recv(server, envs_per_worker):
             envs.recv()
     finally:
         envs.close()
+
+
+@pytest.mark.parametrize("envs_per_worker", [1, 2], ids=lambda count: f"{count}-per-worker")
+@pytest.mark.parametrize(
+    ("env_id", "in_rows"),
+    [
+        ("CartPole-v1", True),  # the workers write observations into shared batch rows
+        ("gym_remote_testing/ImageEnv-v0", True),
+        ("FrozenLake-v1", False),  # integer observations come in the replies
+        ("gym_remote_testing/VaryingSteps-v0", True),  # some fit no row now and then
+    ],
+)
+def test_recv_with_shared_batches_equals_local_envs(server, monkeypatch, env_id, in_rows, envs_per_worker):
+    import gym_remote.testing  # noqa: F401
+
+    monkeypatch.setattr(SharedBatches, "MINIMUM_ROW_BYTES", 0)  # small observations too
+    rows_copied = []
+    copy_row = SharedBatches.copy_row
+    monkeypatch.setattr(
+        SharedBatches,
+        "copy_row",
+        lambda self, *arguments: rows_copied.append(1) or copy_row(self, *arguments),
+    )
+    remote = RemoteVectorEnv(env_id, NUM_ENVS, address=server.address, envs_per_worker=envs_per_worker)
+    local = [gym.make(env_id) for _ in range(NUM_ENVS)]
+    kept = []  # every batch returned, with a copy: none may change later
+    try:
+        assert remote.uses_shared_batches
+        first_batch = remote.reset(seed=0)[0]  # a shared batch: sends must not write into it
+        kept.append((first_batch, copy.deepcopy(first_batch)))
+        ended, autoresets = [False] * NUM_ENVS, 0
+        for index, env in enumerate(local):
+            env.reset(seed=index)
+            env.action_space.seed(index)
+        for turn in range(90):
+            env_ids = [turn % NUM_ENVS, (turn + 1) % NUM_ENVS]
+            actions = {index: local[index].action_space.sample() for index in env_ids}
+            remote.send(np.stack(list(actions.values())), env_ids=env_ids)
+            observations, rewards, terminations, truncations, _, returned = remote.recv(min_envs=2)
+            kept.append((observations, copy.deepcopy(observations)))
+            assert sorted(returned.tolist()) == sorted(env_ids)
+            expected = []  # the local envs' results, in the order recv() returned them
+            for index in returned:
+                if ended[index]:  # the send after an episode's end resets the env
+                    expected.append((local[index].reset()[0], 0.0, False, False))
+                    autoresets += 1
+                else:
+                    expected.append(local[index].step(actions[index])[:4])
+                ended[index] = bool(expected[-1][2] or expected[-1][3])
+            space = remote.single_observation_space
+            expected_batch = concatenate(
+                space, [result[0] for result in expected], create_empty_array(space, 2)
+            )
+            assert data_equivalence(observations, expected_batch, exact=True), f"turn {turn} differs"
+            _, expected_rewards, expected_terminations, expected_truncations = zip(*expected)
+            assert np.array_equal(rewards, np.array(expected_rewards, np.float64)), f"turn {turn} differs"
+            assert terminations.tolist() == [bool(flag) for flag in expected_terminations]
+            assert truncations.tolist() == [bool(flag) for flag in expected_truncations]
+        for batch, contents in kept:
+            assert data_equivalence(batch, contents, exact=True), "a returned batch changed"
+    finally:
+        remote.close()
+        for env in local:
+            env.close()
+    assert autoresets >= 2, "the run must cross episode boundaries"
+    assert bool(rows_copied) is in_rows
+
+
+def test_recv_while_the_caller_holds_every_shared_batch_takes_observations_from_replies(server, monkeypatch):
+    monkeypatch.setattr(SharedBatches, "MINIMUM_ROW_BYTES", 0)  # CartPole's too
+    remote = RemoteVectorEnv("CartPole-v1", 2, address=server.address)
+    local = [gym.make("CartPole-v1") for _ in range(2)]
+    try:
+        held = [remote.reset(seed=0)[0], *(remote.step(np.array([1, 1]))[0] for _ in range(2))]
+        assert len({id(batch.base) for batch in held}) == SharedBatches.COUNT
+        contents = [batch.copy() for batch in held]
+        for index, env in enumerate(local):
+            env.reset(seed=index)
+            env.step(1), env.step(1)
+        remote.send(np.array([0, 1]))
+        observations, *_, env_ids = remote.recv(min_envs=2)
+        assert env_ids.tolist() == [0, 1]
+        assert np.array_equal(observations, np.stack([local[0].step(0)[0], local[1].step(1)[0]]))
+        assert all(np.array_equal(batch, kept) for batch, kept in zip(held, contents))
+    finally:
+        remote.close()
+        for env in local:
+            env.close()
 
 
 def test_recv_keeps_the_results_of_the_sessions_beside_one_that_crashed(server):
