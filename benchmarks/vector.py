@@ -2,7 +2,8 @@
 
 8 envs of CartPole-v1 and 8 of the 393 KB image env (two 256x256x3 uint8 images and a state),
 stepped with random actions through: ``RemoteVectorEnv`` (one client process, send to all then
-gather; one env per worker, then 4 per worker), ``AsyncVectorEnv`` over ``RemoteEnv``, and
+gather; one env per worker, then 4 per worker; and envpool style, ``send()``/``recv()`` of
+whichever half is ready first), ``AsyncVectorEnv`` over ``RemoteEnv``, and
 Gymnasium's local ``AsyncVectorEnv(shared_memory=True)`` and ``SyncVectorEnv``. Plus 2 LIBERO
 sessions in parallel against 1 (when ``gym-remote setup libero`` was run). Targets:
 RemoteVectorEnv at least 1.5x the local AsyncVectorEnv's env-steps/s on both workloads; 2 LIBERO
@@ -56,9 +57,36 @@ def timed_run(envs: gym.vector.VectorEnv, steps: int, watched: Sequence[int] = (
     return steps * envs.num_envs / elapsed, cpu_seconds / elapsed
 
 
-def vectorizers(
-    env_id: str, address: str, unix_address: str
-) -> dict[str, Callable[[], gym.vector.VectorEnv]]:
+def envpool_rate(envs: gym_remote.RemoteVectorEnv, steps: int) -> float:
+    """Env-steps per second of envpool-style stepping over ``steps`` vector steps' worth of
+    env-steps, after a short warm-up: each ``recv()`` takes whichever half of the envs is ready
+    first, and those are sent their next actions at once."""
+    envs.action_space.seed(0)
+    actions = envs.action_space.sample()
+    half = envs.num_envs // 2
+
+    def take_ready_and_resend(env_steps: int) -> int:
+        returned = 0
+        while returned < env_steps:
+            env_ids = envs.recv(min_envs=half)[-1]
+            envs.send(actions[: len(env_ids)], env_ids)
+            returned += len(env_ids)
+        return returned
+
+    envs.reset(seed=0)
+    envs.send(actions)
+    take_ready_and_resend(10 * envs.num_envs)
+    start = time.perf_counter()
+    returned = take_ready_and_resend(steps * envs.num_envs)
+    elapsed = time.perf_counter() - start
+    envs.recv(min_envs=envs.num_envs)
+    envs.close()
+    return returned / elapsed
+
+
+def vectorizers(env_id: str, address: str, unix_address: str) -> dict[str, Callable[[int], float]]:
+    """Each vectorizer's measurement: given a number of vector steps, its env-steps per second."""
+
     def remote_factory() -> gym.Env:
         return gym_remote.RemoteEnv(env_id, address=address)
 
@@ -69,38 +97,51 @@ def vectorizers(
         with shared_memory_setting(False):
             return gym_remote.RemoteVectorEnv(env_id, NUM_ENVS, address=address)
 
+    def remote_vector_env() -> gym_remote.RemoteVectorEnv:
+        return gym_remote.RemoteVectorEnv(env_id, NUM_ENVS, address=address)
+
+    def stepped(make: Callable[[], gym.vector.VectorEnv]) -> Callable[[int], float]:
+        return lambda steps: env_steps_per_second(make(), steps)
+
     grouped = f"RemoteVectorEnv, {ENVS_PER_WORKER} envs per worker"
     return {
-        "RemoteVectorEnv": lambda: gym_remote.RemoteVectorEnv(env_id, NUM_ENVS, address=address),
-        "RemoteVectorEnv, socket only": socket_only,
-        grouped: lambda: gym_remote.RemoteVectorEnv(
-            env_id, NUM_ENVS, address=address, envs_per_worker=ENVS_PER_WORKER
+        "RemoteVectorEnv": stepped(remote_vector_env),
+        "RemoteVectorEnv, socket only": stepped(socket_only),
+        grouped: stepped(
+            lambda: gym_remote.RemoteVectorEnv(
+                env_id, NUM_ENVS, address=address, envs_per_worker=ENVS_PER_WORKER
+            )
         ),
-        f"{grouped}, Unix socket": lambda: gym_remote.RemoteVectorEnv(
-            env_id, NUM_ENVS, address=unix_address, envs_per_worker=ENVS_PER_WORKER
+        f"{grouped}, Unix socket": stepped(
+            lambda: gym_remote.RemoteVectorEnv(
+                env_id, NUM_ENVS, address=unix_address, envs_per_worker=ENVS_PER_WORKER
+            )
         ),
-        "AsyncVectorEnv over RemoteEnv": lambda: gym.vector.AsyncVectorEnv(
-            [remote_factory] * NUM_ENVS, context="forkserver"
+        f"RemoteVectorEnv, send/recv of the first {NUM_ENVS // 2} ready": lambda steps: envpool_rate(
+            remote_vector_env(), steps
         ),
-        "local AsyncVectorEnv(shared_memory=True)": lambda: gym.vector.AsyncVectorEnv(
-            [local_factory] * NUM_ENVS, shared_memory=True, context="forkserver"
+        "AsyncVectorEnv over RemoteEnv": stepped(
+            lambda: gym.vector.AsyncVectorEnv([remote_factory] * NUM_ENVS, context="forkserver")
         ),
-        "local SyncVectorEnv": lambda: gym.vector.SyncVectorEnv([local_factory] * NUM_ENVS),
+        "local AsyncVectorEnv(shared_memory=True)": stepped(
+            lambda: gym.vector.AsyncVectorEnv(
+                [local_factory] * NUM_ENVS, shared_memory=True, context="forkserver"
+            )
+        ),
+        "local SyncVectorEnv": stepped(lambda: gym.vector.SyncVectorEnv([local_factory] * NUM_ENVS)),
     }
 
 
-def median_rates(
-    makers: dict[str, Callable[[], gym.vector.VectorEnv]], steps: int, rounds: int
-) -> dict[str, float]:
+def median_rates(measures: dict[str, Callable[[int], float]], steps: int, rounds: int) -> dict[str, float]:
     """Each vectorizer's median env-steps/s over ``rounds`` rounds in which they all take turns.
 
     Taking turns spreads the machine's drift (its speed wanders by tens of percent over
     minutes) over every vectorizer alike.
     """
-    samples: dict[str, list[float]] = {label: [] for label in makers}
+    samples: dict[str, list[float]] = {label: [] for label in measures}
     for _ in range(rounds):
-        for label, make in makers.items():
-            samples[label].append(env_steps_per_second(make(), steps))
+        for label, measure in measures.items():
+            samples[label].append(measure(steps))
     return {label: statistics.median(values) for label, values in samples.items()}
 
 
@@ -144,8 +185,8 @@ def main() -> None:
     ) as unix_server:
         for name, env_id in WORKLOADS.items():
             steps = arguments.steps if "CartPole" in env_id else max(arguments.steps // 4, 50)
-            makers = vectorizers(env_id, server.address, unix_server.address)
-            rates = median_rates(makers, steps, arguments.rounds)
+            measures = vectorizers(env_id, server.address, unix_server.address)
+            rates = median_rates(measures, steps, arguments.rounds)
             baseline = rates["local AsyncVectorEnv(shared_memory=True)"]
             for label, rate in rates.items():
                 lines.append(f"| {name} | {label} | {rate:,.0f} | {rate / baseline:.2f}x |")
