@@ -312,16 +312,11 @@ class BatchWriter:
         segments, leaves_by_buffer = SharedSegment.attach_offered("use_shared_batches", buffers, leaves_in)
         return cls(segments, leaves_by_buffer)
 
-    def write(self, observation: Any, into: Any) -> bool:
-        """Writes ``observation`` into row ``into[1]`` of buffer ``into[0]``; False unless its leaves
-        are arrays of the batch's dtypes and shapes (then the reply carries it instead)."""
-        if not isinstance(into, list) or len(into) != 2 or not all(type(item) is int for item in into):
-            raise InvalidCall(f"into must be [buffer, row], got {into!r}")
+    def write(self, observation: Any, into: Tuple[int, int]) -> bool:
+        """Writes ``observation`` into row ``into[1]`` (not negative) of buffer ``into[0]`` (one
+        of these); False unless its leaves are arrays of the batch's dtypes and shapes and the
+        row exists (then the reply carries it instead)."""
         buffer, row = into
-        if not 0 <= buffer < len(self.segments) or row < 0:
-            raise InvalidCall(
-                f"into names buffer {buffer}, row {row}: there are {len(self.segments)} buffers"
-            )
         return write_row(self.leaves_by_buffer[buffer], row, observation, exact=True)
 
     def close(self) -> None:

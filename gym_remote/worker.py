@@ -234,18 +234,20 @@ class WorkerSession:
 
     def _reset(self, request: Dict[str, Any]) -> Any:
         index, env = self._env(request)
+        into = self._batch_row(request)
         observation, info = env.reset(seed=request.get("seed"), options=request.get("options"))
         self.reset_once[index] = True
         self.last_observations[index] = observation
-        return [self._placed(observation, request), info]
+        return [self._placed(observation, into), info]
 
     def _step(self, request: Dict[str, Any]) -> Any:
         index, env = self._running_env(request, "step")
         action = request.get("action")
         _check_action(env, action, "action")
+        into = self._batch_row(request)
         result = list(env.step(action))
         self.last_observations[index] = result[0]
-        result[0] = self._placed(result[0], request)
+        result[0] = self._placed(result[0], into)
         return result
 
     def _fixed_reset(self, layout: FixedLayout, seed: Optional[int], into: Optional[BatchRow]) -> None:
@@ -338,31 +340,41 @@ class WorkerSession:
 
     def _check_batch_row(self, into: Optional[BatchRow]) -> None:
         """Raises InvalidCall, before the env runs, unless this session has the shared batch
-        buffer ``into`` names (or it names none)."""
-        if into is not None and (self.batches is None or into[0] >= len(self.batches.segments)):
+        buffer ``into`` names and the row is not negative (or it names none)."""
+        if into is not None and (
+            self.batches is None or not 0 <= into[0] < len(self.batches.segments) or into[1] < 0
+        ):
             raise InvalidCall(
                 f"the request asks for row {into[1]} of shared batch buffer {into[0]}; this session has "
                 f"{0 if self.batches is None else len(self.batches.segments)} (use_shared_batches)"
             )
 
+    def _batch_row(self, request: Dict[str, Any]) -> Optional[BatchRow]:
+        """The shared batch row an ordinary request's ``into`` names, checked before the env runs."""
+        into = request.get("into")
+        if into is None:
+            return None
+        if not isinstance(into, list) or len(into) != 2 or not all(type(item) is int for item in into):
+            raise InvalidCall(f"into must be [buffer, row], got {into!r}")
+        row = (into[0], into[1])
+        self._check_batch_row(row)
+        return row
+
     def _in_batch_row(self, buffers: List[Any], observation: Any, into: BatchRow) -> List[Any]:
         """The fixed-layout reply ``buffers`` with the observation written into shared batch row
         ``into`` instead, so that the frame carries none (as they are where it does not fit)."""
-        assert self.batches is not None  # checked by _check_batch_row
-        return _without_data(buffers) if self.batches.write(observation, list(into)) else buffers
+        return _without_data(buffers) if self._placed(observation, into) is None else buffers
 
     def _observe(self, request: Dict[str, Any]) -> Any:
         index, _ = self._running_env(request, "observe")
-        return self._placed(self.last_observations[index], request)
+        return self._placed(self.last_observations[index], self._batch_row(request))
 
-    def _placed(self, observation: Any, request: Dict[str, Any]) -> Any:
-        """None when the request's ``into`` names a shared batch row the observation now fills;
+    def _placed(self, observation: Any, into: Optional[BatchRow]) -> Any:
+        """None when ``into`` (checked) names a shared batch row the observation now fills;
         otherwise the observation, to travel in the reply."""
-        into = request.get("into")
         if into is None:
             return observation
-        if self.batches is None:
-            raise InvalidCall("into: this session has no shared batches (use_shared_batches first)")
+        assert self.batches is not None  # checked by _check_batch_row
         return None if self.batches.write(observation, into) else observation
 
     def _step_chunk(self, request: Dict[str, Any]) -> Any:

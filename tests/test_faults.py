@@ -642,7 +642,8 @@ def test_bad_shared_batches_are_invalid_calls_and_the_session_goes_on(server):
     try:
         env.reset(seed=0)
         connection = env._connect()
-        with pytest.raises(errors.InvalidCall, match="no shared batches"):
+        before = connection.request("observe")
+        with pytest.raises(errors.InvalidCall, match=r"buffer 0; this session has 0 \(use_shared_batches\)"):
             connection.request("step", action=0, into=[0, 0])
         leaf = {"path": [], "offset": 64, "dtype": "<f4", "shape": [1, 4]}
         bad_requests = [
@@ -656,8 +657,18 @@ def test_bad_shared_batches_are_invalid_calls_and_the_session_goes_on(server):
             with pytest.raises(errors.InvalidCall, match=message):
                 connection.request("use_shared_batches", **fields)
         connection.request("use_shared_batches", buffers=[segment.offer()], layout=[leaf])
-        with pytest.raises(errors.InvalidCall, match=r"into must be \[buffer, row\]"):
-            connection.request("step", action=0, into=[0])
+        for into, message in [
+            ([0], r"into must be \[buffer, row\]"),
+            ([1, 0], "row 0 of shared batch buffer 1; this session has 1"),
+            ([0, -1], "row -1 of shared batch buffer 0"),
+        ]:
+            with pytest.raises(errors.InvalidCall, match=message):
+                connection.request("step", action=0, into=into)
+        for op, fields in [("reset", {"seed": 3}), ("observe", {})]:
+            with pytest.raises(errors.InvalidCall, match="buffer 2; this session has 1"):
+                connection.request(op, into=[2, 0], **fields)
+        # Each refused before its env ran: not one step or reset was lost.
+        assert np.array_equal(connection.request("observe"), before)
         observation, *_ = connection.request("step", action=0, into=[0, 0])
         assert observation is None, "written into the batch, not sent"
         assert np.array_equal(segment.array(np.float32, (1, 4), 64)[0], connection.request("observe"))
