@@ -384,14 +384,11 @@ class RemoteVectorEnv(VectorEnv):
         ready_sessions = self._wait_ready(waiting_for, timeout) if waiting_for > 0 else []
         # Every ready session's replies are kept before any failure is raised, so that a crash
         # of one session (or an interruption) loses none of the others' results.
-        first_error: RemoteEnvError | None = None
-        for number in ready_sessions:
-            ops = dict(self._pending[number])
-            replies: dict[int, Any] = {}
-            try:
-                self._receive(number, replies)
-            except RemoteEnvError as error:
-                first_error = first_error or error
+        ops = {index: op for number in ready_sessions for index, op in self._pending[number]}
+        replies: dict[int, Any] = {}
+        try:
+            first_error = self._receive_each(ready_sessions, replies)
+        finally:
             self._undelivered.update((index, (ops[index], reply)) for index, reply in replies.items())
         if first_error is not None:
             raise first_error
@@ -517,11 +514,8 @@ class RemoteVectorEnv(VectorEnv):
                     self._send(number, items)
                 except RemoteEnvError as error:
                     first_error = first_error or error
-            for number in list(self._pending):
-                try:
-                    self._receive(number, replies)
-                except RemoteEnvError as error:
-                    first_error = first_error or error
+            receive_error = self._receive_each(list(self._pending), replies)
+            first_error = first_error or receive_error
         except BaseException:  # interrupted (KeyboardInterrupt, say): the next call starts afresh
             self._abandon_pending()
             raise
@@ -569,6 +563,17 @@ class RemoteVectorEnv(VectorEnv):
         except RemoteEnvError as error:
             raise self._named([index for index, _, _ in items], error) from None
         self._pending[number] = [(index, op) for index, op, _ in items]
+
+    def _receive_each(self, numbers: list[int], replies: dict[int, Any]) -> RemoteEnvError | None:
+        """Puts the replies of these sessions' requests in flight into ``replies``, per env;
+        returns the first failure (after receiving from every session)."""
+        first_error = None
+        for number in numbers:
+            try:
+                self._receive(number, replies)
+            except RemoteEnvError as error:
+                first_error = first_error or error
+        return first_error
 
     def _receive(self, number: int, replies: dict[int, Any]) -> None:
         """Puts the replies of a session's request in flight into ``replies``, per env; then
