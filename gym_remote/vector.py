@@ -338,12 +338,20 @@ class RemoteVectorEnv(VectorEnv):
     def send(self, actions: Any, env_ids: Iterable[int] | None = None) -> None:
         """Starts steps without waiting (envpool style): ``actions[k]`` goes to ``env_ids[k]``.
 
-        Envs awaiting an autoreset are reset instead of stepped. Collect results with :meth:`recv`.
+        Envs awaiting an autoreset (in NEXT_STEP mode) are reset instead of stepped. Collect
+        results with :meth:`recv`.
 
         Raises:
-            InvalidCall: an env already has a call in flight.
+            InvalidCall: an env already has a call in flight, or (autoreset disabled) ended its
+                episode and was not reset.
         """
         env_ids = list(range(self.num_envs)) if env_ids is None else [int(index) for index in env_ids]
+        if self.autoreset_mode == AutoresetMode.DISABLED:
+            ended = [index for index in env_ids if self._autoreset_envs[index]]
+            if ended:
+                raise InvalidCall(
+                    f"sub-envs {ended} ended their episodes: reset them (autoreset is disabled)"
+                )
         busy = [
             index
             for index in env_ids
@@ -371,7 +379,9 @@ class RemoteVectorEnv(VectorEnv):
         """Returns the results of the sessions that are ready, waiting for at least ``min_envs``.
 
         Where a ready session failed, its error is raised once the other ready sessions' results
-        are received; the next call returns those.
+        are received; the next call returns those. In SAME_STEP mode, envs whose episode ended
+        are reset before returning, as :meth:`step` does (``final_obs`` and ``final_info`` in
+        the infos).
 
         Returns:
             ``(observations, rewards, terminations, truncations, infos, env_ids)``, batched over
@@ -392,19 +402,23 @@ class RemoteVectorEnv(VectorEnv):
             self._undelivered.update((index, (ops[index], reply)) for index, reply in replies.items())
         if first_error is not None:
             raise first_error
+        resets = self._same_step_resets()
         delivered, self._undelivered = self._undelivered, {}
         ready = sorted(delivered)
-        observations, rewards, terminations, truncations, infos_list = [], [], [], [], []
-        for index in ready:
+        observations, rewards, terminations, truncations = [], [], [], []
+        infos: dict[str, Any] = {}
+        for position, index in enumerate(ready):
             observation, reward, terminated, truncated, info = _as_step_result(*delivered[index])
             self._autoreset_envs[index] = terminated or truncated
+            if index in resets:
+                final = {"final_obs": self._observation_of(index, observation), "final_info": info}
+                infos = _add_info_for(self, infos, final, position, len(ready))
+                observation, info = resets[index]
+                self._autoreset_envs[index] = False
             observations.append(observation)
             rewards.append(reward)
             terminations.append(terminated)
             truncations.append(truncated)
-            infos_list.append(info)
-        infos: dict[str, Any] = {}
-        for position, info in enumerate(infos_list):
             infos = _add_info_for(self, infos, info, position, len(ready))
         return (
             self._gathered(ready, observations),
@@ -474,6 +488,28 @@ class RemoteVectorEnv(VectorEnv):
         self._observations = concatenate(self.single_observation_space, self._env_observations, batch)
         return self._observations
 
+    def _same_step_resets(self) -> dict[int, tuple[Any, dict[str, Any]]]:
+        """In SAME_STEP mode, the reset ``(observation, info)`` of each received env whose step
+        ended its episode (its observation comes in the reply, leaving its row as it is)."""
+        if self.autoreset_mode != AutoresetMode.SAME_STEP:
+            return {}
+        ended = [
+            index
+            for index, (op, reply) in self._undelivered.items()
+            if op == "step" and (reply[2] or reply[3])
+        ]
+        if not ended:
+            return {}
+        return self._round_trip({index: ("reset", {"seed": None, "options": None}) for index in ended})
+
+    def _observation_of(self, index: int, observation: Any) -> Any:
+        """Sub-env ``index``'s observation from a recv(): as it came, or copied out of the
+        shared batch row its send() named."""
+        if observation is not None:
+            return observation
+        assert self._shared is not None
+        return self._shared.row_copy(self._sent_rows[index], index)
+
     def _gathered(self, env_ids: list[int], observations: list[Any]) -> Any:
         """A new batch of these envs' observations; one that is None was written into the
         shared batch row its send() named."""
@@ -506,31 +542,39 @@ class RemoteVectorEnv(VectorEnv):
             raise InvalidCall(
                 f"sub-envs {pending} have steps in flight or results not yet returned: recv() them first"
             )
+        return self._round_trip(requests)
+
+    def _round_trip(self, requests: dict[int, tuple[str, dict[str, Any]]]) -> dict[int, Any]:
+        """Sends every request (to sessions with none in flight), then gathers their replies;
+        the first failure is raised after all replies."""
         first_error: RemoteEnvError | None = None
         replies: dict[int, Any] = {}
+        sent = []
         try:
             for number, items in self._by_session(requests).items():
                 try:
                     self._send(number, items)
+                    sent.append(number)
                 except RemoteEnvError as error:
                     first_error = first_error or error
-            receive_error = self._receive_each(list(self._pending), replies)
+            receive_error = self._receive_each(sent, replies)
             first_error = first_error or receive_error
         except BaseException:  # interrupted (KeyboardInterrupt, say): the next call starts afresh
-            self._abandon_pending()
+            self._abandon_pending([number for number in sent if number in self._pending])
             raise
         if first_error is not None:
             raise first_error
         return replies
 
-    def _abandon_pending(self) -> None:
-        """Leaves the replies in flight unread: each session drops them before its next request."""
-        for number in self._pending:
+    def _abandon_pending(self, numbers: list[int] | None = None) -> None:
+        """Leaves the replies in flight to these sessions (default: all) unread: each session
+        drops them before its next request."""
+        for number in list(self._pending) if numbers is None else numbers:
             connection = self.sessions[number]._connection
             if connection is not None:
                 connection.abandon_reply()
-        self._pending.clear()
-        self._fixed_in_flight.clear()
+            del self._pending[number]
+            self._fixed_in_flight.pop(number, None)
 
     def _by_session(
         self, requests: dict[int, tuple[str, dict[str, Any]]]

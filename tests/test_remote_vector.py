@@ -22,14 +22,15 @@ from tests.helpers import all_gone, wait_for, worker_pids
 NUM_ENVS = 3
 
 
-def run_both(local, remote, steps, seed=5):
-    """Steps both vector envs with the same actions; returns how many episodes ended."""
+def run_both(local, remote, steps, seed=5, remote_step=None):
+    """Steps both vector envs with the same actions (the remote one with ``remote_step``, by
+    default its ``step``); returns how many episodes ended."""
     local.action_space.seed(seed)
     assert data_equivalence(local.reset(seed=seed), remote.reset(seed=seed), exact=True)
     ended = 0
     for step in range(steps):
         actions = local.action_space.sample()
-        local_result, remote_result = local.step(actions), remote.step(actions)
+        local_result, remote_result = local.step(actions), (remote_step or remote.step)(actions)
         assert data_equivalence(local_result, remote_result, exact=True), f"step {step} differs"
         done = local_result[2] | local_result[3]
         ended += int(done.sum())
@@ -400,6 +401,56 @@ def test_recv_while_the_caller_holds_every_shared_batch_takes_observations_from_
         remote.close()
         for env in local:
             env.close()
+
+
+def send_to_all_and_recv(remote, actions):
+    """A vector step through send() and recv()."""
+    remote.send(actions)
+    *result, env_ids = remote.recv(min_envs=remote.num_envs)
+    assert env_ids.tolist() == list(range(remote.num_envs))
+    return tuple(result)
+
+
+@pytest.mark.parametrize("envs_per_worker", [1, 2], ids=lambda count: f"{count}-per-worker")
+@pytest.mark.parametrize("mode", list(AutoresetMode), ids=lambda mode: mode.value)
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "gym_remote_testing/VaryingSteps-v0"])
+def test_send_and_recv_follow_the_autoreset_mode(server, monkeypatch, env_id, mode, envs_per_worker):
+    import gym_remote.testing  # noqa: F401
+
+    monkeypatch.setattr(SharedBatches, "MINIMUM_ROW_BYTES", 0)  # observations in batch rows too
+    local = SyncVectorEnv([lambda: gym.make(env_id)] * NUM_ENVS, autoreset_mode=mode)
+    remote = RemoteVectorEnv(
+        env_id, NUM_ENVS, address=server.address, autoreset_mode=mode, envs_per_worker=envs_per_worker
+    )
+    try:
+        ended = run_both(
+            local, remote, steps=80, remote_step=lambda actions: send_to_all_and_recv(remote, actions)
+        )
+        assert ended >= 2, "the run must cross episode boundaries"
+    finally:
+        local.close()
+        remote.close()
+
+
+def test_send_to_an_env_that_ended_with_autoreset_disabled_is_refused(server):
+    remote = RemoteVectorEnv("CartPole-v1", 2, address=server.address, autoreset_mode=AutoresetMode.DISABLED)
+    try:
+        remote.reset(seed=0)
+        for _ in range(100):  # pushing one way ends an episode within a few dozen steps
+            remote.send(np.array([1]), env_ids=[0])
+            if remote.recv()[2][0]:
+                break
+        else:
+            pytest.fail("the episode never ended")
+        with pytest.raises(gym_remote.InvalidCall, match=r"sub-envs \[0\] ended their episodes: reset them"):
+            remote.send(np.array([1, 1]))
+        remote.send(np.array([1]), env_ids=[1])  # the other env goes on
+        assert remote.recv()[-1].tolist() == [1]
+        remote.reset(options={"reset_mask": np.array([True, False])})
+        remote.send(np.array([1]), env_ids=[0])
+        assert remote.recv()[-1].tolist() == [0]
+    finally:
+        remote.close()
 
 
 def test_recv_keeps_the_results_of_the_sessions_beside_one_that_crashed(server):
