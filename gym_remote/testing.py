@@ -173,7 +173,7 @@ class VaryingStepsEnv(gym.Env):
         return observation, self.REWARDS[steps % len(self.REWARDS)], terminated, truncated, info
 
 
-FAULTS = ("raise", "exit", "segfault", "sleep", "custom_info", "allocate")
+FAULTS = ("raise", "exit", "segfault", "sleep", "custom_info", "allocate", "end", "end_then_fail_reset")
 
 
 class _NotWireSafe:
@@ -187,7 +187,8 @@ class FaultyEnv(gym.Env):
     """An env that misbehaves when asked: the action is an index into :data:`FAULTS`, or -1 for none.
 
     ``sleep`` sleeps ``sleep_seconds``; ``allocate`` returns an observation of
-    ``allocate_bytes`` bytes; ``custom_info`` puts an unpicklable-by-default object in info.
+    ``allocate_bytes`` bytes; ``custom_info`` puts an unpicklable-by-default object in info;
+    ``end`` ends the episode; ``end_then_fail_reset`` ends it too, and the reset after it raises.
     """
 
     metadata = {"render_modes": []}
@@ -197,9 +198,13 @@ class FaultyEnv(gym.Env):
         self.allocate_bytes = allocate_bytes
         self.observation_space = spaces.Box(0, 255, (allocate_bytes,), np.uint8)
         self.action_space = spaces.Discrete(len(FAULTS) + 1, start=-1)
+        self._failing_reset = False
 
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> Tuple[Any, dict]:
         super().reset(seed=seed)
+        if self._failing_reset:
+            self._failing_reset = False
+            raise RuntimeError("the reset exploded")
         return np.zeros(self.allocate_bytes, np.uint8), {}
 
     def step(self, action: Any) -> Tuple[Any, float, bool, bool, dict]:
@@ -215,7 +220,9 @@ class FaultyEnv(gym.Env):
             time.sleep(self.sleep_seconds)
         if fault == "custom_info":
             info["custom"] = _NotWireSafe()
-        return np.zeros(self.allocate_bytes, np.uint8), 0.0, False, False, info
+        self._failing_reset = fault == "end_then_fail_reset"
+        terminated = fault in ("end", "end_then_fail_reset")
+        return np.zeros(self.allocate_bytes, np.uint8), 0.0, terminated, False, info
 
     def describe(self, prefix: str, *, suffix: str = "") -> str:
         """A plain method, for remote calls."""

@@ -165,6 +165,8 @@ class RemoteVectorEnv(VectorEnv):
         # Replies received by a recv() that raised (another session failed, or the caller was
         # interrupted), per env with its op: the next recv() returns them.
         self._undelivered: dict[int, tuple[str, Any]] = {}
+        # SAME_STEP: resets of envs whose results are undelivered, done by a recv() that raised.
+        self._undelivered_resets: dict[int, tuple[Any, dict[str, Any]]] = {}
         # Env index -> the shared batch buffer whose row the last send() asked its worker to
         # write the observation into.
         self._sent_rows: dict[int, int] = {}
@@ -490,17 +492,32 @@ class RemoteVectorEnv(VectorEnv):
 
     def _same_step_resets(self) -> dict[int, tuple[Any, dict[str, Any]]]:
         """In SAME_STEP mode, the reset ``(observation, info)`` of each received env whose step
-        ended its episode (its observation comes in the reply, leaving its row as it is)."""
+        ended its episode (its observation comes in the reply, leaving its row as it is).
+
+        Where a reset fails, its error is raised and that env's result dropped, the env left to
+        be reset by its next send(); the resets that worked wait for the next call with the
+        other results.
+        """
         if self.autoreset_mode != AutoresetMode.SAME_STEP:
             return {}
-        ended = [
+        ended = sorted(
             index
             for index, (op, reply) in self._undelivered.items()
-            if op == "step" and (reply[2] or reply[3])
-        ]
-        if not ended:
-            return {}
-        return self._round_trip({index: ("reset", {"seed": None, "options": None}) for index in ended})
+            if op == "step" and (reply[2] or reply[3]) and index not in self._undelivered_resets
+        )
+        try:
+            self._round_trip(
+                {index: ("reset", {"seed": None, "options": None}) for index in ended},
+                self._undelivered_resets,
+            )
+        except RemoteEnvError:
+            for index in ended:
+                if index not in self._undelivered_resets:
+                    del self._undelivered[index]
+                    self._autoreset_envs[index] = True
+            raise
+        resets, self._undelivered_resets = self._undelivered_resets, {}
+        return resets
 
     def _observation_of(self, index: int, observation: Any) -> Any:
         """Sub-env ``index``'s observation from a recv(): as it came, or copied out of the
@@ -542,13 +559,14 @@ class RemoteVectorEnv(VectorEnv):
             raise InvalidCall(
                 f"sub-envs {pending} have steps in flight or results not yet returned: recv() them first"
             )
-        return self._round_trip(requests)
-
-    def _round_trip(self, requests: dict[int, tuple[str, dict[str, Any]]]) -> dict[int, Any]:
-        """Sends every request (to sessions with none in flight), then gathers their replies;
-        the first failure is raised after all replies."""
-        first_error: RemoteEnvError | None = None
         replies: dict[int, Any] = {}
+        self._round_trip(requests, replies)
+        return replies
+
+    def _round_trip(self, requests: dict[int, tuple[str, dict[str, Any]]], replies: dict[int, Any]) -> None:
+        """Sends every request (to sessions with none in flight), then puts their replies into
+        ``replies``, per env; the first failure is raised after all replies."""
+        first_error: RemoteEnvError | None = None
         sent = []
         try:
             for number, items in self._by_session(requests).items():
@@ -564,7 +582,6 @@ class RemoteVectorEnv(VectorEnv):
             raise
         if first_error is not None:
             raise first_error
-        return replies
 
     def _abandon_pending(self, numbers: list[int] | None = None) -> None:
         """Leaves the replies in flight to these sessions (default: all) unread: each session

@@ -432,6 +432,31 @@ def test_send_and_recv_follow_the_autoreset_mode(server, monkeypatch, env_id, mo
         remote.close()
 
 
+def test_a_same_step_reset_that_fails_in_recv_loses_no_other_result(server):
+    import gym_remote.testing  # noqa: F401
+
+    end, end_then_fail_reset = FAULTS.index("end"), FAULTS.index("end_then_fail_reset")
+    remote = RemoteVectorEnv(
+        "gym_remote_testing/Faulty-v0", 4, address=server.address, autoreset_mode=AutoresetMode.SAME_STEP
+    )
+    try:
+        remote.reset(seed=0)
+        remote.send(np.array([end_then_fail_reset, end, -1, end_then_fail_reset]))
+        # As everywhere, the first failure is raised (sub-env 3's reset failed too).
+        with pytest.raises(gym_remote.RemoteError, match=r"sub-env 0 .*the reset exploded"):
+            remote.recv(min_envs=4)
+        # Sub-env 1's episode ended and its reset worked: it comes back as step() gives it.
+        _, _, terminations, _, infos, env_ids = remote.recv()
+        assert env_ids.tolist() == [1, 2] and terminations.tolist() == [True, False]
+        assert infos["_final_obs"].tolist() == [True, False] and infos["final_obs"][0].shape == (1 << 20,)
+        # The envs whose reset failed are reset by their next send.
+        remote.send(np.array([-1, -1]), env_ids=[0, 3])
+        _, rewards, terminations, _, _, env_ids = remote.recv(min_envs=2)
+        assert env_ids.tolist() == [0, 3] and terminations.tolist() == [False, False]
+    finally:
+        remote.close()
+
+
 def test_send_to_an_env_that_ended_with_autoreset_disabled_is_refused(server):
     remote = RemoteVectorEnv("CartPole-v1", 2, address=server.address, autoreset_mode=AutoresetMode.DISABLED)
     try:
