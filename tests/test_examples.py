@@ -1,7 +1,10 @@
-"""The examples in examples/ run as documented (with short settings)."""
+"""The examples in examples/ and in the README run as documented (with short settings)."""
 
 from __future__ import annotations
 
+import ast
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +14,8 @@ import pytest
 from gym_remote.simulators import recorded_routes
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+README = EXAMPLES.parent / "README.md"
+README_ADDRESS = "tcp://127.0.0.1:5555"
 SIMULATORS = {route.name for route in recorded_routes()}
 
 
@@ -60,3 +65,40 @@ def test_libero_eval_example(tmp_path):
     )
     assert "task: pick up the black bowl" in output and "success rate: 0/1" in output
     assert (tmp_path / "libero.mp4").stat().st_size > 1000
+
+
+def readme_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), re.S)
+
+
+def with_results_checked(code: str) -> str:
+    """``code`` with each line ``EXPRESSION  # LITERAL`` (a result the README shows) made an assert."""
+    lines = []
+    for line in code.splitlines():
+        expression, _, comment = line.partition("  # ")
+        try:
+            ast.parse(expression, mode="eval")
+            expected = ast.literal_eval(comment)
+        except (SyntaxError, ValueError):
+            lines.append(line)
+            continue
+        lines.append(f"assert ({expression}) == {expected!r}, {line!r}")
+    return "\n".join(lines)
+
+
+def test_the_readme_python_examples_run_as_written(start_server, tmp_path):
+    # The README's server, on a free port instead of 5555: its examples are pointed there.
+    (serve,) = [line for block in readme_blocks("bash") for line in block.splitlines() if " serve " in line]
+    server = start_server(*shlex.split(serve.split(" serve ", 1)[1], comments=True))
+    # The simulator examples run in test_simulators.py and above; these are the core's, each a
+    # script of its own with the imports the first one shows.
+    blocks = [block for block in readme_blocks("python") if "remote/Libero-v0" not in block]
+    assert len(blocks) >= 4 and any(with_results_checked(block) != block for block in blocks)
+    imports = "import gymnasium as gym\nimport gym_remote\n"
+    for number, block in enumerate(blocks):
+        script = tmp_path / f"example_{number}.py"
+        script.write_text(imports + with_results_checked(block).replace(README_ADDRESS, server.address))
+        result = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )
+        assert result.returncode == 0, f"README example {number}:\n{block}\n{result.stderr[-3000:]}"
