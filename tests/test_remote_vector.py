@@ -391,7 +391,8 @@ def test_recv_while_the_caller_holds_every_shared_batch_takes_observations_from_
         contents = [batch.copy() for batch in held]
         for index, env in enumerate(local):
             env.reset(seed=index)
-            env.step(1), env.step(1)
+            for _ in range(2):
+                env.step(1)
         remote.send(np.array([0, 1]))
         observations, *_, env_ids = remote.recv(min_envs=2)
         assert env_ids.tolist() == [0, 1]
@@ -451,7 +452,7 @@ def test_a_same_step_reset_that_fails_in_recv_loses_no_other_result(server):
         assert infos["_final_obs"].tolist() == [True, False] and infos["final_obs"][0].shape == (1 << 20,)
         # The envs whose reset failed are reset by their next send.
         remote.send(np.array([-1, -1]), env_ids=[0, 3])
-        _, rewards, terminations, _, _, env_ids = remote.recv(min_envs=2)
+        _, _, terminations, _, _, env_ids = remote.recv(min_envs=2)
         assert env_ids.tolist() == [0, 3] and terminations.tolist() == [False, False]
     finally:
         remote.close()
