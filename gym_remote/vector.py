@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import selectors
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Sequence
 
@@ -378,7 +379,9 @@ class RemoteVectorEnv(VectorEnv):
             self._send(number, items)
 
     def recv(self, min_envs: int = 1, timeout: float | None = None) -> tuple[Any, ...]:
-        """Returns the results of the sessions that are ready, waiting for at least ``min_envs``.
+        """Returns the results of the sessions that are ready, waiting for at least ``min_envs``
+        (or ``timeout`` seconds, when given: then the results ready by then, maybe none;
+        ``timeout=0`` polls).
 
         Where a ready session failed, its error is raised once the other ready sessions' results
         are received; the next call returns those. In SAME_STEP mode, envs whose episode ended
@@ -531,6 +534,8 @@ class RemoteVectorEnv(VectorEnv):
         """A new batch of these envs' observations; one that is None was written into the
         shared batch row its send() named."""
         batch: Any = create_empty_array(self.single_observation_space, n=len(env_ids), fn=np.empty)
+        if not env_ids:  # a recv() whose timeout passed before any result came
+            return batch
         if self._shared is None:
             return concatenate(self.single_observation_space, observations, batch)
         leaves = self._shared.leaves_of(batch)
@@ -677,15 +682,18 @@ class RemoteVectorEnv(VectorEnv):
         )
 
     def _wait_ready(self, count: int, timeout: float | None) -> list[int]:
-        """The sessions whose replies have arrived, once they cover at least ``count`` envs."""
+        """The sessions whose replies have arrived, once they cover at least ``count`` envs or
+        ``timeout`` seconds have passed (then maybe fewer, or none)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with selectors.DefaultSelector() as selector:
             for number in self._pending:
                 selector.register(self.sessions[number]._connect().fileno(), selectors.EVENT_READ, number)
             ready: list[int] = []
             while sum(len(self._pending[number]) for number in ready) < count:
-                events = selector.select(timeout)
-                if not events:
-                    raise InvalidCall(f"no sub-env answered within {timeout} s")
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                events = selector.select(left)
+                if not events and left == 0.0:
+                    break
                 for key, _ in events:
                     ready.append(key.data)
                     selector.unregister(key.fileobj)

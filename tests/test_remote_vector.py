@@ -479,6 +479,28 @@ def test_send_to_an_env_that_ended_with_autoreset_disabled_is_refused(server):
         remote.close()
 
 
+def test_recv_with_a_timeout_returns_what_is_ready_by_then(server):
+    import gym_remote.testing  # noqa: F401
+
+    sleep = FAULTS.index("sleep")
+    remote = RemoteVectorEnv(
+        "gym_remote_testing/Faulty-v0", 2, address=server.address, sleep_seconds=3.0, allocate_bytes=16
+    )
+    try:
+        remote.reset(seed=0)
+        remote.send(np.array([sleep]), env_ids=[0])
+        observations, rewards, *_, env_ids = remote.recv(timeout=0)  # a poll: nothing is ready
+        assert env_ids.tolist() == [] and observations.shape == (0, 16) and rewards.shape == (0,)
+        remote.send(np.array([-1]), env_ids=[1])
+        socket = remote.sessions[1]._connection.fileno()
+        wait_for(lambda: select.select([socket], [], [], 1.0)[0], what="sub-env 1 to answer")
+        # Sub-env 0 sleeps for seconds more: after the timeout, only sub-env 1 comes back.
+        assert remote.recv(min_envs=2, timeout=0.2)[-1].tolist() == [1]
+        assert remote.recv(min_envs=1)[-1].tolist() == [0]  # no timeout: waits for it
+    finally:
+        remote.close()
+
+
 def test_recv_keeps_the_results_of_the_sessions_beside_one_that_crashed(server):
     import gym_remote.testing  # noqa: F401
 
