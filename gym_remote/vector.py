@@ -345,10 +345,18 @@ class RemoteVectorEnv(VectorEnv):
         results with :meth:`recv`.
 
         Raises:
-            InvalidCall: an env already has a call in flight, or (autoreset disabled) ended its
-                episode and was not reset.
+            InvalidCall: ``env_ids`` repeats an env or names one that does not exist, there is not
+                one action per env, an env already has a call in flight, or (autoreset disabled)
+                one ended its episode and was not reset.
         """
         env_ids = list(range(self.num_envs)) if env_ids is None else [int(index) for index in env_ids]
+        if len(set(env_ids)) != len(env_ids) or not all(0 <= index < self.num_envs for index in env_ids):
+            raise InvalidCall(
+                f"env_ids must be distinct sub-envs from 0 to {self.num_envs - 1}, got {env_ids}"
+            )
+        actions = list(actions)
+        if len(actions) != len(env_ids):
+            raise InvalidCall(f"{len(actions)} actions for {len(env_ids)} sub-envs {env_ids}: give one each")
         if self.autoreset_mode == AutoresetMode.DISABLED:
             ended = [index for index in env_ids if self._autoreset_envs[index]]
             if ended:

@@ -315,6 +315,28 @@ def test_send_and_recv(server, envs_per_worker):
         envs.close()
 
 
+@pytest.mark.parametrize(
+    ("actions", "env_ids", "message"),
+    [
+        ([1], [0, 1], r"1 actions for 2 sub-envs \[0, 1\]: give one each"),
+        ([1, 0], None, r"2 actions for 3 sub-envs"),
+        ([1, 0], [1, 1], r"distinct sub-envs from 0 to 2, got \[1, 1\]"),
+        ([1], [3], r"got \[3\]"),
+        ([1], [-1], r"got \[-1\]"),
+    ],
+    ids=["too-few-actions", "too-few-for-all", "repeated-env", "no-such-env", "negative-env"],
+)
+def test_bad_sends_are_invalid_calls_and_nothing_is_sent(server, actions, env_ids, message):
+    envs = RemoteVectorEnv("CartPole-v1", 3, address=server.address)
+    try:
+        envs.reset(seed=0)
+        with pytest.raises(gym_remote.InvalidCall, match=message):
+            envs.send(np.array(actions), env_ids=env_ids)
+        envs.step(np.array([1, 1, 1]))  # nothing in flight: step() goes on
+    finally:
+        envs.close()
+
+
 @pytest.mark.parametrize("envs_per_worker", [1, 2], ids=lambda count: f"{count}-per-worker")
 @pytest.mark.parametrize(
     ("env_id", "in_rows"),
