@@ -210,8 +210,15 @@ class RemoteVectorEnv(VectorEnv):
         return self._batch(buffer), infos
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """Steps every session at once (sessions awaiting an autoreset are reset instead)."""
+        """Steps every session at once (sessions awaiting an autoreset are reset instead).
+
+        Raises:
+            InvalidCall: there is not one action per env (nothing is sent), or an action does
+                not fit the action space (that env's error; the others step).
+        """
         actions = list(iterate(self.action_space, actions))
+        if len(actions) != self.num_envs:
+            raise InvalidCall(f"{len(actions)} actions for {self.num_envs} sub-envs: give one each")
         requests = {}
         for index, action in enumerate(actions):
             if self.autoreset_mode == AutoresetMode.NEXT_STEP and self._autoreset_envs[index]:
@@ -316,10 +323,11 @@ class RemoteVectorEnv(VectorEnv):
         :meth:`RemoteEnv.step_chunk <gym_remote.RemoteEnv.step_chunk>`.
 
         Raises:
-            InvalidCall: an env's episode ended and it was not reset since.
+            InvalidCall: there is not one chunk per env, or an env's episode ended and it was not
+                reset since.
         """
         if len(actions) != self.num_envs:
-            raise ValueError(f"expected {self.num_envs} chunks of actions, got {len(actions)}")
+            raise InvalidCall(f"{len(actions)} chunks of actions for {self.num_envs} sub-envs: give one each")
         ended = [index for index in range(self.num_envs) if self._autoreset_envs[index]]
         if ended:
             raise InvalidCall(f"sub-envs {ended} ended their episodes: reset them before their next chunk")

@@ -316,6 +316,30 @@ def test_send_and_recv(server, envs_per_worker):
 
 
 @pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda envs: envs.step(np.array([1, 0])), r"2 actions for 3 sub-envs: give one each"),
+        (lambda envs: envs.step(np.array([1, 0, 1, 1])), r"4 actions for 3 sub-envs"),
+        (lambda envs: envs.step_chunk([np.array([1])] * 2), r"2 chunks of actions for 3 sub-envs"),
+    ],
+    ids=["step-too-few", "step-too-many", "chunks-too-few"],
+)
+def test_a_wrong_number_of_actions_is_an_invalid_call_and_no_env_steps(server, call, message):
+    envs = RemoteVectorEnv("CartPole-v1", 3, address=server.address)
+    local = SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 3)
+    try:
+        envs.reset(seed=0)
+        local.reset(seed=0)
+        with pytest.raises(gym_remote.InvalidCall, match=message):
+            call(envs)
+        # Had any env stepped, the next step would part from the local envs'.
+        assert np.array_equal(envs.step(np.array([1, 1, 1]))[0], local.step(np.array([1, 1, 1]))[0])
+    finally:
+        envs.close()
+        local.close()
+
+
+@pytest.mark.parametrize(
     ("actions", "env_ids", "message"),
     [
         ([1], [0, 1], r"1 actions for 2 sub-envs \[0, 1\]: give one each"),
