@@ -362,7 +362,7 @@ class RemoteVectorEnv(VectorEnv):
             raise InvalidCall(
                 f"env_ids must be distinct sub-envs from 0 to {self.num_envs - 1}, got {env_ids}"
             )
-        actions = list(actions)
+        actions = list(iterate(self.action_space, actions))  # a batch of len(env_ids), as step()'s
         if len(actions) != len(env_ids):
             raise InvalidCall(f"{len(actions)} actions for {len(env_ids)} sub-envs {env_ids}: give one each")
         if self.autoreset_mode == AutoresetMode.DISABLED:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import data_equivalence
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
-from gymnasium.vector.utils import concatenate, create_empty_array
+from gymnasium.vector.utils import batch_space, concatenate, create_empty_array
 
 import gym_remote
 from gym_remote import RemoteVectorEnv
@@ -545,6 +545,23 @@ def test_recv_with_a_timeout_returns_what_is_ready_by_then(server):
         assert remote.recv(min_envs=1)[-1].tolist() == [0]  # no timeout: waits for it
     finally:
         remote.close()
+
+
+def test_send_takes_a_batch_of_dict_actions_for_the_envs_it_names(server):
+    import gym_remote.testing  # noqa: F401
+
+    envs = RemoteVectorEnv("gym_remote_testing/RichSpaces-v0", 3, address=server.address)
+    try:
+        envs.reset(seed=0)
+        actions = batch_space(envs.single_action_space, 2).sample()  # {"force": (2, 2), "move": (2,)}
+        envs.send(actions, env_ids=[2, 0])
+        _, rewards, *_, env_ids = envs.recv(min_envs=2)
+        assert env_ids.tolist() == [0, 2]
+        # The reward is the sum of the force each env was sent: row 1 went to env 0, row 0 to env 2.
+        expected = [actions["force"][1].sum(), actions["force"][0].sum()]
+        assert np.allclose(rewards, expected)
+    finally:
+        envs.close()
 
 
 def test_recv_keeps_the_results_of_the_sessions_beside_one_that_crashed(server):
