@@ -97,6 +97,8 @@ class RemoteVectorEnv(VectorEnv):
         self._embedded: EmbeddedServer | None = None
         if isinstance(address, (list, tuple)):
             addresses = list(address)
+            if not addresses:
+                raise ValueError("address is an empty list: give at least one server address (or None)")
         elif config.address:
             addresses = [config.address]
         else:

@@ -9,6 +9,11 @@ import gymnasium as gym
 import psutil
 
 
+def descendants() -> set[int]:
+    """The pids of this process's children, grandchildren and so on."""
+    return {child.pid for child in psutil.Process().children(recursive=True)}
+
+
 def worker_pids(server_pid: int) -> set[int]:
     """The pids of a server's worker processes (its children)."""
     try:

@@ -9,16 +9,11 @@ import sys
 
 import gymnasium as gym
 import numpy as np
-import psutil
 import pytest
 
 import gym_remote
 from gym_remote.testing import ServerProcess
-from tests.helpers import all_gone, wait_for, worker_pids
-
-
-def descendants() -> set[int]:
-    return {child.pid for child in psutil.Process().children(recursive=True)}
+from tests.helpers import all_gone, descendants, wait_for, worker_pids
 
 
 def test_embedded_server_starts_by_itself_and_leaves_nothing_after_close(monkeypatch):

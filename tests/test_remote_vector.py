@@ -17,7 +17,7 @@ from gym_remote import RemoteVectorEnv
 from gym_remote.batches import SharedBatches
 from gym_remote.connection import Connection
 from gym_remote.testing import FAULTS
-from tests.helpers import all_gone, wait_for, worker_pids
+from tests.helpers import all_gone, descendants, wait_for, worker_pids
 
 NUM_ENVS = 3
 
@@ -562,6 +562,23 @@ def test_send_takes_a_batch_of_dict_actions_for_the_envs_it_names(server):
         assert np.allclose(rewards, expected)
     finally:
         envs.close()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"num_envs": 0}, "num_envs must be at least 1, got 0"),
+        ({"num_envs": 2, "envs_per_worker": 0}, "envs_per_worker must be at least 1, got 0"),
+        ({"num_envs": 2, "per_env_kwargs": [{}]}, "per_env_kwargs has 1 dicts for 2 envs"),
+        ({"num_envs": 2, "address": []}, "address is an empty list"),
+    ],
+    ids=["no-envs", "no-envs-per-worker", "kwargs-count", "no-addresses"],
+)
+def test_bad_vector_env_arguments_are_refused_before_any_session(arguments, message):
+    before = descendants()
+    with pytest.raises(ValueError, match=message):
+        RemoteVectorEnv("CartPole-v1", **arguments)
+    assert descendants() == before, "no server or worker was started"
 
 
 def test_recv_keeps_the_results_of_the_sessions_beside_one_that_crashed(server):
