@@ -52,7 +52,9 @@ class ServerConfig:
     max_envs_per_session: int = _option(
         32, "most envs one session's worker may host (RemoteVectorEnv's envs_per_worker)"
     )
-    idle_timeout: float = _option(600.0, "seconds a session may wait for its next call before it is ended")
+    idle_timeout: float = _option(
+        600.0, "seconds a session may wait for its next call before it is ended (0: never)", at_least=0
+    )
     read_timeout: float = _option(30.0, "seconds a started message may take to arrive in full")
     max_message_size: int = _option(256 << 20, "largest message accepted, in bytes")
     allow_pickle: bool = _option(False, "accept and send pickled values (clients must opt in too)")
@@ -82,7 +84,8 @@ def resolve(config_type: type[ConfigT], **arguments: Any) -> ConfigT:
     """Builds ``config_type`` from ``arguments`` (None means unset), then the environment, then defaults.
 
     Raises:
-        ValueError: an environment variable holds a value of the wrong type; names the variable.
+        ValueError: an environment variable holds a value of the wrong type, or a number (a
+            timeout, a size, a count) is not above zero; names the option and its variable.
     """
     values = {}
     for option in dataclasses.fields(config_type):  # type: ignore[arg-type]
@@ -92,12 +95,27 @@ def resolve(config_type: type[ConfigT], **arguments: Any) -> ConfigT:
             if text is not None:
                 value = _parse(option, text)
         if value is not None:
+            if _kind(option) in ("int", "float"):
+                _check_range(option, value)
             values[option.name] = value
     return config_type(**values)
 
 
+def _check_range(option: dataclasses.Field, value: float) -> None:
+    """Numbers (timeouts, sizes, counts) must be above 0, or at least the option's ``at_least``."""
+    at_least = option.metadata.get("at_least")
+    if (value < at_least) if at_least is not None else (value <= 0):
+        bound = f"at least {at_least}" if at_least is not None else "above 0"
+        raise ValueError(f"{option.name} (or {env_var(option.name)}) must be {bound}, got {value!r}")
+
+
+def _kind(option: dataclasses.Field) -> str:
+    """The option's type as written: ``"int"``, ``"list[str]"``, ..."""
+    return option.type if isinstance(option.type, str) else option.type.__name__
+
+
 def _parse(option: dataclasses.Field, text: str) -> Any:
-    kind = option.type if isinstance(option.type, str) else option.type.__name__
+    kind = _kind(option)
     try:
         if kind.startswith("list"):
             return [item.strip() for item in text.split(",") if item.strip()]
@@ -121,7 +139,7 @@ def add_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
         flag = option.metadata.get("flag", "--" + option.name.replace("_", "-"))
         default = option.default if option.default is not dataclasses.MISSING else option.default_factory()  # type: ignore[operator]
         help_text = f"{option.metadata['help']} [env {env_var(option.name)}; default {default!r}]"
-        kind = option.type if isinstance(option.type, str) else option.type.__name__
+        kind = _kind(option)
         if kind.startswith("list"):
             parser.add_argument(flag, dest=option.name, action="append", default=None, help=help_text)
         elif kind == "bool":

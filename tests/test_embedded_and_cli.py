@@ -197,6 +197,38 @@ def test_options_come_from_environment_variables(tmp_path):
         assert listed.stdout.split() == ["Pendulum-v1"]
 
 
+@pytest.mark.parametrize(
+    ("arguments", "environment", "message"),
+    [
+        (
+            ["serve", "--max-sessions", "0"],
+            {},
+            "max_sessions (or GYM_REMOTE_MAX_SESSIONS) must be above 0, got 0",
+        ),
+        (
+            ["serve", "--idle-timeout", "-1"],
+            {},
+            "idle_timeout (or GYM_REMOTE_IDLE_TIMEOUT) must be at least 0",
+        ),
+        (["list"], {"GYM_REMOTE_TIMEOUT": "0"}, "timeout (or GYM_REMOTE_TIMEOUT) must be above 0, got 0.0"),
+        (
+            ["list"],
+            {"GYM_REMOTE_MAX_MESSAGE_SIZE": "ten"},
+            "GYM_REMOTE_MAX_MESSAGE_SIZE='ten' is not a valid int",
+        ),
+    ],
+    ids=["no-sessions", "negative-idle-timeout", "zero-timeout", "not-a-number"],
+)
+def test_bad_option_values_are_refused_naming_the_option(arguments, environment, message):
+    result = run_cli(*arguments, env={**os.environ, **environment})
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+
+
+def test_a_remote_env_refuses_a_timeout_that_is_not_above_zero():
+    with pytest.raises(ValueError, match=r"timeout \(or GYM_REMOTE_TIMEOUT\) must be above 0, got -1"):
+        gym_remote.RemoteEnv("CartPole-v1", timeout=-1)
+
+
 def test_python_module_entry_point_and_version():
     result = run_cli("--version")
     assert result.stdout.strip() == f"gym-remote {gym_remote.__version__}"
