@@ -56,6 +56,9 @@ def parse_address(text: str) -> Address:
         return Address("unix", path=os.path.abspath(path))
     if text.startswith("tcp://"):
         text = text[len("tcp://") :]
+    invalid = ValueError(f"invalid address {original!r}: use tcp://HOST:PORT, HOST:PORT or unix:///PATH")
+    if "/" in text:  # another scheme (http://...), or a path
+        raise invalid
     host, separator, port_text = text.rpartition(":")
     if not separator:
         host, port_text = text, str(DEFAULT_PORT)
@@ -65,7 +68,7 @@ def parse_address(text: str) -> Address:
     except ValueError:
         port = -1
     if not 0 <= port <= 65535:
-        raise ValueError(f"invalid address {original!r}: use tcp://HOST:PORT, HOST:PORT or unix:///PATH")
+        raise invalid
     return Address("tcp", host=host, port=port)
 
 

@@ -16,7 +16,7 @@ from gym_remote.addresses import parse_address
 from gym_remote.config import ClientConfig, resolve
 from gym_remote.connection import Connection
 from gym_remote.embedded import EmbeddedServer
-from gym_remote.errors import RemoteEnvError, ServerUnavailable, SessionClosed, VersionMismatch
+from gym_remote.errors import RemoteEnvError, SessionClosed, VersionMismatch
 from gym_remote.fixed import FixedLayout
 from gym_remote.registration import REMOTE_ENTRY_POINT
 from gym_remote.spaces import decode_space
@@ -111,6 +111,10 @@ class RemoteEnv(gym.Env):
             opt in too (default ``GYM_REMOTE_ALLOW_PICKLE`` or False).
         **env_kwargs: Keyword arguments of the remote ``gym.make``.
 
+    Raises:
+        ValueError: ``address`` (or ``GYM_REMOTE_ADDRESS``) is malformed, or ``timeout`` is not
+            above 0. Nothing connects before the first call.
+
     Example:
         >>> env = RemoteEnv("CartPole-v1")  # a private local server
         >>> observation, info = env.reset(seed=0)
@@ -138,6 +142,8 @@ class RemoteEnv(gym.Env):
             "allow_pickle": allow_pickle,
         }
         self.config = resolve(ClientConfig, **self._arguments)
+        if self.config.address:
+            parse_address(self.config.address)  # a malformed one is a ValueError here, not at connect
         self._state = SessionState.NOT_CONNECTED
         self._connection: Connection | None = None  # set exactly while the session is active
         self._embedded: EmbeddedServer | None = None
@@ -339,10 +345,7 @@ class RemoteEnv(gym.Env):
         if not address:
             self._embedded = EmbeddedServer.start(config.timeout, config.allow_pickle)
             address = self._embedded.address
-        try:
-            parsed = parse_address(address)
-        except ValueError as error:
-            raise ServerUnavailable(str(error)) from None
+        parsed = parse_address(address)
         self._connection = Connection(
             parsed,
             timeout=config.timeout,

@@ -224,9 +224,18 @@ def test_bad_option_values_are_refused_naming_the_option(arguments, environment,
     assert result.returncode == 1 and message in result.stderr, result.stderr
 
 
-def test_a_remote_env_refuses_a_timeout_that_is_not_above_zero():
-    with pytest.raises(ValueError, match=r"timeout \(or GYM_REMOTE_TIMEOUT\) must be above 0, got -1"):
-        gym_remote.RemoteEnv("CartPole-v1", timeout=-1)
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"timeout": -1}, r"timeout \(or GYM_REMOTE_TIMEOUT\) must be above 0, got -1"),
+        ({"address": "http://127.0.0.1:5555"}, r"invalid address 'http://127.0.0.1:5555': use tcp://"),
+        ({"address": "unix://"}, r"address 'unix://' has no socket path"),
+    ],
+    ids=["timeout", "scheme", "unix-without-path"],
+)
+def test_a_remote_env_refuses_bad_settings_when_made(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        gym_remote.RemoteEnv("CartPole-v1", **arguments)
 
 
 def test_python_module_entry_point_and_version():
