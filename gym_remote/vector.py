@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
@@ -351,6 +352,9 @@ class RemoteVectorEnv(VectorEnv):
     def send(self, actions: Any, env_ids: Iterable[int] | None = None) -> None:
         """Starts steps without waiting (envpool style): ``actions[k]`` goes to ``env_ids[k]``.
 
+        ``actions`` is a batch of ``len(env_ids)`` actions, as :meth:`step` takes (for Dict and
+        Tuple action spaces, a list with one action each also works).
+
         Envs awaiting an autoreset (in NEXT_STEP mode) are reset instead of stepped. Collect
         results with :meth:`recv`.
 
@@ -364,7 +368,10 @@ class RemoteVectorEnv(VectorEnv):
             raise InvalidCall(
                 f"env_ids must be distinct sub-envs from 0 to {self.num_envs - 1}, got {env_ids}"
             )
-        actions = list(iterate(self.action_space, actions))  # a batch of len(env_ids), as step()'s
+        if isinstance(actions, list) and isinstance(self.single_action_space, (spaces.Dict, spaces.Tuple)):
+            actions = list(actions)  # one action each, not a batch
+        else:
+            actions = list(iterate(self.action_space, actions))  # a batch of len(env_ids), as step()'s
         if len(actions) != len(env_ids):
             raise InvalidCall(f"{len(actions)} actions for {len(env_ids)} sub-envs {env_ids}: give one each")
         if self.autoreset_mode == AutoresetMode.DISABLED:

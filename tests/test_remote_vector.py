@@ -547,7 +547,7 @@ def test_recv_with_a_timeout_returns_what_is_ready_by_then(server):
         remote.close()
 
 
-def test_send_takes_a_batch_of_dict_actions_for_the_envs_it_names(server):
+def test_send_takes_dict_actions_as_a_batch_or_a_list(server):
     import gym_remote.testing  # noqa: F401
 
     envs = RemoteVectorEnv("gym_remote_testing/RichSpaces-v0", 3, address=server.address)
@@ -560,6 +560,11 @@ def test_send_takes_a_batch_of_dict_actions_for_the_envs_it_names(server):
         # The reward is the sum of the force each env was sent: row 1 went to env 0, row 0 to env 2.
         expected = [actions["force"][1].sum(), actions["force"][0].sum()]
         assert np.allclose(rewards, expected)
+        one_each = [envs.single_action_space.sample() for _ in range(2)]  # a list also works
+        envs.send(one_each, env_ids=[1, 2])
+        _, rewards, *_, env_ids = envs.recv(min_envs=2)
+        assert env_ids.tolist() == [1, 2]
+        assert np.allclose(rewards, [action["force"].sum() for action in one_each])
     finally:
         envs.close()
 
