@@ -530,7 +530,7 @@ def test_recv_with_a_timeout_returns_what_is_ready_by_then(server):
 
     sleep = FAULTS.index("sleep")
     remote = RemoteVectorEnv(
-        "gym_remote_testing/Faulty-v0", 2, address=server.address, sleep_seconds=3.0, allocate_bytes=16
+        "gym_remote_testing/Faulty-v0", 2, address=server.address, sleep_seconds=6.0, allocate_bytes=16
     )
     try:
         remote.reset(seed=0)
