@@ -7,9 +7,6 @@ or several) run at the same time with no process or thread per env in the client
 from __future__ import annotations
 
 import logging
-import selectors
-import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -18,12 +15,11 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from gym_remote.batches import PooledBatches, SharedBatches
-from gym_remote.client import ChunkResult, RemoteEnv
+from gym_remote.client import ChunkResult
 from gym_remote.config import ClientConfig, resolve
-from gym_remote.connection import Connection, error_from_wire
 from gym_remote.embedded import EmbeddedServer
-from gym_remote.errors import InvalidCall, ProtocolError, RemoteEnvError
-from gym_remote.fixed import FixedLayout
+from gym_remote.errors import InvalidCall, RemoteEnvError
+from gym_remote.sessions import Requests, SessionGroup
 from gym_remote.sharedmem import write_row
 
 __all__ = ["RemoteVectorEnv"]
@@ -107,41 +103,18 @@ class RemoteVectorEnv(VectorEnv):
             addresses = [self._embedded.address]
         self.addresses = addresses
         self.envs_per_worker = envs_per_worker
-        # Session number -> the indices of the envs its worker hosts, and env index -> (session, slot).
-        self._hosted = [
-            list(range(start, min(start + envs_per_worker, num_envs)))
-            for start in range(0, num_envs, envs_per_worker)
-        ]
-        self._placement = [
-            (number, slot) for number, hosted in enumerate(self._hosted) for slot in range(len(hosted))
-        ]
         arguments: dict[str, Any] = {
             "render_mode": render_mode,
             "timeout": timeout,
             "token": token,
             "allow_pickle": allow_pickle,
         }
-        self.sessions: list[RemoteEnv] = [
-            _HostingSession(
-                env_id,
-                [per_env_kwargs[index] for index in hosted],
-                address=addresses[number % len(addresses)],
-                **arguments,
-                **env_kwargs,
-            )
-            if len(hosted) > 1
-            else RemoteEnv(
-                env_id,
-                address=addresses[number % len(addresses)],
-                **arguments,
-                **{**env_kwargs, **per_env_kwargs[hosted[0]]},
-            )
-            for number, hosted in enumerate(self._hosted)
-        ]
+        self._group = SessionGroup(
+            env_id, num_envs, addresses, envs_per_worker, per_env_kwargs, arguments, env_kwargs
+        )
+        self.sessions = self._group.sessions
         try:
-            # Making an env can take seconds (LIBERO: about ten): make them all at once.
-            with ThreadPoolExecutor(max_workers=min(len(self.sessions), 32)) as pool:
-                list(pool.map(lambda session: session.observation_space, self.sessions))
+            self._group.make_all()
         except BaseException:
             self.close()
             raise
@@ -161,11 +134,6 @@ class RemoteVectorEnv(VectorEnv):
         self._terminations = np.zeros((num_envs,), dtype=np.bool_)
         self._truncations = np.zeros((num_envs,), dtype=np.bool_)
         self._autoreset_envs = np.zeros((num_envs,), dtype=np.bool_)
-        # Session number -> the (env index, op) pairs of the request in flight there.
-        self._pending: dict[int, list[tuple[int, str]]] = {}
-        # Sessions whose request in flight is a fixed-layout frame: its layout, and whether it
-        # named a shared batch row.
-        self._fixed_in_flight: dict[int, tuple[FixedLayout, bool]] = {}
         # Replies received by a recv() that raised (another session failed, or the caller was
         # interrupted), per env with its op: the next recv() returns them.
         self._undelivered: dict[int, tuple[str, Any]] = {}
@@ -303,10 +271,9 @@ class RemoteVectorEnv(VectorEnv):
 
     def close_extras(self, **kwargs: Any) -> None:
         """Closes every session, then the private server if this vector env started one."""
-        if getattr(self, "_pending", None):
-            self._abandon_pending()  # sessions with steps in flight close without waiting for them
-        for session in getattr(self, "sessions", []):
-            session.close()
+        group = getattr(self, "_group", None)
+        if group is not None:
+            group.close()
         shared = getattr(self, "_shared", None)
         if shared is not None:
             shared.close()
@@ -380,11 +347,7 @@ class RemoteVectorEnv(VectorEnv):
                 raise InvalidCall(
                     f"sub-envs {ended} ended their episodes: reset them (autoreset is disabled)"
                 )
-        busy = [
-            index
-            for index in env_ids
-            if self._placement[index][0] in self._pending or index in self._undelivered
-        ]
+        busy = [index for index in env_ids if self._group.is_busy(index) or index in self._undelivered]
         if busy:
             raise InvalidCall(
                 f"sub-envs {busy} already have a step in flight (theirs or their worker's) or a result "
@@ -400,8 +363,7 @@ class RemoteVectorEnv(VectorEnv):
         # never gets the buffer itself (and step() and reset() refuse to run while results are out).
         buffer = None if self._shared is None else self._shared.take()
         self._sent_rows.update((index, buffer) for index in requests if buffer is not None)
-        for number, items in self._by_session(self._placed(requests, buffer)).items():
-            self._send(number, items)
+        self._group.send(self._placed(requests, buffer))
 
     def recv(self, min_envs: int = 1, timeout: float | None = None) -> tuple[Any, ...]:
         """Returns the results of the sessions that are ready, waiting for at least ``min_envs``
@@ -417,17 +379,18 @@ class RemoteVectorEnv(VectorEnv):
             ``(observations, rewards, terminations, truncations, infos, env_ids)``, batched over
             the returned envs in the order of ``env_ids``.
         """
-        if not self._pending and not self._undelivered:
+        pending = self._group.pending
+        if not pending and not self._undelivered:
             raise InvalidCall("recv() without a step in flight: send() first")
-        in_flight = sum(len(items) for items in self._pending.values())
+        in_flight = sum(len(items) for items in pending.values())
         waiting_for = min(min_envs, in_flight + len(self._undelivered)) - len(self._undelivered)
-        ready_sessions = self._wait_ready(waiting_for, timeout) if waiting_for > 0 else []
+        ready_sessions = self._group.wait_ready(waiting_for, timeout) if waiting_for > 0 else []
         # Every ready session's replies are kept before any failure is raised, so that a crash
         # of one session (or an interruption) loses none of the others' results.
-        ops = {index: op for number in ready_sessions for index, op in self._pending[number]}
+        ops = {index: op for number in ready_sessions for index, op in pending[number]}
         replies: dict[int, Any] = {}
         try:
-            first_error = self._receive_each(ready_sessions, replies)
+            first_error = self._group.receive_each(ready_sessions, replies)
         finally:
             self._undelivered.update((index, (ops[index], reply)) for index, reply in replies.items())
         if first_error is not None:
@@ -489,9 +452,7 @@ class RemoteVectorEnv(VectorEnv):
             return None
         return self._shared.take() if self.copy else 0
 
-    def _placed(
-        self, requests: dict[int, tuple[str, dict[str, Any]]], buffer: int | None
-    ) -> dict[int, tuple[str, dict[str, Any]]]:
+    def _placed(self, requests: Requests, buffer: int | None) -> Requests:
         """The requests, asking each worker to write its env's observation into row ``index``."""
         if buffer is None:
             return requests
@@ -534,7 +495,7 @@ class RemoteVectorEnv(VectorEnv):
             if op == "step" and (reply[2] or reply[3]) and index not in self._undelivered_resets
         )
         try:
-            self._round_trip(
+            self._group.round_trip(
                 {index: ("reset", {"seed": None, "options": None}) for index in ended},
                 self._undelivered_resets,
             )
@@ -580,161 +541,16 @@ class RemoteVectorEnv(VectorEnv):
                 f"the observation of sub-env {index} does not fit {self.single_observation_space}"
             )
 
-    def _exchange(self, requests: dict[int, tuple[str, dict[str, Any]]]) -> dict[int, Any]:
+    def _exchange(self, requests: Requests) -> dict[int, Any]:
         """Sends every request, then gathers every reply; the first failure is raised after all replies."""
-        if self._pending or self._undelivered:
-            pending = sorted(
-                [index for items in self._pending.values() for index, _ in items] + [*self._undelivered]
-            )
+        if self._group.pending or self._undelivered:
+            pending = sorted(self._group.in_flight() + [*self._undelivered])
             raise InvalidCall(
                 f"sub-envs {pending} have steps in flight or results not yet returned: recv() them first"
             )
         replies: dict[int, Any] = {}
-        self._round_trip(requests, replies)
+        self._group.round_trip(requests, replies)
         return replies
-
-    def _round_trip(self, requests: dict[int, tuple[str, dict[str, Any]]], replies: dict[int, Any]) -> None:
-        """Sends every request (to sessions with none in flight), then puts their replies into
-        ``replies``, per env; the first failure is raised after all replies."""
-        first_error: RemoteEnvError | None = None
-        sent = []
-        try:
-            for number, items in self._by_session(requests).items():
-                try:
-                    self._send(number, items)
-                    sent.append(number)
-                except RemoteEnvError as error:
-                    first_error = first_error or error
-            receive_error = self._receive_each(sent, replies)
-            first_error = first_error or receive_error
-        except BaseException:  # interrupted (KeyboardInterrupt, say): the next call starts afresh
-            self._abandon_pending([number for number in sent if number in self._pending])
-            raise
-        if first_error is not None:
-            raise first_error
-
-    def _abandon_pending(self, numbers: list[int] | None = None) -> None:
-        """Leaves the replies in flight to these sessions (default: all) unread: each session
-        drops them before its next request."""
-        for number in list(self._pending) if numbers is None else numbers:
-            connection = self.sessions[number]._connection
-            if connection is not None:
-                connection.abandon_reply()
-            del self._pending[number]
-            self._fixed_in_flight.pop(number, None)
-
-    def _by_session(
-        self, requests: dict[int, tuple[str, dict[str, Any]]]
-    ) -> dict[int, list[tuple[int, str, dict[str, Any]]]]:
-        """Requests per env, grouped by the session whose worker hosts the env."""
-        grouped: dict[int, list[tuple[int, str, dict[str, Any]]]] = {}
-        for index, (op, fields) in requests.items():
-            grouped.setdefault(self._placement[index][0], []).append((index, op, fields))
-        return grouped
-
-    def _send(self, number: int, items: list[tuple[int, str, dict[str, Any]]]) -> None:
-        """Sends one session its envs' requests: as they are, or as one ``batch`` for a hosting session."""
-        session = self.sessions[number]
-        try:
-            connection = session._connect()
-            if isinstance(session, _HostingSession):
-                slots = [self._placement[index][1] for index, _, _ in items]
-                batch = [{"op": op, "env": slot, **fields} for slot, (_, op, fields) in zip(slots, items)]
-                connection.send("batch", requests=batch)
-            else:
-                ((_, op, fields),) = items
-                layout = connection.fixed_layout
-                request = None if layout is None else _fixed_request(layout, op, fields)
-                if request is None:
-                    connection.send(op, **fields)
-                else:
-                    assert layout is not None
-                    connection.send_fixed(op, request)
-                    self._fixed_in_flight[number] = (layout, "into" in fields)
-        except RemoteEnvError as error:
-            raise self._named([index for index, _, _ in items], error) from None
-        self._pending[number] = [(index, op) for index, op, _ in items]
-
-    def _receive_each(self, numbers: list[int], replies: dict[int, Any]) -> RemoteEnvError | None:
-        """Puts the replies of these sessions' requests in flight into ``replies``, per env;
-        returns the first failure (after receiving from every session)."""
-        first_error = None
-        for number in numbers:
-            try:
-                self._receive(number, replies)
-            except RemoteEnvError as error:
-                first_error = first_error or error
-        return first_error
-
-    def _receive(self, number: int, replies: dict[int, Any]) -> None:
-        """Puts the replies of a session's request in flight into ``replies``, per env; then
-        raises the first env's error, if any (a hosting session's other envs' replies are in)."""
-        items = self._pending.pop(number)
-        fixed = self._fixed_in_flight.pop(number, None)
-        session = self.sessions[number]
-        hosting = isinstance(session, _HostingSession)
-        try:
-            if fixed is None:
-                reply = session._connect().receive("batch" if hosting else items[0][1])
-            else:
-                reply = _fixed_reply(session._connect(), items[0][1], *fixed)
-        except RemoteEnvError as error:
-            session._note_failure(error)
-            raise self._named([index for index, _ in items], error) from None
-        if not hosting:
-            replies[items[0][0]] = reply
-            return
-        if not isinstance(reply, list) or len(reply) != len(items):
-            raise self._named([index for index, _ in items], ProtocolError("malformed reply to batch"))
-        first_error = None
-        for (index, _), outcome in zip(items, reply):
-            if isinstance(outcome, dict) and "ok" in outcome:
-                replies[index] = outcome["ok"]
-            elif first_error is None:
-                failure = outcome.get("error") if isinstance(outcome, dict) else outcome
-                first_error = self._named([index], error_from_wire(failure))
-        if first_error is not None:
-            raise first_error
-
-    def _named(self, indices: list[int], error: RemoteEnvError) -> RemoteEnvError:
-        """The same error, saying which sub-env(s) and where."""
-        which = f"sub-env {indices[0]}" if len(indices) == 1 else f"sub-envs {indices}"
-        address = self.sessions[self._placement[indices[0]][0]].config.address
-        return type(error)(
-            f"{which} ({self.env_id} at {address}): {error.message}",
-            remote_type=error.remote_type,
-            remote_traceback=error.remote_traceback,
-        )
-
-    def _wait_ready(self, count: int, timeout: float | None) -> list[int]:
-        """The sessions whose replies have arrived, once they cover at least ``count`` envs or
-        ``timeout`` seconds have passed (then maybe fewer, or none)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with selectors.DefaultSelector() as selector:
-            for number in self._pending:
-                selector.register(self.sessions[number]._connect().fileno(), selectors.EVENT_READ, number)
-            ready: list[int] = []
-            while sum(len(self._pending[number]) for number in ready) < count:
-                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-                events = selector.select(left)
-                if not events and left == 0.0:
-                    break
-                for key, _ in events:
-                    ready.append(key.data)
-                    selector.unregister(key.fileobj)
-        return ready
-
-
-class _HostingSession(RemoteEnv):
-    """A session whose worker hosts several of a vector env's envs (``make`` with ``num_envs``)."""
-
-    def __init__(self, env_id: str, per_env_kwargs: list[dict[str, Any]], **arguments: Any) -> None:
-        super().__init__(env_id, **arguments)
-        self.per_env_kwargs = per_env_kwargs
-
-    def _make_fields(self) -> dict[str, Any]:
-        fields = super()._make_fields()
-        return {**fields, "num_envs": len(self.per_env_kwargs), "per_env_kwargs": self.per_env_kwargs}
 
 
 def _as_step_result(op: str, reply: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
@@ -743,26 +559,6 @@ def _as_step_result(op: str, reply: Any) -> tuple[Any, Any, bool, bool, dict[str
         observation, info = reply
         return observation, 0.0, False, False, info
     return tuple(reply)
-
-
-def _fixed_request(layout: FixedLayout, op: str, fields: dict[str, Any]) -> bytes | None:
-    """The fixed-layout frame of a ``step`` or ``reset`` request (with or without ``into``),
-    where its values fit ``layout``; otherwise None."""
-    into = fields.get("into")
-    if op == "step":
-        action = fields["action"]
-        return layout.encode_action(action) if into is None else layout.encode_action_into(action, into)
-    if op == "reset" and fields["options"] is None:
-        return layout.encode_reset(fields["seed"], into)
-    return None
-
-
-def _fixed_reply(connection: Connection, op: str, layout: FixedLayout, into_batch_row: bool) -> Any:
-    """The reply to a fixed-layout ``step`` or ``reset`` request, as an ordinary reply's result."""
-    fixed, result = connection.receive_fixed(op, layout, into_batch_row=into_batch_row)
-    if fixed and op == "reset":
-        return [result[0], result[4]]
-    return result
 
 
 def _seeds(seed: int | Sequence[int | None] | None, count: int) -> list[int | None]:

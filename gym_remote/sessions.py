@@ -1,0 +1,257 @@
+"""The worker sessions behind a ``RemoteVectorEnv``: which env lives where, and requests to many
+sessions sent at once, their replies gathered per env.
+
+Env ``i`` lives in session ``i // envs_per_worker``. A session whose worker hosts several envs
+takes their requests in one ``batch`` message; a one-env session takes steps and resets in
+fixed-layout frames where they fit.
+"""
+
+from __future__ import annotations
+
+import selectors
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
+
+from gym_remote.client import RemoteEnv
+from gym_remote.connection import Connection, error_from_wire
+from gym_remote.errors import ProtocolError, RemoteEnvError
+from gym_remote.fixed import FixedLayout
+
+__all__ = ["Requests", "SessionGroup"]
+
+# Env index -> (op, fields) of the request for that env.
+Requests = dict[int, tuple[str, dict[str, Any]]]
+
+
+class SessionGroup:
+    """``num_envs`` envs of ``env_id`` in sessions of ``envs_per_worker`` envs, spread round-robin
+    over ``addresses``; ``arguments`` and ``env_kwargs`` as for :class:`~gym_remote.RemoteEnv`,
+    ``per_env_kwargs`` one dict per env over ``env_kwargs``."""
+
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int,
+        addresses: Sequence[str],
+        envs_per_worker: int,
+        per_env_kwargs: Sequence[dict[str, Any]],
+        arguments: dict[str, Any],
+        env_kwargs: dict[str, Any],
+    ) -> None:
+        self.env_id = env_id
+        # Session number -> the indices of the envs its worker hosts, and env index -> (session, slot).
+        hosted = [
+            list(range(start, min(start + envs_per_worker, num_envs)))
+            for start in range(0, num_envs, envs_per_worker)
+        ]
+        self.placement = [(number, slot) for number, envs in enumerate(hosted) for slot in range(len(envs))]
+        self.sessions: list[RemoteEnv] = [
+            _HostingSession(
+                env_id,
+                [per_env_kwargs[index] for index in envs],
+                address=addresses[number % len(addresses)],
+                **arguments,
+                **env_kwargs,
+            )
+            if len(envs) > 1
+            else RemoteEnv(
+                env_id,
+                address=addresses[number % len(addresses)],
+                **arguments,
+                **{**env_kwargs, **per_env_kwargs[envs[0]]},
+            )
+            for number, envs in enumerate(hosted)
+        ]
+        # Session number -> the (env index, op) pairs of the request in flight there.
+        self.pending: dict[int, list[tuple[int, str]]] = {}
+        # Sessions whose request in flight is a fixed-layout frame: its layout, and whether it
+        # named a shared batch row.
+        self._fixed_in_flight: dict[int, tuple[FixedLayout, bool]] = {}
+
+    def make_all(self) -> None:
+        """Makes every session's env, all at once (making one can take seconds: LIBERO's, ten)."""
+        with ThreadPoolExecutor(max_workers=min(len(self.sessions), 32)) as pool:
+            list(pool.map(lambda session: session.observation_space, self.sessions))
+
+    def in_flight(self) -> list[int]:
+        """The envs whose session has a request in flight, sorted."""
+        return sorted(index for items in self.pending.values() for index, _ in items)
+
+    def is_busy(self, index: int) -> bool:
+        """Whether env ``index``'s session has a request in flight (its own or a worker mate's)."""
+        return self.placement[index][0] in self.pending
+
+    def round_trip(self, requests: Requests, replies: dict[int, Any]) -> None:
+        """Sends every request (to sessions with none in flight), then puts their replies into
+        ``replies``, per env; the first failure is raised after all replies."""
+        first_error: RemoteEnvError | None = None
+        sent = []
+        try:
+            for number, items in self._by_session(requests).items():
+                try:
+                    self._send(number, items)
+                    sent.append(number)
+                except RemoteEnvError as error:
+                    first_error = first_error or error
+            receive_error = self.receive_each(sent, replies)
+            first_error = first_error or receive_error
+        except BaseException:  # interrupted (KeyboardInterrupt, say): the next call starts afresh
+            self.abandon([number for number in sent if number in self.pending])
+            raise
+        if first_error is not None:
+            raise first_error
+
+    def send(self, requests: Requests) -> None:
+        """Sends every request without waiting; :meth:`wait_ready` and :meth:`receive_each` get
+        the replies. Raises the first failure to send (the requests sent before it stay in flight)."""
+        for number, items in self._by_session(requests).items():
+            self._send(number, items)
+
+    def receive_each(self, numbers: list[int], replies: dict[int, Any]) -> RemoteEnvError | None:
+        """Puts the replies of these sessions' requests in flight into ``replies``, per env;
+        returns the first failure (after receiving from every session)."""
+        first_error = None
+        for number in numbers:
+            try:
+                self._receive(number, replies)
+            except RemoteEnvError as error:
+                first_error = first_error or error
+        return first_error
+
+    def wait_ready(self, count: int, timeout: float | None) -> list[int]:
+        """The sessions whose replies have arrived, once they cover at least ``count`` envs or
+        ``timeout`` seconds have passed (then maybe fewer, or none)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            for number in self.pending:
+                selector.register(self.sessions[number]._connect().fileno(), selectors.EVENT_READ, number)
+            ready: list[int] = []
+            while sum(len(self.pending[number]) for number in ready) < count:
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                events = selector.select(left)
+                if not events and left == 0.0:
+                    break
+                for key, _ in events:
+                    ready.append(key.data)
+                    selector.unregister(key.fileobj)
+        return ready
+
+    def abandon(self, numbers: list[int] | None = None) -> None:
+        """Leaves the replies in flight to these sessions (default: all) unread: each session
+        drops them before its next request."""
+        for number in list(self.pending) if numbers is None else numbers:
+            connection = self.sessions[number]._connection
+            if connection is not None:
+                connection.abandon_reply()
+            del self.pending[number]
+            self._fixed_in_flight.pop(number, None)
+
+    def close(self) -> None:
+        """Closes every session; those with requests in flight close without waiting for them."""
+        if self.pending:
+            self.abandon()
+        for session in self.sessions:
+            session.close()
+
+    def _by_session(self, requests: Requests) -> dict[int, list[tuple[int, str, dict[str, Any]]]]:
+        """Requests per env, grouped by the session whose worker hosts the env."""
+        grouped: dict[int, list[tuple[int, str, dict[str, Any]]]] = {}
+        for index, (op, fields) in requests.items():
+            grouped.setdefault(self.placement[index][0], []).append((index, op, fields))
+        return grouped
+
+    def _send(self, number: int, items: list[tuple[int, str, dict[str, Any]]]) -> None:
+        """Sends one session its envs' requests: as they are, or as one ``batch`` for a hosting session."""
+        session = self.sessions[number]
+        try:
+            connection = session._connect()
+            if isinstance(session, _HostingSession):
+                slots = [self.placement[index][1] for index, _, _ in items]
+                batch = [{"op": op, "env": slot, **fields} for slot, (_, op, fields) in zip(slots, items)]
+                connection.send("batch", requests=batch)
+            else:
+                ((_, op, fields),) = items
+                layout = connection.fixed_layout
+                request = None if layout is None else _fixed_request(layout, op, fields)
+                if request is None:
+                    connection.send(op, **fields)
+                else:
+                    assert layout is not None
+                    connection.send_fixed(op, request)
+                    self._fixed_in_flight[number] = (layout, "into" in fields)
+        except RemoteEnvError as error:
+            raise self.named([index for index, _, _ in items], error) from None
+        self.pending[number] = [(index, op) for index, op, _ in items]
+
+    def _receive(self, number: int, replies: dict[int, Any]) -> None:
+        """Puts the replies of a session's request in flight into ``replies``, per env; then
+        raises the first env's error, if any (a hosting session's other envs' replies are in)."""
+        items = self.pending.pop(number)
+        fixed = self._fixed_in_flight.pop(number, None)
+        session = self.sessions[number]
+        hosting = isinstance(session, _HostingSession)
+        try:
+            if fixed is None:
+                reply = session._connect().receive("batch" if hosting else items[0][1])
+            else:
+                reply = _fixed_reply(session._connect(), items[0][1], *fixed)
+        except RemoteEnvError as error:
+            session._note_failure(error)
+            raise self.named([index for index, _ in items], error) from None
+        if not hosting:
+            replies[items[0][0]] = reply
+            return
+        if not isinstance(reply, list) or len(reply) != len(items):
+            raise self.named([index for index, _ in items], ProtocolError("malformed reply to batch"))
+        first_error = None
+        for (index, _), outcome in zip(items, reply):
+            if isinstance(outcome, dict) and "ok" in outcome:
+                replies[index] = outcome["ok"]
+            elif first_error is None:
+                failure = outcome.get("error") if isinstance(outcome, dict) else outcome
+                first_error = self.named([index], error_from_wire(failure))
+        if first_error is not None:
+            raise first_error
+
+    def named(self, indices: list[int], error: RemoteEnvError) -> RemoteEnvError:
+        """The same error, saying which sub-env(s) and where."""
+        which = f"sub-env {indices[0]}" if len(indices) == 1 else f"sub-envs {indices}"
+        address = self.sessions[self.placement[indices[0]][0]].config.address
+        return type(error)(
+            f"{which} ({self.env_id} at {address}): {error.message}",
+            remote_type=error.remote_type,
+            remote_traceback=error.remote_traceback,
+        )
+
+
+class _HostingSession(RemoteEnv):
+    """A session whose worker hosts several of a vector env's envs (``make`` with ``num_envs``)."""
+
+    def __init__(self, env_id: str, per_env_kwargs: list[dict[str, Any]], **arguments: Any) -> None:
+        super().__init__(env_id, **arguments)
+        self.per_env_kwargs = per_env_kwargs
+
+    def _make_fields(self) -> dict[str, Any]:
+        fields = super()._make_fields()
+        return {**fields, "num_envs": len(self.per_env_kwargs), "per_env_kwargs": self.per_env_kwargs}
+
+
+def _fixed_request(layout: FixedLayout, op: str, fields: dict[str, Any]) -> bytes | None:
+    """The fixed-layout frame of a ``step`` or ``reset`` request (with or without ``into``),
+    where its values fit ``layout``; otherwise None."""
+    into = fields.get("into")
+    if op == "step":
+        action = fields["action"]
+        return layout.encode_action(action) if into is None else layout.encode_action_into(action, into)
+    if op == "reset" and fields["options"] is None:
+        return layout.encode_reset(fields["seed"], into)
+    return None
+
+
+def _fixed_reply(connection: Connection, op: str, layout: FixedLayout, into_batch_row: bool) -> Any:
+    """The reply to a fixed-layout ``step`` or ``reset`` request, as an ordinary reply's result."""
+    fixed, result = connection.receive_fixed(op, layout, into_batch_row=into_batch_row)
+    if fixed and op == "reset":
+        return [result[0], result[4]]
+    return result
