@@ -583,7 +583,7 @@ def test_bad_vector_env_arguments_are_refused_before_any_session(arguments, mess
     before = descendants()
     with pytest.raises(ValueError, match=message):
         RemoteVectorEnv("CartPole-v1", **arguments)
-    assert descendants() == before, "no server or worker was started"
+    assert descendants() <= before, "no server or worker was started"
 
 
 def test_recv_keeps_the_results_of_the_sessions_beside_one_that_crashed(server):
