@@ -318,7 +318,10 @@ class RemoteEnv(gym.Env):
         gym.Env.reset(self, seed=seed)
 
     def _described(self) -> _RemoteDescription:
-        self._connect()
+        """What the session said of the remote env (spaces, metadata, spec): connects first if no
+        session has yet; kept after the session ends, as a local env keeps its spaces after close."""
+        if self._remote is None:
+            self._connect()
         assert self._remote is not None
         return self._remote
 

@@ -160,11 +160,15 @@ def test_a_remote_env_pickles_before_it_connects_and_copies_get_their_own_sessio
 
 def test_close_is_idempotent_and_later_calls_say_closed(server):
     env = gym_remote.RemoteEnv("CartPole-v1", address=server.address)
+    local = gym.make("CartPole-v1")
     env.reset()
     env.close()
     env.close()
     with pytest.raises(gym_remote.SessionClosed, match="closed"):
         env.step(0)
+    # What the env is stays readable, as a local env's does after close.
+    assert env.observation_space == local.observation_space and env.action_space == local.action_space
+    assert env.metadata["render_fps"] == local.metadata["render_fps"] and env.spec.max_episode_steps == 500
 
 
 def test_reset_options_reach_the_remote_env(server):
