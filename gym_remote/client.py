@@ -193,7 +193,8 @@ class RemoteEnv(gym.Env):
         return self._request("render")
 
     def close(self) -> None:
-        """Ends the session (and the private server, if this env owns one). Idempotent."""
+        """Ends the session (and the private server, if this env owns one). Idempotent; the
+        spaces, metadata and spec stay readable, later calls raise SessionClosed."""
         # A connection left owing the reply of an interrupted call just closes (the worker then
         # ends the session) rather than wait for that reply first.
         if self._state is SessionState.ACTIVE and self._connection is not None and self._connection.settled:
