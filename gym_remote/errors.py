@@ -26,6 +26,7 @@ __all__ = [
     "SessionClosed",
     "SimulatorUnavailable",
     "RemoteError",
+    "RemoteAttributeError",
     "error_from_code",
 ]
 
@@ -172,6 +173,12 @@ class RemoteError(RemoteEnvError):
     """The remote environment raised an exception; ``remote_type`` and ``remote_traceback`` say which."""
 
     code = "remote_error"
+
+
+class RemoteAttributeError(RemoteError, AttributeError):
+    """A vector env's ``call`` or ``get_attr`` met an ``AttributeError`` in a remote env (no such
+    attribute, say): a :class:`RemoteError` that is an ``AttributeError`` too, as a local vector
+    env raises, so ``except AttributeError`` fallbacks work."""
 
 
 _ERRORS_BY_CODE: Dict[str, "Type[RemoteEnvError]"] = {

@@ -18,7 +18,7 @@ from gym_remote.batches import PooledBatches, SharedBatches
 from gym_remote.client import ChunkResult
 from gym_remote.config import ClientConfig, resolve
 from gym_remote.embedded import EmbeddedServer
-from gym_remote.errors import InvalidCall, RemoteEnvError
+from gym_remote.errors import InvalidCall, RemoteAttributeError, RemoteEnvError, RemoteError
 from gym_remote.sessions import Requests, SessionGroup
 from gym_remote.sharedmem import write_row
 
@@ -247,12 +247,24 @@ class RemoteVectorEnv(VectorEnv):
         return tuple(replies[index] for index in range(self.num_envs))
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        """Calls method ``name`` of every remote env (or reads attribute ``name``)."""
+        """Calls method ``name`` of every remote env (or reads attribute ``name``).
+
+        Raises:
+            RemoteAttributeError: a remote env has no attribute ``name`` (an ``AttributeError``,
+                as a local vector env raises).
+        """
         requests = {
             index: ("call", {"name": name, "args": list(args), "kwargs": kwargs})
             for index in range(self.num_envs)
         }
-        replies = self._exchange(requests)
+        try:
+            replies = self._exchange(requests)
+        except RemoteError as error:
+            if error.remote_type != "builtins.AttributeError":
+                raise
+            raise RemoteAttributeError(
+                error.message, remote_type=error.remote_type, remote_traceback=error.remote_traceback
+            ) from None
         return tuple(replies[index] for index in range(self.num_envs))
 
     def get_attr(self, name: str) -> tuple[Any, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 import select
 
 import gymnasium as gym
@@ -584,6 +585,29 @@ def test_bad_vector_env_arguments_are_refused_before_any_session(arguments, mess
     with pytest.raises(ValueError, match=message):
         RemoteVectorEnv("CartPole-v1", **arguments)
     assert descendants() <= before, "no server or worker was started"
+
+
+def test_a_missing_attribute_is_an_attribute_error_as_in_a_local_vector_env(server):
+    envs = RemoteVectorEnv("CartPole-v1", 2, address=server.address)
+    local = SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2)
+    try:
+        for vector_env in (local, envs):  # `except AttributeError` fallbacks (LeRobot's) work on both
+            with pytest.raises(AttributeError, match="no attribute 'task_description'"):
+                vector_env.call("task_description")
+            with pytest.raises(AttributeError):
+                vector_env.get_attr("task_description")
+        with pytest.raises(gym_remote.RemoteAttributeError) as raised:
+            envs.call("task_description")
+        assert isinstance(raised.value, gym_remote.RemoteError) and "Remote traceback" in str(raised.value)
+        copied = pickle.loads(pickle.dumps(raised.value))
+        assert (
+            type(copied) is gym_remote.RemoteAttributeError
+            and copied.remote_type == "builtins.AttributeError"
+        )
+        assert envs.get_attr("gravity") == (9.8, 9.8)  # the envs go on
+    finally:
+        envs.close()
+        local.close()
 
 
 def test_recv_keeps_the_results_of_the_sessions_beside_one_that_crashed(server):
