@@ -78,9 +78,13 @@ class SessionGroup:
         """The envs whose session has a request in flight, sorted."""
         return sorted(index for items in self.pending.values() for index, _ in items)
 
+    def session_of(self, index: int) -> int:
+        """The number of the session whose worker hosts env ``index``."""
+        return self.placement[index][0]
+
     def is_busy(self, index: int) -> bool:
         """Whether env ``index``'s session has a request in flight (its own or a worker mate's)."""
-        return self.placement[index][0] in self.pending
+        return self.session_of(index) in self.pending
 
     def round_trip(self, requests: Requests, replies: dict[int, Any]) -> None:
         """Sends every request (to sessions with none in flight), then puts their replies into

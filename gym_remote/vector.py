@@ -359,7 +359,13 @@ class RemoteVectorEnv(VectorEnv):
                 raise InvalidCall(
                     f"sub-envs {ended} ended their episodes: reset them (autoreset is disabled)"
                 )
-        busy = [index for index in env_ids if self._group.is_busy(index) or index in self._undelivered]
+        # A worker mate's result not yet returned counts too: the session's next request must wait.
+        undelivered = {self._group.session_of(index) for index in self._undelivered}
+        busy = [
+            index
+            for index in env_ids
+            if self._group.is_busy(index) or self._group.session_of(index) in undelivered
+        ]
         if busy:
             raise InvalidCall(
                 f"sub-envs {busy} already have a step in flight (theirs or their worker's) or a result "

@@ -650,6 +650,9 @@ def test_recv_keeps_the_results_of_the_envs_beside_one_that_raised_in_their_work
         envs.send(np.array([-1, FAULTS.index("raise"), -1, -1]))
         with pytest.raises(gym_remote.RemoteError, match=r"sub-env 1 .*exploded"):
             envs.recv(min_envs=4)
+        # Env 1's worker mate, env 0, has a result to return first.
+        with pytest.raises(gym_remote.InvalidCall, match=r"sub-envs \[1\] .*not yet returned"):
+            envs.send(np.array([-1]), env_ids=[1])
         assert envs.recv()[-1].tolist() == [0, 2, 3]  # env 0 shares env 1's worker
         envs.send(np.array([-1, -1, -1, -1]))
         assert envs.recv(min_envs=4)[-1].tolist() == [0, 1, 2, 3]
