@@ -215,10 +215,7 @@ class RemoteVectorEnv(VectorEnv):
             if self.autoreset_mode == AutoresetMode.SAME_STEP and (
                 self._terminations[index] or self._truncations[index]
             ):
-                final_observation = self._env_observations[index]
-                if final_observation is None:  # its worker wrote it into the shared batch
-                    assert self._shared is not None and buffer is not None
-                    final_observation = self._shared.row_copy(buffer, index)
+                final_observation = self._observation_of(self._env_observations[index], buffer, index)
                 finals[index] = {"final_obs": final_observation, "final_info": env_info}
         if finals:
             resets = self._exchange(
@@ -422,7 +419,8 @@ class RemoteVectorEnv(VectorEnv):
             observation, reward, terminated, truncated, info = _as_step_result(*delivered[index])
             self._autoreset_envs[index] = terminated or truncated
             if index in resets:
-                final = {"final_obs": self._observation_of(index, observation), "final_info": info}
+                final_observation = self._observation_of(observation, self._sent_rows.get(index), index)
+                final = {"final_obs": final_observation, "final_info": info}
                 infos = _add_info_for(self, infos, final, position, len(ready))
                 observation, info = resets[index]
                 self._autoreset_envs[index] = False
@@ -526,13 +524,13 @@ class RemoteVectorEnv(VectorEnv):
         resets, self._undelivered_resets = self._undelivered_resets, {}
         return resets
 
-    def _observation_of(self, index: int, observation: Any) -> Any:
-        """Sub-env ``index``'s observation from a recv(): as it came, or copied out of the
-        shared batch row its send() named."""
+    def _observation_of(self, observation: Any, buffer: int | None, index: int) -> Any:
+        """Sub-env ``index``'s observation as it came, or, where that is None (its worker wrote it
+        into row ``index`` of shared batch ``buffer``), a copy of that row."""
         if observation is not None:
             return observation
-        assert self._shared is not None
-        return self._shared.row_copy(self._sent_rows[index], index)
+        assert self._shared is not None and buffer is not None
+        return self._shared.row_copy(buffer, index)
 
     def _gathered(self, env_ids: list[int], observations: list[Any]) -> Any:
         """A new batch of these envs' observations; one that is None was written into the
