@@ -21,7 +21,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector.utils import create_empty_array
 
-from gym_remote.sharedmem import DATA_START, MINIMUM_SHARED_BYTES, SharedSegment
+from gym_remote.sharedmem import DATA_START, MINIMUM_SHARED_BYTES, SharedSegment, value_at
 from gym_remote.spaces import leaf_subspaces
 
 __all__ = ["PooledBatches", "SharedBatches", "array_leaves"]
@@ -159,13 +159,7 @@ class SharedBatches:
 
     def leaves_of(self, batch: Any) -> list[tuple[list, np.ndarray]]:
         """Each leaf's path with its array in ``batch``, a batch of this space (of any size)."""
-        leaves = []
-        for path in self.paths:
-            array = batch
-            for key in path:
-                array = array[key]
-            leaves.append((path, array))
-        return leaves
+        return [(path, value_at(batch, path)) for path in self.paths]
 
     def copy_row(self, buffer: int, row: int, leaves: list[tuple[list, np.ndarray]], position: int) -> None:
         """Copies one env's observation from row ``row`` of ``buffer`` into row ``position`` of

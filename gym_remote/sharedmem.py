@@ -33,6 +33,7 @@ __all__ = [
     "ReplyBuffers",
     "available",
     "write_row",
+    "value_at",
     "MINIMUM_SHARED_BYTES",
     "DATA_START",
 ]
@@ -261,9 +262,7 @@ def write_row(leaves: List[Tuple[list, np.ndarray]], row: int, observation: Any,
     """
     try:
         for path, batch in leaves:
-            value = observation
-            for key in path:
-                value = value[key]
+            value = value_at(observation, path)
             destination = batch[row, ...]
             if np.shape(value) != destination.shape:
                 return False
@@ -273,6 +272,13 @@ def write_row(leaves: List[Tuple[list, np.ndarray]], row: int, observation: Any,
     except (LookupError, TypeError, ValueError):
         return False
     return True
+
+
+def value_at(tree: Any, path: list) -> Any:
+    """The value at ``path`` (dict keys and tuple indices) in nested dicts and tuples ``tree``."""
+    for key in path:
+        tree = tree[key]
+    return tree
 
 
 class BatchWriter:
