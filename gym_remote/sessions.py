@@ -8,10 +8,13 @@ fixed-layout frames where they fit.
 
 from __future__ import annotations
 
+import dataclasses
 import selectors
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
+
+from gymnasium.envs.registration import EnvSpec
 
 from gym_remote.client import RemoteEnv
 from gym_remote.connection import Connection, error_from_wire
@@ -40,6 +43,7 @@ class SessionGroup:
         env_kwargs: dict[str, Any],
     ) -> None:
         self.env_id = env_id
+        self._per_env_kwargs = list(per_env_kwargs)
         # Session number -> the indices of the envs its worker hosts, and env index -> (session, slot).
         hosted = [
             list(range(start, min(start + envs_per_worker, num_envs)))
@@ -73,6 +77,11 @@ class SessionGroup:
         """Makes every session's env, all at once (making one can take seconds: LIBERO's, ten)."""
         with ThreadPoolExecutor(max_workers=min(len(self.sessions), 32)) as pool:
             list(pool.map(lambda session: session.observation_space, self.sessions))
+
+    def spec_of(self, index: int) -> EnvSpec:
+        """Env ``index``'s spec, as a :class:`~gym_remote.RemoteEnv` of its own would give it."""
+        spec = self.sessions[self.session_of(index)].spec
+        return dataclasses.replace(spec, kwargs={**spec.kwargs, **self._per_env_kwargs[index]})
 
     def in_flight(self) -> list[int]:
         """The envs whose session has a request in flight, sorted."""

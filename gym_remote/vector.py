@@ -26,6 +26,10 @@ __all__ = ["RemoteVectorEnv"]
 
 logger = logging.getLogger(__name__)
 
+# Attributes every env has that this side knows of each sub-env and answers itself, as a
+# RemoteEnv does (spaces and specs are no values the wire carries).
+_DESCRIBED_ATTRIBUTES = frozenset({"observation_space", "action_space", "spec", "metadata", "render_mode"})
+
 
 class RemoteVectorEnv(VectorEnv):
     """``num_envs`` sessions of one env id, spread over one or several servers, as a ``VectorEnv``.
@@ -246,10 +250,15 @@ class RemoteVectorEnv(VectorEnv):
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Calls method ``name`` of every remote env (or reads attribute ``name``).
 
+        Each env's ``observation_space``, ``action_space``, ``spec``, ``metadata`` and
+        ``render_mode`` are answered here, as a :class:`~gym_remote.RemoteEnv` answers them.
+
         Raises:
             RemoteAttributeError: a remote env has no attribute ``name`` (an ``AttributeError``,
                 as a local vector env raises).
         """
+        if name in _DESCRIBED_ATTRIBUTES and not args and not kwargs:
+            return tuple(self._described(name, index) for index in range(self.num_envs))
         requests = {
             index: ("call", {"name": name, "args": list(args), "kwargs": kwargs})
             for index in range(self.num_envs)
@@ -267,6 +276,16 @@ class RemoteVectorEnv(VectorEnv):
     def get_attr(self, name: str) -> tuple[Any, ...]:
         """Attribute ``name`` of every remote env (methods are called, as in ``SyncVectorEnv``)."""
         return self.call(name)
+
+    def _described(self, name: str, index: int) -> Any:
+        """Env ``index``'s attribute ``name``, one of ``_DESCRIBED_ATTRIBUTES``."""
+        if name == "observation_space":
+            return self.single_observation_space
+        if name == "action_space":
+            return self.single_action_space
+        if name == "spec":
+            return self._group.spec_of(index)
+        return getattr(self.sessions[self._group.session_of(index)], name)
 
     def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
         """Sets attribute ``name``: one value for all, or a list with one per env."""

@@ -217,6 +217,42 @@ def test_per_env_kwargs_reach_each_env_over_the_shared_ones(server, envs_per_wor
         RemoteVectorEnv("CartPole-v1", 2, address=server.address, per_env_kwargs=[{}])
 
 
+@pytest.mark.parametrize("envs_per_worker", [1, 2])
+def test_every_env_has_spaces_spec_metadata_and_render_mode_as_remote_envs_have(server, envs_per_worker):
+    import gym_remote.testing  # noqa: F401
+
+    env_id, per_env_kwargs = "gym_remote_testing/ImageEnv-v0", [{}, {"episode_length": 4}]
+    envs = RemoteVectorEnv(
+        env_id,
+        2,
+        address=server.address,
+        render_mode="rgb_array",
+        episode_length=9,
+        per_env_kwargs=per_env_kwargs,
+        envs_per_worker=envs_per_worker,
+    )
+    singles = SyncVectorEnv(
+        [
+            lambda kwargs=kwargs: gym_remote.RemoteEnv(
+                env_id, address=server.address, render_mode="rgb_array", **{"episode_length": 9, **kwargs}
+            )
+            for kwargs in per_env_kwargs
+        ]
+    )
+    try:
+        for name in ["observation_space", "action_space", "spec", "metadata", "render_mode"]:
+            assert envs.get_attr(name) == singles.get_attr(name), name
+            assert envs.call(name) == singles.call(name), name
+        remade = gym.make(envs.get_attr("spec")[1])  # env 1 again, with its own episode length
+        try:
+            assert remade.get_wrapper_attr("episode_length") == 4
+        finally:
+            remade.close()
+    finally:
+        envs.close()
+        singles.close()
+
+
 def test_private_server_for_all_sessions(monkeypatch):
     monkeypatch.delenv("GYM_REMOTE_ADDRESS", raising=False)
     envs = RemoteVectorEnv("CartPole-v1", 2)
