@@ -130,6 +130,42 @@ def test_render_rgb_array(server):
         local.close()
 
 
+def test_rgb_array_list_renders_every_frame_since_the_last_render_as_locally(server):
+    remote = make_remote(server, "CartPole-v1", render_mode="rgb_array_list")
+    local = gym.make("CartPole-v1", render_mode="rgb_array_list")
+    try:
+        for env in (remote, local):
+            env.reset(seed=2)
+            env.step(0)
+            env.step(1)
+        remote_frames, local_frames = remote.render(), local.render()
+        assert len(remote_frames) == len(local_frames) == 3
+        assert all(np.array_equal(a, b) for a, b in zip(remote_frames, local_frames))
+        assert remote.render() == local.render() == []  # the list starts again
+    finally:
+        remote.close()
+        local.close()
+
+
+def test_human_rendering_shows_the_remote_frames_in_a_local_window(server, monkeypatch):
+    import pygame
+
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")  # a window with no display
+    remote = gym.wrappers.HumanRendering(make_remote(server, "CartPole-v1", render_mode="rgb_array"))
+    local = gym.make("CartPole-v1", render_mode="rgb_array")
+    try:
+        assert remote.render_mode == "human"
+        remote.reset(seed=4)
+        local.reset(seed=4)
+        remote.step(1)
+        local.step(1)
+        shown = pygame.surfarray.array3d(remote.window).swapaxes(0, 1)
+        assert np.array_equal(shown, local.render())
+    finally:
+        remote.close()
+        local.close()
+
+
 def test_np_random_is_seeded_like_a_local_env(server):
     """The client's np_random is seeded by reset(seed=...) exactly as a local env's would be."""
     from gymnasium.utils.seeding import np_random
