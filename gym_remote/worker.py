@@ -631,7 +631,7 @@ def describe_action_mismatch(space: spaces.Space, action: Any, where: str) -> Op
 def _check_action(env: gym.Env, action: Any, where: str) -> None:
     mismatch = describe_action_mismatch(env.action_space, action, where)
     if mismatch is not None:
-        raise InvalidCall(f"{mismatch} does not fit action_space {env.action_space}")
+        raise InvalidCall(f"{mismatch}; the action space is {env.action_space}")
 
 
 def _per_env_kwargs(request: Mapping[str, Any]) -> List[Dict[str, Any]]:

@@ -110,7 +110,7 @@ def test_allowlist_and_module_ids(start_server):
         ("CartPole-v1", np.array([1, 0]), "expected an integer"),
         ("CartPole-v1", 1.5, "expected an integer"),
         ("CartPole-v1", "left", "expected an integer"),
-        ("Pendulum-v1", np.zeros(3), r"shape \(3,\), expected \(1,\)"),
+        ("Pendulum-v1", np.zeros(3), r"action has shape \(3,\), expected \(1,\); the action space is Box"),
         ("Pendulum-v1", np.array(["x"]), "dtype <U1"),
         ("gym_remote_testing/RichSpaces-v0", {"move": 1}, "keys"),
         ("gym_remote_testing/RichSpaces-v0", {"move": 1, "force": np.zeros(5)}, r"action\['force'\]"),
