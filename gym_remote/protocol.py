@@ -306,7 +306,7 @@ def _encode_frame_completely(value: Any, allow_pickle: bool) -> List[Any]:
     except _Unsupported as unsupported:
         where = "".join(reversed(unsupported.path)) or "the value itself"
         raise UnsupportedValue(
-            f"cannot send {type(unsupported.value).__name__} at {where} without pickle: "
+            f"cannot send {_kind_of(unsupported.value)} at {where} without pickle: "
             "gym-remote sends numpy arrays, numpy scalars, Python scalars, str, bytes, None "
             "and dicts, lists and tuples of them. "
             "Convert it, or enable allow_pickle=True on both client and server."
@@ -315,6 +315,13 @@ def _encode_frame_completely(value: Any, allow_pickle: bool) -> List[Any]:
         header_packer.reset()
     prefix = PREFIX.pack(MAGIC, len(header), encoder.size)
     return [prefix, header] + encoder.chunks
+
+
+def _kind_of(value: Any) -> str:
+    """What ``value`` is, for an error: its type, and an array's dtype (object, structured)."""
+    if isinstance(value, np.ndarray):
+        return f"ndarray of dtype {value.dtype}"
+    return type(value).__name__
 
 
 def encode_bytes(value: Any, allow_pickle: bool = False) -> bytes:

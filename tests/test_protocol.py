@@ -173,9 +173,18 @@ def test_pickle_only_when_allowed():
         decode_frame(header, data, allow_pickle=False)
 
 
-def test_object_arrays_never_travel_raw():
-    with pytest.raises(UnsupportedValue):
-        encode_frame(np.array([object()], dtype=object))
+@pytest.mark.parametrize(
+    "array, dtype",
+    [
+        (np.array([object()], dtype=object), "object"),
+        (np.zeros(2, dtype=[("a", "<f4")]), r"\[\('a', '<f4'\)\]"),
+    ],
+    ids=["object", "structured"],
+)
+def test_object_and_structured_arrays_never_travel_raw_and_the_error_names_their_dtype(array, dtype):
+    with pytest.raises(UnsupportedValue, match=rf"ndarray of dtype {dtype} at \['obs'\]"):
+        encode_frame({"obs": array})
+    assert round_trip({"obs": array}, allow_pickle=True)["obs"].dtype == array.dtype
 
 
 def _frame(header: bytes, data: bytes = b"") -> bytes:
