@@ -49,6 +49,11 @@ class ServerConfig:
         "", "where `gym-remote setup` keeps simulator environments (empty: ~/.local/share/gym-remote)"
     )
     max_sessions: int = _option(64, "most sessions (worker processes) at once")
+    max_pending_connections: int = _option(
+        128,
+        "most connections not yet handed to a session's worker (handshakes, list, ping, tasks, "
+        "makes under way); more are refused with ServerBusy",
+    )
     max_envs_per_session: int = _option(
         32, "most envs one session's worker may host (RemoteVectorEnv's envs_per_worker)"
     )

@@ -84,18 +84,38 @@ class Connection:
         self._reader = MessageReader(self._sock, max_message_size)
         _open_connections.add(self)
         try:
-            reply = self.request(
-                "hello",
-                version=PROTOCOL_VERSION,
-                token=token,
-                allow_pickle=allow_pickle,
-                client=f"gym-remote {__version__}",
-            )
+            reply = self._hello(token)
         except BaseException:
             self.close()
             raise
         self.allow_pickle = bool(reply.get("allow_pickle"))
         self.server_version = reply.get("server")
+
+    def _hello(self, token: str) -> Any:
+        """The server's answer to this client's hello. A server that refuses connections (too
+        many pending) writes its error and closes at once, maybe before the hello arrives: the
+        error is read all the same."""
+        hello = {
+            "op": "hello",
+            "version": PROTOCOL_VERSION,
+            "token": token,
+            "allow_pickle": self.allow_pickle,
+            "client": f"gym-remote {__version__}",
+        }
+        cut_short: OSError | None = None
+        try:
+            send_buffers(self._sock, encode_frame(hello))
+        except (BrokenPipeError, ConnectionResetError) as error:
+            cut_short = error
+        except (RemoteTimeout, OSError) as error:
+            raise self._failure("hello", error) from None
+        try:
+            frame = self._reader.receive_frame(self.timeout)
+        except (RemoteTimeout, ProtocolError, OSError) as error:
+            raise self._failure("hello", cut_short or error) from None
+        if frame[2]:
+            raise ProtocolError("a fixed-layout frame in reply to hello")
+        return self._result("hello", frame)
 
     def request(self, op: str, **fields: Any) -> Any:
         """Sends ``{"op": op, **fields}`` and returns the reply's result, or raises its error."""

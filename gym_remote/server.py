@@ -123,6 +123,7 @@ class Server:
         self._workers: dict[int, _Worker] = {}
         self._lock = threading.Lock()
         self._next_session_id = 1
+        self._pending_connections = 0  # accepted, not yet handed to a worker or closed
         self._stopping = threading.Event()
         self._wakeup_reader, self._wakeup_writer = socket.socketpair()
         self._listener: socket.socket | None = None
@@ -176,6 +177,23 @@ class Server:
         connection.settimeout(None)
         if connection.family != socket.AF_UNIX:
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            refused = self._pending_connections >= self.config.max_pending_connections
+            if not refused:
+                self._pending_connections += 1
+        if refused:
+            # Peers that connect and say nothing (or trickle) would otherwise hold a thread and a
+            # descriptor each until their read timeout: past the limit, they get none.
+            logger.warning("refusing a connection: %d are already pending", self._pending_connections)
+            _try_send_error(
+                connection,
+                ServerBusy(
+                    f"the server has {self.config.max_pending_connections} connections waiting to "
+                    "start a session or for a reply (--max-pending-connections); try again later"
+                ),
+            )
+            connection.close()
+            return
         threading.Thread(target=self._handle_connection, args=(connection,), daemon=True).start()
 
     def _shutdown(self) -> None:
@@ -224,6 +242,8 @@ class Server:
             _try_send_error(connection, error)
         finally:
             connection.close()
+            with self._lock:
+                self._pending_connections -= 1
 
     def _handshake(self, connection: socket.socket, reader: MessageReader) -> bool:
         hello = reader.receive(self.config.read_timeout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import select
 import signal
 import socket
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 import gym_remote
 from gym_remote import errors
 from gym_remote.config import ServerConfig
-from gym_remote.protocol import PREFIX, PROTOCOL_VERSION, MessageReader, send_message
+from gym_remote.protocol import PREFIX, PROTOCOL_VERSION, MessageReader, send_buffers, send_message
 from gym_remote.server import Server
 from gym_remote.testing import FAULTS
 from tests.helpers import all_gone, wait_for, worker_pids
@@ -191,6 +192,49 @@ def test_garbage_to_the_server_is_dropped_and_others_are_served(start_server, pa
     assert reply["error"]["code"] in {"protocol_error", "message_too_large", "timeout"}
     bystander.step(0)
     assert_serves(server)
+    bystander.close()
+
+
+@pytest.mark.parametrize("hello", ["as-usual", "after-the-refusal"])
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_connections_past_the_pending_limit_are_refused_as_busy_and_sessions_go_on(
+    start_server, tmp_path, monkeypatch, transport, hello
+):
+    from gym_remote import connection
+    from gym_remote.addresses import connect, parse_address
+
+    address = f"unix://{tmp_path}/server.sock" if transport == "unix" else "tcp://127.0.0.1:0"
+    server = start_server("--max-pending-connections", "2", address=address)
+    bystander = remote(server, "CartPole-v1")
+    bystander.reset(seed=0)  # its session holds no pending place
+    silent = [connect(parse_address(server.address), 10.0) for _ in range(2)]  # never say hello
+    if hello == "after-the-refusal":  # the server wrote its error and closed before the hello
+
+        def send_when_refused(sock, buffers):
+            poll = select.poll()
+            poll.register(sock, select.POLLRDHUP)
+            assert poll.poll(10_000), "the server did not close the connection"
+            send_buffers(sock, buffers)
+
+        monkeypatch.setattr(connection, "send_buffers", send_when_refused)
+    try:
+        for _ in range(5):
+            with pytest.raises(errors.ServerBusy, match="2 connections waiting.*--max-pending-connections"):
+                gym_remote.list_envs(address=server.address, timeout=10.0)
+        monkeypatch.undo()
+        bystander.step(0)
+    finally:
+        silent.pop().close()
+
+    def lists() -> bool:
+        try:
+            return bool(gym_remote.list_envs(address=server.address, timeout=10.0))
+        except errors.ServerBusy:
+            return False  # the server has yet to see the closed connection
+
+    wait_for(lists, what="the closed connection's place to come free")
+    silent[0].close()
+    bystander.step(1)
     bystander.close()
 
 
