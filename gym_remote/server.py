@@ -10,6 +10,7 @@ its own session.
 from __future__ import annotations
 
 import collections
+import errno
 import fnmatch
 import hmac
 import importlib
@@ -57,6 +58,8 @@ _TASK_LIST_TIMEOUT_SECONDS = 120
 # Starting an interpreter and importing gymnasium and numpy takes a second or two on a busy machine.
 _WORKER_START_TIMEOUT_SECONDS = 60
 _STDERR_LINES_KEPT = 20
+# How long the server waits before accepting again when it has no file descriptors left.
+_ACCEPT_RETRY_SECONDS = 0.1
 REMOTE_NAMESPACE = "remote/"
 
 
@@ -172,7 +175,11 @@ class Server:
     def _accept(self) -> None:
         try:
             connection, _ = self._listener.accept()  # type: ignore[union-attr]
-        except OSError:
+        except OSError as error:
+            if error.errno in (errno.EMFILE, errno.ENFILE):
+                # Out of descriptors: the connection waits in the backlog; do not spin on it.
+                logger.warning("cannot accept a connection: %s", error)
+                self._stopping.wait(_ACCEPT_RETRY_SECONDS)
             return
         connection.settimeout(None)
         if connection.family != socket.AF_UNIX:

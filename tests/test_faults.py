@@ -602,6 +602,53 @@ def test_max_sessions(start_server):
     assert_serves(server)
 
 
+def test_a_server_out_of_descriptors_retries_instead_of_spinning_and_serves_once_some_free():
+    import resource
+    import selectors
+
+    from gym_remote.embedded import wait_until_serving
+
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+
+    command = [sys.executable, "-m", "gym_remote", "serve", "--address", "tcp://127.0.0.1:0"]
+    server = subprocess.Popen(
+        command + ["--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=few_descriptors,
+    )
+    silent: list[socket.socket] = []
+    try:
+        address = wait_until_serving(server, 60.0)
+        host, port = address.removeprefix("tcp://").rsplit(":", 1)
+        # More connections than the server has descriptors: the last wait in the backlog.
+        silent = [socket.create_connection((host, int(port)), timeout=10) for _ in range(60)]
+        cpu_seconds, retries, log = [], 0, b""
+        deadline = time.monotonic() + 30
+        with selectors.DefaultSelector() as selector:
+            selector.register(server.stderr, selectors.EVENT_READ)
+            while retries < 3 and time.monotonic() < deadline:
+                if selector.select(deadline - time.monotonic()):
+                    log += os.read(server.stderr.fileno(), 65536)
+                    if log.count(b"cannot accept a connection") > retries:
+                        retries = log.count(b"cannot accept a connection")
+                        cpu_seconds.append(sum(psutil.Process(server.pid).cpu_times()[:2]))
+        assert retries >= 3, f"the server never said it ran out of descriptors: {log[-500:]!r}"
+        assert b"Too many open files" in log
+        # Between retries it waits (0.1 s each): a spinning accept loop would burn all of that.
+        assert cpu_seconds[-1] - cpu_seconds[0] < 0.1
+        for connection in silent:
+            connection.close()
+        assert "CartPole-v1" in gym_remote.list_envs(address=address, timeout=10.0)
+    finally:
+        for connection in silent:
+            connection.close()
+        server.terminate()
+        server.wait(30)
+        server.stderr.close()
+
+
 @pytest.mark.parametrize(
     "error_type",
     [getattr(errors, name) for name in errors.__all__ if isinstance(getattr(errors, name), type)],
