@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import threading
 import weakref
 from typing import Any
@@ -32,6 +31,7 @@ from gym_remote.protocol import (
     decode_frame,
     encode_frame,
     send_buffers,
+    set_send_timeout,
 )
 from gym_remote.sharedmem import MINIMUM_SHARED_BYTES, ReplyBuffers, SharedSegment
 
@@ -79,8 +79,7 @@ class Connection:
         self._wants_reply_buffers = False
         self._reply_buffers: ReplyBuffers | None = None
         self._sock = connect(address, timeout)
-        timeval = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        set_send_timeout(self._sock, timeout)
         self._reader = MessageReader(self._sock, max_message_size)
         _open_connections.add(self)
         try:

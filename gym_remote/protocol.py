@@ -45,6 +45,7 @@ __all__ = [
     "send_message",
     "send_frame",
     "send_rest",
+    "set_send_timeout",
     "MessageReader",
     "wire_dtype",
 ]
@@ -548,6 +549,21 @@ def _send_remaining(sock: socket.socket, buffers: List[Any], sent: int, length: 
         raise RemoteTimeout("sending a message timed out") from None
 
 
+def set_send_timeout(sock: socket.socket, seconds: Optional[float]) -> None:
+    """Makes each send on ``sock`` wait up to ``seconds`` (None: forever) for room in the
+    socket's buffer; past it the send raises ``BlockingIOError``. Timeouts stay the kernel's
+    (``SO_SNDTIMEO``), so the socket stays in blocking mode."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(seconds))
+
+
+def _timeval(seconds: Optional[float]) -> bytes:
+    """A ``struct timeval`` for ``SO_RCVTIMEO`` / ``SO_SNDTIMEO``: zero means "no timeout", so the
+    smallest real one is a microsecond."""
+    seconds_value = 0.0 if seconds is None else max(seconds, 1e-6)
+    whole = int(seconds_value)
+    return struct.pack("ll", whole, int((seconds_value - whole) * 1e6))
+
+
 def byte_view(chunk: Any) -> Any:
     """A 1-D byte view of a chunk (numpy views work for every dtype, memoryview casts do not)."""
     if isinstance(chunk, np.ndarray):
@@ -694,11 +710,7 @@ class MessageReader:
     def _set_timeout(self, seconds: Optional[float]) -> None:
         """Makes each receive wait up to ``seconds`` (None: forever); callers skip it when that
         is already so (one system call)."""
-        # SO_RCVTIMEO of zero means "no timeout"; the smallest real one is a microsecond.
-        seconds_value = 0.0 if seconds is None else max(seconds, 1e-6)
-        whole = int(seconds_value)
-        micros = int((seconds_value - whole) * 1e6)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micros))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
         self._receive_timeout = seconds
 
     def _receive_into(self, view: memoryview, timeout: Optional[float], deadline: Optional[float]) -> None:

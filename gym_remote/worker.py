@@ -50,6 +50,7 @@ from gym_remote.protocol import (
     encode_frame,
     send_frame,
     send_rest,
+    set_send_timeout,
 )
 from gym_remote.spaces import encode_space
 
@@ -92,6 +93,9 @@ class WorkerSession:
         self.last_observations: List[Any] = []  # per env: what its last reset or step returned
         self.max_message_size = int(settings["max_message_size"])
         self.reader = MessageReader(sock, self.max_message_size)
+        # A client that leaves its replies unread for the idle timeout is as gone as one that
+        # sends nothing: a send blocked that long ends the session.
+        set_send_timeout(sock, self.idle_timeout)
         # The same-host fast path: offered when the client asks, used once it has attached.
         self.offered_segment: Optional[sharedmem.SharedSegment] = None
         self.segment: Optional[sharedmem.SharedSegment] = None

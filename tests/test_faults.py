@@ -21,7 +21,14 @@ import pytest
 import gym_remote
 from gym_remote import errors
 from gym_remote.config import ServerConfig
-from gym_remote.protocol import PREFIX, PROTOCOL_VERSION, MessageReader, send_buffers, send_message
+from gym_remote.protocol import (
+    PREFIX,
+    PROTOCOL_VERSION,
+    MessageReader,
+    encode_frame,
+    send_buffers,
+    send_message,
+)
 from gym_remote.server import Server
 from gym_remote.testing import FAULTS
 from tests.helpers import all_gone, wait_for, worker_pids
@@ -589,6 +596,23 @@ def test_idle_sessions_are_reaped_and_the_client_is_told(start_server):
     with pytest.raises(errors.SessionExpired, match="idle timeout"):
         env.step(0)
     env.close()
+
+
+def test_a_client_that_never_reads_its_replies_is_reaped_after_the_idle_timeout(start_server):
+    """Its worker blocks sending replies once the socket's buffers are full; a send blocked for
+    the idle timeout ends the session as idleness does."""
+    server = start_server("--import", "gym_remote.testing", "--idle-timeout", "1")
+    connection = _client_connection(server)
+    connection.request("make", env_id="gym_remote_testing/ImageEnv-v0", kwargs={}, render_mode=None)
+    connection.request("reset", seed=0, options=None)
+    (worker,) = worker_pids(server.pid)
+    action = np.zeros(7, np.float32)
+    step = b"".join(bytes(chunk) for chunk in encode_frame({"op": "step", "action": action}))
+    for _ in range(400):  # 400 replies of 393 KB: more than any socket buffer holds
+        connection._sock.sendall(step)
+    assert all_gone({worker}, timeout=15), "the worker blocked on its replies must end"
+    connection.close()
+    assert_serves(server)
 
 
 def test_max_sessions(start_server):
