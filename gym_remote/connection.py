@@ -111,7 +111,10 @@ class Connection:
         try:
             frame = self._reader.receive_frame(self.timeout)
         except (RemoteTimeout, ProtocolError, OSError) as error:
-            raise self._failure("hello", cut_short or error) from None
+            failure = self._failure("hello", cut_short or error)
+            if type(failure) is ProtocolError:  # bytes of another protocol (SSH, HTTP, ...)
+                failure = ProtocolError(f"{self.address} does not answer as a gym-remote server: {failure}")
+            raise failure from None
         if frame[2]:
             raise ProtocolError("a fixed-layout frame in reply to hello")
         return self._result("hello", frame)

@@ -307,6 +307,25 @@ def test_server_unavailable_names_the_address_quickly():
         gym_remote.RemoteEnv("CartPole-v1", address="unix:///nonexistent/gym.sock").reset()
 
 
+def test_an_address_that_speaks_another_protocol_is_named_as_no_gym_remote_server():
+    with socket.create_server(("127.0.0.1", 0)) as other_service:
+        address = f"tcp://127.0.0.1:{other_service.getsockname()[1]}"
+        env = gym_remote.RemoteEnv("CartPole-v1", address=address, timeout=10)
+
+        def greet_like_ssh() -> None:
+            connection, _ = other_service.accept()
+            with connection:
+                connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+                connection.recv(1024)  # the hello, then the client closes
+
+        greeter = threading.Thread(target=greet_like_ssh)
+        greeter.start()
+        with pytest.raises(errors.ProtocolError, match=rf"{address} does not answer as a gym-remote server"):
+            env.reset()
+        greeter.join(10)
+        assert not greeter.is_alive()
+
+
 def test_a_slow_call_times_out_and_closes_the_session(server):
     env = remote(server, timeout=0.5, sleep_seconds=30)
     env.reset()
