@@ -97,7 +97,7 @@ class SessionGroup:
 
     def round_trip(self, requests: Requests, replies: dict[int, Any]) -> None:
         """Sends every request (to sessions with none in flight), then puts their replies into
-        ``replies``, per env; the first failure is raised after all replies."""
+        ``replies``, per env; the first failure is raised after all replies, noting the others."""
         first_error: RemoteEnvError | None = None
         sent = []
         try:
@@ -106,9 +106,10 @@ class SessionGroup:
                     self._send(number, items)
                     sent.append(number)
                 except RemoteEnvError as error:
-                    first_error = first_error or error
+                    first_error = _noting(first_error, error)
             receive_error = self.receive_each(sent, replies)
-            first_error = first_error or receive_error
+            if receive_error is not None:
+                first_error = _noting(first_error, receive_error)
         except BaseException:  # interrupted (KeyboardInterrupt, say): the next call starts afresh
             self.abandon([number for number in sent if number in self.pending])
             raise
@@ -123,13 +124,13 @@ class SessionGroup:
 
     def receive_each(self, numbers: list[int], replies: dict[int, Any]) -> RemoteEnvError | None:
         """Puts the replies of these sessions' requests in flight into ``replies``, per env;
-        returns the first failure (after receiving from every session)."""
+        returns the first failure, noting the others (after receiving from every session)."""
         first_error = None
         for number in numbers:
             try:
                 self._receive(number, replies)
             except RemoteEnvError as error:
-                first_error = first_error or error
+                first_error = _noting(first_error, error)
         return first_error
 
     def wait_ready(self, count: int, timeout: float | None) -> list[int]:
@@ -199,7 +200,8 @@ class SessionGroup:
 
     def _receive(self, number: int, replies: dict[int, Any]) -> None:
         """Puts the replies of a session's request in flight into ``replies``, per env; then
-        raises the first env's error, if any (a hosting session's other envs' replies are in)."""
+        raises the first env's error, if any, noting the others (a hosting session's other envs'
+        replies are in)."""
         items = self.pending.pop(number)
         fixed = self._fixed_in_flight.pop(number, None)
         session = self.sessions[number]
@@ -221,9 +223,9 @@ class SessionGroup:
         for (index, _), outcome in zip(items, reply):
             if isinstance(outcome, dict) and "ok" in outcome:
                 replies[index] = outcome["ok"]
-            elif first_error is None:
+            else:
                 failure = outcome.get("error") if isinstance(outcome, dict) else outcome
-                first_error = self.named([index], error_from_wire(failure))
+                first_error = _noting(first_error, self.named([index], error_from_wire(failure)))
         if first_error is not None:
             raise first_error
 
@@ -248,6 +250,17 @@ class _HostingSession(RemoteEnv):
     def _make_fields(self) -> dict[str, Any]:
         fields = super()._make_fields()
         return {**fields, "num_envs": len(self.per_env_kwargs), "per_env_kwargs": self.per_env_kwargs}
+
+
+def _noting(first: RemoteEnvError | None, error: RemoteEnvError) -> RemoteEnvError:
+    """``error`` if it is the first failure of a call, else ``first`` with a note of ``error``
+    (and of its own notes): a call raises its first failure and names the others."""
+    if first is None:
+        return error
+    if hasattr(first, "add_note"):  # Python 3.11 and later; earlier ones raise the first alone
+        for text in [f"also {type(error).__name__}: {error.message}", *getattr(error, "__notes__", [])]:
+            first.add_note(text)
+    return first
 
 
 def _fixed_request(layout: FixedLayout, op: str, fields: dict[str, Any]) -> bytes | None:

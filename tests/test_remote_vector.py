@@ -174,6 +174,32 @@ def test_a_failing_sub_env_is_named(server, envs_per_worker):
         envs.close()
 
 
+@pytest.mark.parametrize("envs_per_worker", [1, 3])
+def test_when_several_sub_envs_fail_the_first_is_raised_and_the_others_noted(server, envs_per_worker):
+    import gym_remote.testing  # noqa: F401
+
+    envs = RemoteVectorEnv(
+        "gym_remote_testing/Faulty-v0", 3, address=server.address, envs_per_worker=envs_per_worker
+    )
+    try:
+        envs.reset(seed=0)
+        with pytest.raises(gym_remote.RemoteError, match="sub-env 0 .*the simulator exploded") as caught:
+            envs.step(np.array([FAULTS.index("raise"), -1, FAULTS.index("raise")]))
+        assert caught.value.__notes__ == [
+            f"also RemoteError: {caught.value.message.replace('sub-env 0', 'sub-env 2')}"
+        ]
+        envs.send(np.array([FAULTS.index("raise")] * 3))
+        with pytest.raises(gym_remote.RemoteError) as caught:
+            envs.recv(min_envs=3)  # in the order the envs are ready
+        named = [caught.value.message] + [
+            note.removeprefix("also RemoteError: ") for note in caught.value.__notes__
+        ]
+        assert sorted(text.split(" (")[0] for text in named) == ["sub-env 0", "sub-env 1", "sub-env 2"]
+        envs.step(np.array([-1, -1, -1]))
+    finally:
+        envs.close()
+
+
 @pytest.mark.parametrize("envs_per_worker", [1, 2])
 def test_call_get_attr_set_attr_render(server, envs_per_worker):
     import gym_remote.testing  # noqa: F401
