@@ -158,37 +158,26 @@ def test_spread_over_two_servers_and_one_going_away(start_server):
 
 
 @pytest.mark.parametrize("envs_per_worker", [1, 3])
-def test_a_failing_sub_env_is_named(server, envs_per_worker):
+def test_a_failing_sub_env_is_named_and_several_are_noted(server, envs_per_worker):
     import gym_remote.testing  # noqa: F401
 
     envs = RemoteVectorEnv(
         "gym_remote_testing/Faulty-v0", 3, address=server.address, envs_per_worker=envs_per_worker
     )
+    raises = FAULTS.index("raise")
     try:
         envs.reset(seed=0)
         with pytest.raises(gym_remote.RemoteError, match="sub-env 2 .*the simulator exploded") as caught:
-            envs.step(np.array([-1, -1, FAULTS.index("raise")]))
+            envs.step(np.array([-1, -1, raises]))
         assert "RuntimeError" in caught.value.remote_traceback
         envs.step(np.array([-1, -1, -1]))  # the others, and the failed one, go on
-    finally:
-        envs.close()
-
-
-@pytest.mark.parametrize("envs_per_worker", [1, 3])
-def test_when_several_sub_envs_fail_the_first_is_raised_and_the_others_noted(server, envs_per_worker):
-    import gym_remote.testing  # noqa: F401
-
-    envs = RemoteVectorEnv(
-        "gym_remote_testing/Faulty-v0", 3, address=server.address, envs_per_worker=envs_per_worker
-    )
-    try:
-        envs.reset(seed=0)
+        # Several fail: the first is raised, the others are noted.
         with pytest.raises(gym_remote.RemoteError, match="sub-env 0 .*the simulator exploded") as caught:
-            envs.step(np.array([FAULTS.index("raise"), -1, FAULTS.index("raise")]))
+            envs.step(np.array([raises, -1, raises]))
         assert caught.value.__notes__ == [
             f"also RemoteError: {caught.value.message.replace('sub-env 0', 'sub-env 2')}"
         ]
-        envs.send(np.array([FAULTS.index("raise")] * 3))
+        envs.send(np.array([raises] * 3))
         with pytest.raises(gym_remote.RemoteError) as caught:
             envs.recv(min_envs=3)  # in the order the envs are ready
         named = [caught.value.message] + [
