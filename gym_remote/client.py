@@ -97,7 +97,8 @@ class RemoteEnv(gym.Env):
 
     It connects lazily, on first use, so it can be pickled and sent to vector-env workers
     before that. Without an address (argument or ``GYM_REMOTE_ADDRESS``) it starts a private
-    local server that it owns and stops on :meth:`close` or at interpreter exit.
+    local server that it owns and stops on :meth:`close`, when it is garbage-collected
+    unclosed, or at interpreter exit.
 
     Args:
         env_id: The id the server makes, for example ``"CartPole-v1"``.

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import weakref
+from typing import Any
 
 from gym_remote.errors import ServerUnavailable
 
@@ -29,8 +30,8 @@ _running: weakref.WeakSet[EmbeddedServer] = weakref.WeakSet()
 class EmbeddedServer:
     """A private gym-remote server process owned by this process.
 
-    Use :meth:`start`; the server stops on :meth:`stop`, at interpreter exit, or when this
-    process dies.
+    Use :meth:`start`; the server stops on :meth:`stop`, when this object is garbage-collected
+    unstopped, at interpreter exit, or when this process dies.
     """
 
     def __init__(self, process: subprocess.Popen, directory: str, address: str) -> None:
@@ -39,6 +40,8 @@ class EmbeddedServer:
         self.address = address
         self._owner_pid = os.getpid()
         _running.add(self)
+        # Dropped without stop() (its env was never closed): the server stops all the same.
+        self._finalizer = weakref.finalize(self, _let_go, self._owner_pid, process.stdin, directory)
 
     @classmethod
     def start(cls, timeout: float, allow_pickle: bool = False) -> EmbeddedServer:
@@ -86,6 +89,7 @@ class EmbeddedServer:
     def stop(self) -> None:
         """Stops the server and its workers; idempotent. A forked child only lets go of it."""
         _running.discard(self)
+        self._finalizer.detach()
         if os.getpid() != self._owner_pid:
             return
         if self.process.stdin is not None and not self.process.stdin.closed:
@@ -96,6 +100,16 @@ class EmbeddedServer:
             self.process.kill()
             self.process.wait()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _let_go(owner_pid: int, stdin: Any, directory: str) -> None:
+    """Stops a private server that was dropped unstopped, without waiting: it ends when its
+    standard input closes (``subprocess`` reaps it later). Nothing in a forked child."""
+    if os.getpid() != owner_pid:
+        return
+    if stdin is not None:
+        stdin.close()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def wait_until_serving(process: subprocess.Popen, timeout: float) -> str:

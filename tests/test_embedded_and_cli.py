@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -27,6 +28,28 @@ def test_embedded_server_starts_by_itself_and_leaves_nothing_after_close(monkeyp
     assert os.path.exists(os.path.join(directory, "server.sock"))
     env.close()
     assert all_gone(started), "close() must end the private server and its worker"
+    assert not os.path.exists(directory)
+
+
+@pytest.mark.parametrize(
+    ("make", "processes"),
+    [
+        (lambda: gym_remote.RemoteEnv("CartPole-v1"), 2),
+        (lambda: gym_remote.RemoteVectorEnv("CartPole-v1", 2), 3),
+    ],
+    ids=["RemoteEnv", "RemoteVectorEnv"],
+)
+def test_an_env_dropped_without_close_stops_its_private_server(monkeypatch, make, processes):
+    monkeypatch.delenv("GYM_REMOTE_ADDRESS", raising=False)
+    before = descendants()
+    env = make()
+    env.reset(seed=0)
+    started = descendants() - before
+    assert len(started) == processes, "a private server and its workers"
+    directory = env._embedded.directory
+    del env  # as a loop or a notebook cell that makes a new env drops the last one
+    gc.collect()
+    assert all_gone(started), "a dropped env's private server and worker must end"
     assert not os.path.exists(directory)
 
 
