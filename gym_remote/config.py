@@ -64,7 +64,11 @@ class ServerConfig:
     max_message_size: int = _option(256 << 20, "largest message accepted, in bytes")
     allow_pickle: bool = _option(False, "accept and send pickled values (clients must opt in too)")
     token: str = _option("", "shared secret clients must present; required to listen beyond loopback")
-    watch_stdin: bool = _option(False, "stop when standard input closes (used for private servers)")
+    watch_stdin: bool = _option(
+        False,
+        "stop when standard input closes (used for private servers; a Unix socket's directory is "
+        "then removed too, if it is left empty)",
+    )
     log_level: str = _option("info", "log level: debug, info, warning or error")
 
 

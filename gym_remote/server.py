@@ -10,6 +10,7 @@ its own session.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import fnmatch
 import hmac
@@ -208,6 +209,9 @@ class Server:
             self._listener.close()
             if self.address.scheme == "unix" and os.path.exists(self.address.path):
                 os.unlink(self.address.path)
+                if self.config.watch_stdin:  # a private server: its owner made the directory for it
+                    with contextlib.suppress(OSError):  # not empty (or gone): left as it is
+                        os.rmdir(os.path.dirname(self.address.path))
         with self._lock:
             workers = list(self._workers.values())
         for worker in workers:

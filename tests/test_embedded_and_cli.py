@@ -94,7 +94,8 @@ EMBEDDED_CLIENT = """
 import os, gym_remote, psutil
 env = gym_remote.RemoteEnv("CartPole-v1")
 env.reset(seed=0)
-print(" ".join(str(child.pid) for child in psutil.Process().children(recursive=True)), flush=True)
+print(" ".join(str(child.pid) for child in psutil.Process().children(recursive=True)))
+print(env._embedded.directory, flush=True)
 if os.environ.get("EXIT_NORMALLY"):
     raise SystemExit(0)  # no close(): interpreter exit must clean up
 os.kill(os.getpid(), 9)
@@ -110,9 +111,11 @@ def test_embedded_server_ends_with_its_client(how):
     result = subprocess.run(
         [sys.executable, "-c", EMBEDDED_CLIENT], capture_output=True, text=True, timeout=60, env=environment
     )
-    pids = {int(pid) for pid in result.stdout.split()}
+    children, directory = result.stdout.splitlines()
+    pids = {int(pid) for pid in children.split()}
     assert len(pids) == 2, result.stderr
     assert all_gone(pids, timeout=20), f"processes left behind after the client {how}"
+    assert not os.path.exists(directory), "the private server's socket directory must go too"
 
 
 def test_env_var_address_is_used(server, monkeypatch):
