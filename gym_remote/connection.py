@@ -386,8 +386,8 @@ class Connection:
     def _gone(self, op: str, error: BaseException) -> RemoteEnvError:
         if self.in_session:
             return WorkerCrashed(
-                f"the worker serving this session at {self.address} ended during {op} "
-                f"(crashed, killed or out of memory: see the server's log) [{error}]"
+                f"the worker serving this session at {self.address} ended during {op} (it crashed, "
+                f"was killed or ran out of memory, or its server stopped: see the server's log) [{error}]"
             )
         return ServerUnavailable(f"the server at {self.address} closed the connection during {op} [{error}]")
 
