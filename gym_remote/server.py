@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -128,6 +129,8 @@ class Server:
         self._lock = threading.Lock()
         self._next_session_id = 1
         self._pending_connections = 0  # accepted, not yet handed to a worker or closed
+        self._refused_connections = 0  # past the limit, since the last warning about them
+        self._next_refusal_log = 0.0
         self._stopping = threading.Event()
         self._wakeup_reader, self._wakeup_writer = socket.socketpair()
         self._listener: socket.socket | None = None
@@ -192,7 +195,9 @@ class Server:
         if refused:
             # Peers that connect and say nothing (or trickle) would otherwise hold a thread and a
             # descriptor each until their read timeout: past the limit, they get none.
-            logger.warning("refusing a connection: %d are already pending", self._pending_connections)
+            self._refused_connections += 1
+            if time.monotonic() >= self._next_refusal_log:  # a flood logs a line a second
+                self._log_refusals()
             _try_send_error(
                 connection,
                 ServerBusy(
@@ -204,7 +209,19 @@ class Server:
             return
         threading.Thread(target=self._handle_connection, args=(connection,), daemon=True).start()
 
+    def _log_refusals(self) -> None:
+        """Logs how many connections were refused since the last such line."""
+        logger.warning(
+            "refused %d connection(s): %d were pending (--max-pending-connections)",
+            self._refused_connections,
+            self.config.max_pending_connections,
+        )
+        self._refused_connections = 0
+        self._next_refusal_log = time.monotonic() + 1.0
+
     def _shutdown(self) -> None:
+        if self._refused_connections:
+            self._log_refusals()
         if self._listener is not None:
             self._listener.close()
             if self.address.scheme == "unix" and os.path.exists(self.address.path):

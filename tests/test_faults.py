@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import re
 import select
 import signal
 import socket
@@ -205,7 +206,7 @@ def test_garbage_to_the_server_is_dropped_and_others_are_served(start_server, pa
 @pytest.mark.parametrize("hello", ["as-usual", "after-the-refusal"])
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
 def test_connections_past_the_pending_limit_are_refused_as_busy_and_sessions_go_on(
-    start_server, tmp_path, monkeypatch, transport, hello
+    start_server, tmp_path, monkeypatch, capfd, transport, hello
 ):
     from gym_remote import connection
     from gym_remote.addresses import connect, parse_address
@@ -243,6 +244,9 @@ def test_connections_past_the_pending_limit_are_refused_as_busy_and_sessions_go_
     silent[0].close()
     bystander.step(1)
     bystander.close()
+    assert server.stop() == 0
+    counts = [int(count) for count in re.findall(r"refused (\d+) connection", capfd.readouterr().err)]
+    assert sum(counts) >= 5 and len(counts) < sum(counts), "refusals are counted, not logged one by one"
 
 
 def test_garbage_inside_a_session_ends_only_that_session(server):
