@@ -12,6 +12,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from gym_remote.config import env_var
+
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 CPUIDLE_DRIVER = pathlib.Path("/sys/devices/system/cpu/cpuidle/current_driver")
 GUEST_HALT_POLL_NS = pathlib.Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
@@ -95,15 +97,18 @@ def observation_leaves(value: Any, path: tuple = ()) -> list[tuple[tuple, np.nda
 
 
 @contextlib.contextmanager
-def shared_memory_setting(enabled: bool) -> Iterator[None]:
-    """Sets ``GYM_REMOTE_SHARED_MEMORY`` for the remote envs made inside (their configs read it
-    when they are made), then leaves the caller's own setting as it was."""
-    previous = os.environ.get("GYM_REMOTE_SHARED_MEMORY")
-    os.environ["GYM_REMOTE_SHARED_MEMORY"] = str(int(enabled))
+def client_settings(**enabled: bool) -> Iterator[None]:
+    """Sets ``GYM_REMOTE_<NAME>`` for each of the client's on/off options given (for example
+    ``shared_memory=False``) for the remote envs made inside (their configs read them when they
+    are made), then leaves the caller's own settings as they were."""
+    settings = {env_var(name): str(int(value)) for name, value in enabled.items()}
+    previous = {variable: os.environ.get(variable) for variable in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
-        if previous is None:
-            del os.environ["GYM_REMOTE_SHARED_MEMORY"]
-        else:
-            os.environ["GYM_REMOTE_SHARED_MEMORY"] = previous
+        for variable, value in previous.items():
+            if value is None:
+                del os.environ[variable]
+            else:
+                os.environ[variable] = value

@@ -1,9 +1,10 @@
 """Per-step overhead of RemoteEnv on loopback, against a bare TCP round trip as the floor.
 
 For CartPole-v1 and a 393 KB image env (two 256x256x3 uint8 images and a 9-float state), in
-one run: local steps/s, remote steps/s over loopback TCP, the per-step overhead (remote step
-time minus local step time), and a bare TCP_NODELAY socket round trip that carries the same
-payload sizes. Target: overhead <= 2x the bare round trip. Beside it, the same ratio for the
+one run: local steps/s, remote steps/s given a loopback TCP address (over TCP alone, and by
+default, through the Unix socket the server offers on its host), the per-step overhead (remote
+step time minus local step time), and a bare TCP_NODELAY socket round trip that carries the
+same payload sizes. Target: overhead <= 2x the bare round trip. Beside it, the same ratio for the
 minimal Python pair of ``benchmarks/python_floor.py``: what any Python remote env costs. The
 same again over a Unix socket (where a RemoteEnv given no address meets its private server),
 against a bare Unix round trip and the pair over a Unix socket. All take turns in rounds (the
@@ -30,13 +31,13 @@ import gym_remote
 import gym_remote.testing  # noqa: F401  (registers the image env)
 from benchmarks.common import (
     accepted,
+    client_settings,
     guest_halt_poll_ns,
     loopback_connection,
     loopback_listener,
     machine_line,
     observation_leaves,
     record,
-    shared_memory_setting,
 )
 from benchmarks.python_floor import MinimalPythonEnv
 from gym_remote.sharedmem import MINIMUM_SHARED_BYTES
@@ -129,11 +130,11 @@ class Row(NamedTuple):
 
 
 def measure_workload(env_id: str, addresses: dict[str, str], steps: int, rounds: int) -> list[Row]:
-    """A row per remote env: over TCP per reply transport, and over a Unix socket the reply path
-    a ``RemoteEnv`` takes there by default; each beside the minimal Python pair and the bare round
-    trip on the same connection. The medians of ``rounds`` rounds in which the local env, each
-    remote env, each minimal Python pair and each bare socket take turns, so that the machine's
-    drift hits them alike.
+    """A row per remote env: given the TCP address, over TCP alone per reply transport and by
+    default (through the server's local Unix socket); given a Unix socket's address, by default;
+    each beside the minimal Python pair and the bare round trip on the connection it was given.
+    The medians of ``rounds`` rounds in which the local env, each remote env, each minimal Python
+    pair and each bare socket take turns, so that the machine's drift hits them alike.
 
     The remote envs and the pairs take their turns in an order that rotates from round to round,
     and each timed run follows an untimed tenth of one: with free scheduling, whichever
@@ -144,17 +145,22 @@ def measure_workload(env_id: str, addresses: dict[str, str], steps: int, rounds:
     local_env.action_space.seed(0)
     actions = [local_env.action_space.sample() for _ in range(steps)]
     request_bytes, reply_bytes = payload_sizes(env_id)
-    # Replies with 64 KiB of arrays or more take the same-host shared memory path by default.
-    transports = ("shared memory", "socket") if reply_bytes >= MINIMUM_SHARED_BYTES else ("socket",)
+    # (The address given, the row's path, shared memory, the local socket.) Replies with 64 KiB
+    # of arrays or more take the same-host shared memory path by default.
+    large = reply_bytes >= MINIMUM_SHARED_BYTES
+    default = "local socket, shared memory" if large else "local socket"
+    variants = [(TCP, "TCP, socket", False, False)]
+    variants += [(TCP, "TCP, shared memory", True, False)] if large else []
+    variants += [(TCP, f"{default} (the default)", True, True)]
+    variants += [(UNIX, "shared memory" if large else "socket", True, True)]
     with tempfile.TemporaryDirectory() as directory:
         # The bare sockets fork their echo servers first, so that those hold no other socket.
         bares = {TCP: BareSocket(request_bytes, reply_bytes)}
         bares[UNIX] = BareSocket(request_bytes, reply_bytes, unix_path=f"{directory}/bare.sock")
         remote_envs = {}
-        for connection, transport in [(TCP, transport) for transport in transports] + [(UNIX, transports[0])]:
-            address = addresses[connection]
-            with shared_memory_setting(transport == "shared memory"):
-                remote_envs[connection, transport] = gym_remote.RemoteEnv(env_id, address=address)
+        for connection, path, shared_memory, local_socket in variants:
+            with client_settings(shared_memory=shared_memory, local_socket=local_socket):
+                remote_envs[connection, path] = gym_remote.RemoteEnv(env_id, address=addresses[connection])
         minimal = {
             ("minimal", TCP): MinimalPythonEnv(env_id),
             ("minimal", UNIX): MinimalPythonEnv(env_id, unix_path=f"{directory}/pair.sock"),
@@ -228,9 +234,11 @@ def main() -> None:
             "rotating order, each after an untimed tenth of a run); "
             + ("every process on one core." if arguments.same_core else "processes scheduled freely."),
             "",
-            "Over loopback TCP:",
+            "Given a loopback TCP address: over TCP alone (`GYM_REMOTE_LOCAL_SOCKET=0`, with replies on "
+            "the socket or in shared memory), and by default, where the client moves to the Unix "
+            "socket the server offers on its host (after its hello over TCP):",
             "",
-            "| workload | reply through | local steps/s | remote steps/s | overhead per step "
+            "| workload | path | local steps/s | remote steps/s | overhead per step "
             "| bare TCP round trip | overhead / round trip (target <= 2) "
             "| minimal Python pair: overhead / round trip |",
             "|---|---|---|---|---|---|---|---|",
@@ -245,7 +253,7 @@ def main() -> None:
             "Over a Unix socket (where a `RemoteEnv` given no address meets its private server), "
             "with the reply path it takes there by default:",
             "",
-            "| workload | reply through | remote steps/s | overhead per step | bare Unix round trip "
+            "| workload | replies through | remote steps/s | overhead per step | bare Unix round trip "
             "| overhead / round trip | minimal Python pair: overhead / round trip "
             "| overhead / bare TCP round trip |",
             "|---|---|---|---|---|---|---|---|",

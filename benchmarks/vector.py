@@ -25,7 +25,7 @@ import psutil
 
 import gym_remote
 import gym_remote.testing  # noqa: F401  (registers the image env)
-from benchmarks.common import machine_line, record, shared_memory_setting
+from benchmarks.common import client_settings, machine_line, record
 from gym_remote.testing import ServerProcess
 
 NUM_ENVS = 8
@@ -94,7 +94,7 @@ def vectorizers(env_id: str, address: str, unix_address: str) -> dict[str, Calla
         return gym.make(env_id)
 
     def socket_only() -> gym.vector.VectorEnv:
-        with shared_memory_setting(False):
+        with client_settings(shared_memory=False):
             return gym_remote.RemoteVectorEnv(env_id, NUM_ENVS, address=address)
 
     def remote_vector_env() -> gym_remote.RemoteVectorEnv:

@@ -1,4 +1,5 @@
-"""Server addresses: ``tcp://host:port``, ``host:port`` or ``unix:///path/to/socket``."""
+"""Server addresses: ``tcp://host:port``, ``host:port``, ``unix:///path/to/socket`` or, on Linux,
+``unix://@name`` (an abstract socket: no file; reachable from this host's network namespace)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ DEFAULT_PORT = 5555
 
 @dataclass(frozen=True)
 class Address:
-    """A parsed server address: a TCP host and port, or a Unix socket path."""
+    """A parsed server address: a TCP host and port, or a Unix socket path (``@name``: abstract)."""
 
     scheme: str
     host: str = ""
@@ -28,6 +29,16 @@ class Address:
             return f"unix://{self.path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"tcp://{host}:{self.port}"
+
+    @property
+    def is_abstract(self) -> bool:
+        """True for a Linux abstract Unix socket, which has a name but no file."""
+        return self.scheme == "unix" and self.path.startswith("@")
+
+    @property
+    def socket_path(self) -> str:
+        """What ``bind`` and ``connect`` take: the file's path, or NUL and the abstract name."""
+        return "\0" + self.path[1:] if self.is_abstract else self.path
 
     @property
     def is_loopback(self) -> bool:
@@ -51,9 +62,9 @@ def parse_address(text: str) -> Address:
     original = text
     if text.startswith("unix://"):
         path = text[len("unix://") :]
-        if not path:
+        if not path or path == "@":
             raise ValueError(f"address {original!r} has no socket path")
-        return Address("unix", path=os.path.abspath(path))
+        return Address("unix", path=path if path.startswith("@") else os.path.abspath(path))
     if text.startswith("tcp://"):
         text = text[len("tcp://") :]
     invalid = ValueError(f"invalid address {original!r}: use tcp://HOST:PORT, HOST:PORT or unix:///PATH")
@@ -83,7 +94,7 @@ def connect(address: Address, timeout: float) -> socket.socket:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(timeout)
             try:
-                sock.connect(address.path)
+                sock.connect(address.socket_path)
             except BaseException:
                 sock.close()
                 raise
@@ -102,10 +113,10 @@ def connect(address: Address, timeout: float) -> socket.socket:
 def listen(address: Address, backlog: int = 128) -> socket.socket:
     """Binds and listens on ``address``; a stale Unix socket file is replaced."""
     if address.scheme == "unix":
-        if os.path.exists(address.path):
+        if not address.is_abstract and os.path.exists(address.path):
             _remove_stale_socket(address.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(address.path)
+        sock.bind(address.socket_path)
     else:
         family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)

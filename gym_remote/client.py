@@ -12,7 +12,7 @@ import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec
 
 from gym_remote import sharedmem
-from gym_remote.addresses import parse_address
+from gym_remote.addresses import Address, parse_address
 from gym_remote.config import ClientConfig, resolve
 from gym_remote.connection import Connection
 from gym_remote.embedded import EmbeddedServer
@@ -351,13 +351,7 @@ class RemoteEnv(gym.Env):
             self._embedded = EmbeddedServer.start(config.timeout, config.allow_pickle)
             address = self._embedded.address
         parsed = parse_address(address)
-        self._connection = Connection(
-            parsed,
-            timeout=config.timeout,
-            token=config.token,
-            allow_pickle=config.allow_pickle,
-            max_message_size=config.max_message_size,
-        )
+        self._connection = self._connected(parsed)
         self._connection.in_session = True
         fields = self._make_fields()
         description = self._connection.request(
@@ -385,6 +379,35 @@ class RemoteEnv(gym.Env):
             spec=description["spec"],
         )
         self.render_mode = self._remote.render_mode
+
+    def _connected(self, address: Address) -> Connection:
+        """A connection to the server at ``address``: on this host, through the Unix socket the
+        server offers beside loopback TCP (less work per message), unless ``local_socket`` is
+        off or it cannot be reached from here."""
+        config = self.config
+
+        def connect_to(where: Address, name: str | None = None) -> Connection:
+            return Connection(
+                where,
+                timeout=config.timeout,
+                token=config.token,
+                allow_pickle=config.allow_pickle,
+                max_message_size=config.max_message_size,
+                name=name,
+            )
+
+        connection = connect_to(address)
+        if not (config.local_socket and connection.local_address):
+            return connection
+        try:
+            local = connect_to(
+                parse_address(connection.local_address), f"{address} (through {connection.local_address})"
+            )
+        except (RemoteEnvError, ValueError) as error:
+            logger.debug("staying on %s: its local socket is out of reach (%s)", address, error)
+            return connection
+        connection.close()
+        return local
 
     def _make_fields(self) -> dict[str, Any]:
         """The fields of the ``make`` request that say what to make."""

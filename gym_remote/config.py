@@ -82,6 +82,9 @@ class ClientConfig:
     allow_pickle: bool = _option(False, "accept and send pickled values (the server must opt in too)")
     max_message_size: int = _option(256 << 20, "largest message accepted, in bytes")
     shared_memory: bool = _option(True, "on one host, take large replies through shared memory")
+    local_socket: bool = _option(
+        True, "on one host, reach a loopback TCP server through the Unix socket it offers there"
+    )
 
 
 def env_var(name: str) -> str:

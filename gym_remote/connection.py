@@ -59,8 +59,10 @@ class Connection:
         token: str = "",
         allow_pickle: bool = False,
         max_message_size: int,
+        name: str | None = None,
     ) -> None:
         self.address = address
+        self.name = name or str(address)  # how messages name the server
         self.timeout = timeout
         self.allow_pickle = allow_pickle
         self.in_session = False
@@ -89,6 +91,8 @@ class Connection:
             raise
         self.allow_pickle = bool(reply.get("allow_pickle"))
         self.server_version = reply.get("server")
+        # Where a server reached over loopback TCP also listens, on a Unix socket (or None).
+        self.local_address: str | None = reply.get("local_address")
 
     def _hello(self, token: str) -> Any:
         """The server's answer to this client's hello. A server that refuses connections (too
@@ -113,7 +117,7 @@ class Connection:
         except (RemoteTimeout, ProtocolError, OSError) as error:
             failure = self._failure("hello", cut_short or error)
             if type(failure) is ProtocolError:  # bytes of another protocol (SSH, HTTP, ...)
-                failure = ProtocolError(f"{self.address} does not answer as a gym-remote server: {failure}")
+                failure = ProtocolError(f"{self.name} does not answer as a gym-remote server: {failure}")
             raise failure from None
         if frame[2]:
             raise ProtocolError("a fixed-layout frame in reply to hello")
@@ -312,11 +316,11 @@ class Connection:
         and drops the replies left by interrupted calls."""
         if self.closed:
             if self._closed_because:
-                raise SessionClosed(f"the connection to {self.address} is closed: {self._closed_because}")
-            raise ServerUnavailable(f"the connection to {self.address} is closed")
+                raise SessionClosed(f"the connection to {self.name} is closed: {self._closed_because}")
+            raise ServerUnavailable(f"the connection to {self.name} is closed")
         if not self._in_flight.acquire(False):
             raise InvalidCall(
-                f"{op} while another call on the same env (at {self.address}) waits for its reply: "
+                f"{op} while another call on the same env (at {self.name}) waits for its reply: "
                 "an env serves one thread at a time"
             )
         if not self._unanswered:
@@ -374,7 +378,7 @@ class Connection:
         # The kernel's send timeout (SO_SNDTIMEO) shows as EAGAIN.
         if isinstance(error, (RemoteTimeout, BlockingIOError, socket.timeout)):
             return RemoteTimeout(
-                f"{op} got no reply from {self.address} within {self.timeout:g} s; the session is "
+                f"{op} got no reply from {self.name} within {self.timeout:g} s; the session is "
                 "closed (raise timeout=... for slow envs)"
             )
         if isinstance(error, MessageTooLarge):
@@ -386,10 +390,10 @@ class Connection:
     def _gone(self, op: str, error: BaseException) -> RemoteEnvError:
         if self.in_session:
             return WorkerCrashed(
-                f"the worker serving this session at {self.address} ended during {op} (it crashed, "
+                f"the worker serving this session at {self.name} ended during {op} (it crashed, "
                 f"was killed or ran out of memory, or its server stopped: see the server's log) [{error}]"
             )
-        return ServerUnavailable(f"the server at {self.address} closed the connection during {op} [{error}]")
+        return ServerUnavailable(f"the server at {self.name} closed the connection during {op} [{error}]")
 
     def close(self) -> None:
         """Closes the socket; the worker sees end-of-file and ends the session."""

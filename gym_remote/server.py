@@ -15,9 +15,11 @@ import errno
 import fnmatch
 import hmac
 import importlib
+import ipaddress
 import json
 import logging
 import os
+import secrets
 import selectors
 import socket
 import subprocess
@@ -134,6 +136,10 @@ class Server:
         self._stopping = threading.Event()
         self._wakeup_reader, self._wakeup_writer = socket.socketpair()
         self._listener: socket.socket | None = None
+        # Beside a TCP listener (on Linux): an abstract Unix socket that clients on this host
+        # are told of in their hello reply, and may use instead (see _handshake).
+        self.local_address: Address | None = None
+        self._local_listener: socket.socket | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -143,10 +149,16 @@ class Server:
         if self.address.scheme == "tcp" and self.address.port == 0:
             host, port = self._listener.getsockname()[:2]
             self.address = Address("tcp", host=host, port=port)
+        listeners = [self._listener]
+        if self.address.scheme == "tcp" and sys.platform.startswith("linux"):
+            self.local_address = _local_address()
+            self._local_listener = listen(self.local_address)
+            listeners.append(self._local_listener)
         if self.config.watch_stdin:
             threading.Thread(target=self._stop_when_stdin_closes, daemon=True).start()
         selector = selectors.DefaultSelector()
-        selector.register(self._listener, selectors.EVENT_READ)
+        for listener in listeners:
+            selector.register(listener, selectors.EVENT_READ)
         selector.register(self._wakeup_reader, selectors.EVENT_READ)
         logger.info("serving on %s (allow %s)", self.address, ", ".join(self.config.allow))
         if on_ready is not None:
@@ -154,8 +166,8 @@ class Server:
         try:
             while not self._stopping.is_set():
                 for key, _ in selector.select():
-                    if key.fileobj is self._listener:
-                        self._accept()
+                    if key.fileobj in listeners:
+                        self._accept(key.fileobj)
         finally:
             selector.close()
             self._shutdown()
@@ -176,9 +188,9 @@ class Server:
             pass
         self.stop()
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket) -> None:
         try:
-            connection, _ = self._listener.accept()  # type: ignore[union-attr]
+            connection, _ = listener.accept()
         except OSError as error:
             if error.errno in (errno.EMFILE, errno.ENFILE):
                 # Out of descriptors: the connection waits in the backlog; do not spin on it.
@@ -222,13 +234,16 @@ class Server:
     def _shutdown(self) -> None:
         if self._refused_connections:
             self._log_refusals()
+        if self._local_listener is not None:
+            self._local_listener.close()
         if self._listener is not None:
             self._listener.close()
-            if self.address.scheme == "unix" and os.path.exists(self.address.path):
-                os.unlink(self.address.path)
+            path = self.address.path
+            if self.address.scheme == "unix" and not self.address.is_abstract and os.path.exists(path):
+                os.unlink(path)
                 if self.config.watch_stdin:  # a private server: its owner made the directory for it
                     with contextlib.suppress(OSError):  # not empty (or gone): left as it is
-                        os.rmdir(os.path.dirname(self.address.path))
+                        os.rmdir(os.path.dirname(path))
         with self._lock:
             workers = list(self._workers.values())
         for worker in workers:
@@ -289,16 +304,15 @@ class Server:
                 "wrong or missing token: pass token=... (or set GYM_REMOTE_TOKEN) to match the server's"
             )
         allow_pickle = bool(self.config.allow_pickle and hello.get("allow_pickle"))
-        send_message(
-            connection,
-            {
-                "ok": {
-                    "version": PROTOCOL_VERSION,
-                    "server": f"gym-remote {__version__}",
-                    "allow_pickle": allow_pickle,
-                }
-            },
-        )
+        welcome = {
+            "version": PROTOCOL_VERSION,
+            "server": f"gym-remote {__version__}",
+            "allow_pickle": allow_pickle,
+        }
+        if self.local_address is not None and _is_loopback_peer(connection):
+            # A Unix socket carries a session's messages with less work per message than TCP.
+            welcome["local_address"] = str(self.local_address)
+        send_message(connection, {"ok": welcome})
         return allow_pickle
 
     # ----------------------------------------------------------------- sessions
@@ -494,6 +508,18 @@ def _parse_python_route(route: str) -> _PythonRoute:
     if not separator or not pattern or not python:
         raise ValueError(f"--python {route!r}: expected PATTERN=/path/to/python")
     return _PythonRoute(pattern, python, f"check the server's --python {route}")
+
+
+def _local_address() -> Address:
+    """A fresh abstract Unix socket address for a server's local listener."""
+    return Address("unix", path=f"@gym-remote-{os.getpid()}-{secrets.token_hex(8)}")
+
+
+def _is_loopback_peer(connection: socket.socket) -> bool:
+    """Whether ``connection`` is TCP from this host (a loopback address)."""
+    if connection.family == socket.AF_UNIX:
+        return False
+    return ipaddress.ip_address(connection.getpeername()[0]).is_loopback
 
 
 def _try_send_error(connection: socket.socket, error: BaseException) -> None:

@@ -9,6 +9,9 @@ import pytest
 # CartPole and friends declare a "human" render mode; check_env tries every mode.
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+# Sessions given the test servers' loopback TCP addresses stay on TCP, the path clients on other
+# hosts take; tests/test_local_socket.py turns the move to the server's local socket back on.
+os.environ.setdefault("GYM_REMOTE_LOCAL_SOCKET", "0")
 
 from gym_remote.testing import ServerProcess  # noqa: E402
 

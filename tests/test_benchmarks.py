@@ -62,13 +62,21 @@ def test_the_overhead_benchmark_prints_its_table_without_recording():
     )
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith(("| CartPole", "| image"))]
-    # Over TCP: CartPole over the socket, the image env over shared memory and the socket; over a
-    # Unix socket: each by its default reply path, also against the bare TCP round trip.
-    transports = [row.split(" | ")[1] for row in rows]
-    assert transports == ["socket", "shared memory", "socket", "socket", "shared memory"]
+    # Given the TCP address: over TCP alone per reply path, and by default (the local socket);
+    # given a Unix socket's: each by its default reply path, also against the bare TCP round trip.
+    paths = [row.split(" | ")[1] for row in rows]
+    assert paths == [
+        "TCP, socket",
+        "local socket (the default)",
+        "TCP, socket",
+        "TCP, shared memory",
+        "local socket, shared memory (the default)",
+        "socket",
+        "shared memory",
+    ]
     for index, row in enumerate(rows):
         ratios = [float(value) for value in re.findall(r"\| ([\d.]+)x", row)]
-        assert len(ratios) == (2 if index < 3 else 3) and all(ratio > 0 for ratio in ratios), row
+        assert len(ratios) == (2 if index < 5 else 3) and all(ratio > 0 for ratio in ratios), row
     assert "results written" not in result.stdout
 
 
