@@ -64,6 +64,11 @@ class ServerConfig:
     max_message_size: int = _option(256 << 20, "largest message accepted, in bytes")
     allow_pickle: bool = _option(False, "accept and send pickled values (clients must opt in too)")
     token: str = _option("", "shared secret clients must present; required to listen beyond loopback")
+    tcp_only: bool = _option(
+        False,
+        "offer clients on this host no local Unix socket beside a TCP address (they use one, "
+        "with the same token, unless told not to: it carries messages with less work)",
+    )
     watch_stdin: bool = _option(
         False,
         "stop when standard input closes (used for private servers; a Unix socket's directory is "

@@ -150,7 +150,7 @@ class Server:
             host, port = self._listener.getsockname()[:2]
             self.address = Address("tcp", host=host, port=port)
         listeners = [self._listener]
-        if self.address.scheme == "tcp" and sys.platform.startswith("linux"):
+        if self.address.scheme == "tcp" and sys.platform.startswith("linux") and not self.config.tcp_only:
             self.local_address = _local_address()
             self._local_listener = listen(self.local_address)
             listeners.append(self._local_listener)

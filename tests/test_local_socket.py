@@ -58,8 +58,12 @@ def test_errors_name_the_address_given(server):
     env.close()
 
 
-def test_with_the_local_socket_off_a_session_stays_on_tcp(server, monkeypatch):
-    monkeypatch.setenv("GYM_REMOTE_LOCAL_SOCKET", "0")
+@pytest.mark.parametrize("off_where", ["client", "server"])
+def test_with_the_local_socket_off_a_session_stays_on_tcp(server, start_server, monkeypatch, off_where):
+    if off_where == "client":
+        monkeypatch.setenv("GYM_REMOTE_LOCAL_SOCKET", "0")
+    else:
+        server = start_server("--tcp-only")
     env = gym_remote.RemoteEnv("CartPole-v1", address=server.address)
     try:
         env.reset(seed=0)
