@@ -161,6 +161,8 @@ class Server:
             selector.register(listener, selectors.EVENT_READ)
         selector.register(self._wakeup_reader, selectors.EVENT_READ)
         logger.info("serving on %s (allow %s)", self.address, ", ".join(self.config.allow))
+        if self.local_address is not None:
+            logger.info("clients on this host are offered %s (--tcp-only: none)", self.local_address)
         if on_ready is not None:
             on_ready(self.address)
         try:
