@@ -172,8 +172,9 @@ def main() -> None:
     arguments = parser.parse_args()
 
     lines = [
-        f"Measured {machine_line()}; {NUM_ENVS} envs, loopback TCP unless stated; the median of "
-        f"{arguments.rounds} rounds in which every vectorizer takes a turn.",
+        f"Measured {machine_line()}; {NUM_ENVS} envs given a loopback TCP address unless stated "
+        "(their sessions take the server's local socket, the default since 2026-11-24); the median "
+        f"of {arguments.rounds} rounds in which every vectorizer takes a turn.",
         "",
         "| workload | vectorizer | env-steps/s | vs local AsyncVectorEnv (RemoteVectorEnv target >= 1.5x) |",
         "|---|---|---|---|",
