@@ -521,7 +521,10 @@ def _is_loopback_peer(connection: socket.socket) -> bool:
     """Whether ``connection`` is TCP from this host (a loopback address)."""
     if connection.family == socket.AF_UNIX:
         return False
-    return ipaddress.ip_address(connection.getpeername()[0]).is_loopback
+    address = ipaddress.ip_address(connection.getpeername()[0])
+    # A dual-stack listener (on ::) sees IPv4 peers as ::ffff:a.b.c.d.
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return (mapped or address).is_loopback
 
 
 def _try_send_error(connection: socket.socket, error: BaseException) -> None:

@@ -110,14 +110,17 @@ def test_only_loopback_tcp_peers_are_told_of_the_local_socket(server, start_serv
     assert over_unix.local_address is None  # it is a Unix socket already
     over_unix.close()
 
-    class PeerElsewhere:
-        family = socket.AF_INET
+    class Peer:
+        family = socket.AF_INET6
 
-        @staticmethod
-        def getpeername() -> tuple[str, int]:
-            return ("192.0.2.7", 40000)
+        def __init__(self, host: str) -> None:
+            self.host = host
 
-    assert not _is_loopback_peer(PeerElsewhere())  # type: ignore[arg-type]
+        def getpeername(self) -> tuple[str, int]:
+            return (self.host, 40000)
+
+    assert [_is_loopback_peer(Peer(host)) for host in ("192.0.2.7", "::ffff:192.0.2.7")] == [False, False]
+    assert [_is_loopback_peer(Peer(host)) for host in ("127.0.0.1", "::1", "::ffff:127.0.0.1")] == [True] * 3
     left, right = socket.socketpair()
     with left, right:
         assert not _is_loopback_peer(left)
