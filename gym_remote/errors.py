@@ -66,7 +66,10 @@ class RemoteEnvError(Exception):
         return f"{self.message}\n\nRemote traceback:\n{self.remote_traceback.rstrip()}"
 
     def __reduce__(self) -> Tuple[Any, ...]:
-        return (_rebuild_error, (type(self), self.message, self.remote_type, self.remote_traceback))
+        # Exception notes (Python 3.11+, such as a vector env's other failures) travel too.
+        notes = getattr(self, "__notes__", None)
+        rebuild = (_rebuild_error, (type(self), self.message, self.remote_type, self.remote_traceback))
+        return rebuild + ({"__notes__": list(notes)},) if notes else rebuild
 
 
 def _rebuild_error(

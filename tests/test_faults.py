@@ -710,6 +710,8 @@ def test_every_error_is_picklable(error_type):
         "Traceback...",
     )
     assert str(copy) == str(error)
+    error.add_note("also RemoteError: sub-env 3 (...): it broke too")
+    assert pickle.loads(pickle.dumps(error)).__notes__ == ["also RemoteError: sub-env 3 (...): it broke too"]
 
 
 def test_a_session_outlives_the_read_timeout(start_server):
