@@ -89,22 +89,20 @@ class EmbeddedServer:
     def stop(self) -> None:
         """Stops the server and its workers; idempotent. A forked child only lets go of it."""
         _running.discard(self)
-        self._finalizer.detach()
+        self._finalizer()  # once: closes the server's stdin and removes its directory (not in a child)
         if os.getpid() != self._owner_pid:
             return
-        if self.process.stdin is not None and not self.process.stdin.closed:
-            self.process.stdin.close()
         try:
             self.process.wait(_STOP_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def _let_go(owner_pid: int, stdin: Any, directory: str) -> None:
-    """Stops a private server that was dropped unstopped, without waiting: it ends when its
-    standard input closes (``subprocess`` reaps it later). Nothing in a forked child."""
+    """Tells a private server to stop, without waiting: it ends when its standard input closes
+    (:meth:`EmbeddedServer.stop` then waits; for one dropped unstopped, ``subprocess`` reaps it
+    later). Nothing in a forked child."""
     if os.getpid() != owner_pid:
         return
     if stdin is not None:
