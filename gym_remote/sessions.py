@@ -172,7 +172,7 @@ class SessionGroup:
         """Requests per env, grouped by the session whose worker hosts the env."""
         grouped: dict[int, list[tuple[int, str, dict[str, Any]]]] = {}
         for index, (op, fields) in requests.items():
-            grouped.setdefault(self.placement[index][0], []).append((index, op, fields))
+            grouped.setdefault(self.session_of(index), []).append((index, op, fields))
         return grouped
 
     def _send(self, number: int, items: list[tuple[int, str, dict[str, Any]]]) -> None:
@@ -232,7 +232,7 @@ class SessionGroup:
     def named(self, indices: list[int], error: RemoteEnvError) -> RemoteEnvError:
         """The same error, saying which sub-env(s) and where."""
         which = f"sub-env {indices[0]}" if len(indices) == 1 else f"sub-envs {indices}"
-        address = self.sessions[self.placement[indices[0]][0]].config.address
+        address = self.sessions[self.session_of(indices[0])].config.address
         return type(error)(
             f"{which} ({self.env_id} at {address}): {error.message}",
             remote_type=error.remote_type,
