@@ -119,8 +119,6 @@ class Connection:
             if type(failure) is ProtocolError:  # bytes of another protocol (SSH, HTTP, ...)
                 failure = ProtocolError(f"{self.name} does not answer as a gym-remote server: {failure}")
             raise failure from None
-        if frame[2]:
-            raise ProtocolError("a fixed-layout frame in reply to hello")
         return self._result("hello", frame)
 
     def request(self, op: str, **fields: Any) -> Any:
@@ -156,9 +154,6 @@ class Connection:
             raise
         finally:
             self._in_flight.release()
-        if frame[2]:
-            self.close()
-            raise ProtocolError(f"a fixed-layout frame in reply to {op}")
         return self._result(op, frame)
 
     def reset(self, seed: int | None, options: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
@@ -338,7 +333,11 @@ class Connection:
             raise
 
     def _result(self, op: str, frame: tuple[Any, Any, bool]) -> Any:
-        """The result a MessagePack reply frame carries, or its error raised."""
+        """The result a MessagePack reply frame carries, or its error raised (a fixed-layout
+        frame, or one that does not decode, closes the connection)."""
+        if frame[2]:
+            self.close()
+            raise ProtocolError(f"a fixed-layout frame in reply to {op}")
         try:
             reply = decode_frame(frame[0], frame[1], self.allow_pickle)
         except ProtocolError:
