@@ -6,6 +6,7 @@ error is picklable, so it survives the trip through ``AsyncVectorEnv``'s worker 
 This module runs inside simulator interpreters too: it keeps to Python 3.8.
 """
 
+import reprlib
 from typing import Any, Dict, Optional, Tuple, Type
 
 __all__ = [
@@ -28,7 +29,23 @@ __all__ = [
     "RemoteError",
     "RemoteAttributeError",
     "error_from_code",
+    "shown",
 ]
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel = 3
+_SHOWN.maxstring = _SHOWN.maxother = _SHOWN.maxlong = 80
+
+
+def shown(value: Any) -> str:
+    """A short repr of ``value`` (a peer's, say) for an error message: bounded in length and
+    depth, and never raising (a huge integer's repr would exceed Python's digit limit)."""
+    try:
+        return _SHOWN.repr(value)
+    except Exception:
+        if isinstance(value, int):
+            return f"<an integer of {value.bit_length()} bits>"
+        return f"<a {type(value).__name__}>"
 
 
 class RemoteEnvError(Exception):

@@ -32,8 +32,16 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from gym_remote.errors import InvalidCall, ProtocolError, UnsupportedValue
-from gym_remote.protocol import DATA_ALIGNMENT, MAGIC_FIXED, PREFIX, decode_frame, encode_frame, wire_dtype
+from gym_remote.errors import InvalidCall, ProtocolError, UnsupportedValue, shown
+from gym_remote.protocol import (
+    DATA_ALIGNMENT,
+    MAGIC_FIXED,
+    MAX_DIMENSIONS,
+    PREFIX,
+    decode_frame,
+    encode_frame,
+    wire_dtype,
+)
 from gym_remote.spaces import leaf_subspaces
 
 __all__ = ["FixedLayout", "ACTION_HEADER", "REPLY_HEADER", "MAX_REPLY_BUFFERS", "IN_THE_DATA"]
@@ -240,7 +248,7 @@ class FixedLayout:
             leaves = [
                 _Leaf(
                     list(leaf["path"]),
-                    _plain_dtype(leaf["dtype"]),
+                    wire_dtype(leaf["dtype"]),
                     _shape(leaf["shape"]),
                     int(leaf["offset"]),
                 )
@@ -250,10 +258,10 @@ class FixedLayout:
                 raise ValueError("observation leaves must be at 8-byte aligned offsets")
             takes_resets, takes_batch_rows = (_flag(payload, name) for name in ("resets", "batch_rows"))
             return cls(
-                _plain_dtype(action["dtype"]), _shape(action["shape"]), leaves, takes_resets, takes_batch_rows
+                wire_dtype(action["dtype"]), _shape(action["shape"]), leaves, takes_resets, takes_batch_rows
             )
         except (LookupError, TypeError, ValueError, ProtocolError) as error:
-            raise ProtocolError(f"malformed fixed_steps layout {payload!r}: {error}") from None
+            raise ProtocolError(f"malformed fixed_steps layout {shown(payload)}: {error}") from None
 
     # ------------------------------------------------------------------ the client's end
 
@@ -532,7 +540,7 @@ def _flag(payload: Dict[str, Any], name: str) -> bool:
     """A layout offer's bool field ``name`` (False when missing: an older worker's offer)."""
     value = payload.get(name, False)
     if type(value) is not bool:
-        raise ValueError(f"{name} must be a bool, got {value!r}")
+        raise ValueError(f"{name} must be a bool, got {shown(value)}")
     return value
 
 
@@ -610,17 +618,11 @@ def _fits(leaf: _Leaf, value: Any) -> bool:
     return type(value) is np.ndarray and value.dtype == leaf.dtype and value.shape == leaf.shape
 
 
-def _plain_dtype(text: Any) -> np.dtype:
-    """The dtype a layout names: a string, valid on the wire, not structured."""
-    if not isinstance(text, str):
-        raise TypeError(f"dtype {text!r} is not a string")
-    dtype = wire_dtype(text)
-    if dtype.fields is not None:
-        raise ValueError(f"dtype {text!r} is not a plain numeric dtype")
-    return dtype
-
-
 def _shape(value: Any) -> Tuple[int, ...]:
-    if not isinstance(value, list) or not all(type(size) is int and size >= 0 for size in value):
-        raise ValueError(f"shape {value!r} is not a list of sizes")
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_DIMENSIONS
+        or not all(type(size) is int and size >= 0 for size in value)
+    ):
+        raise ValueError(f"shape {shown(value)} is not a list of at most {MAX_DIMENSIONS} sizes")
     return tuple(value)

@@ -30,6 +30,7 @@ from gym_remote.errors import (
     ProtocolError,
     RemoteTimeout,
     UnsupportedValue,
+    shown,
 )
 from gym_remote.sharedmem import MINIMUM_SHARED_BYTES
 
@@ -48,6 +49,8 @@ __all__ = [
     "set_send_timeout",
     "MessageReader",
     "wire_dtype",
+    "MAX_NESTING",
+    "MAX_DIMENSIONS",
 ]
 
 PROTOCOL_VERSION = 1
@@ -59,6 +62,11 @@ MAGIC_FIXED = b"GYMF"
 MAGIC_FIXED_SHARED = b"GYMG"
 PREFIX = struct.Struct("<4sIQ")
 DATA_ALIGNMENT = 8
+# Bounds on what a peer's header may declare, checked before anything is allocated: how deep
+# extension values (tuples, graph instances) nest, and how many dimensions an array has.
+MAX_NESTING = 32
+MAX_DIMENSIONS = 32
+_MAX_DTYPE_TEXT = 32
 
 EXT_NDARRAY = 1
 EXT_TUPLE = 2
@@ -312,6 +320,8 @@ def _encode_frame_completely(value: Any, allow_pickle: bool) -> List[Any]:
             "and dicts, lists and tuples of them. "
             "Convert it, or enable allow_pickle=True on both client and server."
         ) from None
+    except RecursionError:
+        raise UnsupportedValue("cannot send a value nested this deeply: flatten it") from None
     finally:
         header_packer.reset()
     prefix = PREFIX.pack(MAGIC, len(header), encoder.size)
@@ -360,12 +370,15 @@ class _Decoder:
     """Turns extension types back into values; arrays become views of the data section.
 
     A class rather than a closure: a nested hook that refers to itself would make a reference
-    cycle, and the data section would then live until the garbage collector runs.
+    cycle, and the data section would then live until the garbage collector runs. Each nested
+    extension (a tuple in a tuple) decodes with a decoder one level deeper, so the depth is
+    bounded without state shared between threads.
     """
 
-    def __init__(self, data: Any, allow_pickle: bool) -> None:
+    def __init__(self, data: Any, allow_pickle: bool, depth: int = 0) -> None:
         self.data = memoryview(data)
         self.allow_pickle = allow_pickle
+        self.depth = depth
 
     def decode(self, payload: Any) -> Any:
         try:
@@ -373,23 +386,32 @@ class _Decoder:
         except (UnsupportedValue, ProtocolError):
             raise
         except Exception as error:
-            raise ProtocolError(f"malformed message header: {error}") from None
+            raise ProtocolError(f"malformed message header: {type(error).__name__}: {error}") from None
+
+    def _nested(self, payload: bytes) -> Any:
+        """A MessagePack payload inside an extension, decoded one level deeper."""
+        if self.depth >= MAX_NESTING:
+            raise ProtocolError(f"extension values nested more than {MAX_NESTING} deep")
+        return _Decoder(self.data, self.allow_pickle, self.depth + 1).decode(payload)
 
     def ext_hook(self, code: int, payload: bytes) -> Any:
         if code == EXT_NDARRAY:
-            return _decode_array(msgpack.unpackb(payload), self.data)
+            return _decode_array(_descriptor(payload, 4, "array"), self.data)
         if code == EXT_TUPLE:
-            return tuple(self.decode(payload))
+            items = self._nested(payload)
+            if type(items) is not list:
+                raise ProtocolError("a tuple extension must hold an array of its items")
+            return tuple(items)
         if code == EXT_GRAPH_INSTANCE:
-            parts = self.decode(payload)
-            if not isinstance(parts, list) or len(parts) != 3:
+            parts = self._nested(payload)
+            if type(parts) is not list or len(parts) != 3:
                 raise ProtocolError("malformed graph instance")
             return GraphInstance(*parts)
         if code == EXT_NUMPY_SCALAR:
-            dtype_text, raw = msgpack.unpackb(payload)
+            dtype_text, raw = _descriptor(payload, 2, "numpy scalar")
             dtype = wire_dtype(dtype_text)
-            if len(raw) != dtype.itemsize:
-                raise ProtocolError(f"numpy scalar of {dtype} has {len(raw)} bytes")
+            if type(raw) is not bytes or len(raw) != dtype.itemsize:
+                raise ProtocolError(f"a numpy scalar of {dtype} needs {dtype.itemsize} bytes")
             return np.frombuffer(raw, dtype)[0]
         if code == EXT_BIG_INT:
             if not payload:
@@ -407,6 +429,17 @@ class _Decoder:
         raise ProtocolError(f"unknown extension type {code}")
 
 
+def _descriptor(payload: bytes, length: int, what: str) -> List[Any]:
+    """An extension's MessagePack payload that must be a flat array of ``length`` plain values."""
+    try:
+        items = msgpack.unpackb(payload, raw=False)
+    except Exception:
+        items = None
+    if type(items) is not list or len(items) != length:
+        raise ProtocolError(f"malformed {what} descriptor: expected an array of {length} values")
+    return items
+
+
 # Decoders for frames with an empty data section (small messages and infos): one fewer object
 # to make per message.
 _DATALESS_DECODERS = (_Decoder(b"", False), _Decoder(b"", True))
@@ -416,17 +449,24 @@ _DTYPE_CACHE_LIMIT = 1024
 
 
 def wire_dtype(text: Any) -> np.dtype:
-    """The dtype a peer named, refusing invalid and object dtypes (ProtocolError)."""
-    dtype = _DTYPE_CACHE.get(text) if isinstance(text, str) else None
+    """The dtype a peer named, refusing anything but a plain, sized dtype (ProtocolError):
+    object, structured and subarray dtypes, and those of no size (``<U0``, ``|V0``, ``S``)."""
+    dtype = _DTYPE_CACHE.get(text) if type(text) is str else None
     if dtype is not None:
         return dtype
+    if type(text) is not str or len(text) > _MAX_DTYPE_TEXT:
+        raise ProtocolError(f"a dtype must be a short string, got {shown(text)}")
     try:
         dtype = np.dtype(text)
     except Exception:
-        raise ProtocolError(f"invalid dtype {text!r}") from None
+        raise ProtocolError(f"invalid dtype {shown(text)}") from None
     if dtype.hasobject:
         raise ProtocolError(f"object dtype {text!r} is not allowed on the wire")
-    if isinstance(text, str) and len(_DTYPE_CACHE) < _DTYPE_CACHE_LIMIT:
+    if dtype.fields is not None or dtype.subdtype is not None:
+        raise ProtocolError(f"structured dtype {text!r} is not allowed on the wire")
+    if dtype.itemsize == 0:
+        raise ProtocolError(f"dtype {text!r} has no size")
+    if len(_DTYPE_CACHE) < _DTYPE_CACHE_LIMIT:
         _DTYPE_CACHE[text] = dtype
     return dtype
 
@@ -444,25 +484,35 @@ def _dtype_text(dtype: np.dtype) -> str:
     return text
 
 
-def _decode_array(payload: Any, data: memoryview) -> np.ndarray:
+def _decode_array(payload: List[Any], data: memoryview) -> np.ndarray:
     """The array an ``[dtype, shape, offset, nbytes]`` descriptor places in ``data``, as a view.
 
-    numpy itself refuses negative dimensions and views past the end of ``data``.
+    Everything is checked before anything is allocated: the dtype, at most ``MAX_DIMENSIONS``
+    non-negative dimensions, and ``nbytes`` both equal to the shape's size and within ``data``.
     """
-    try:
-        dtype_text, shape, offset, nbytes = payload
-        dtype = wire_dtype(dtype_text)
-        if math.prod(shape) * dtype.itemsize != nbytes:
-            raise ValueError("nbytes does not match dtype and shape")
-        if offset < 0:
-            raise ValueError("negative offset")
-        if nbytes == 0:
-            return np.empty(shape, dtype)
-        return np.ndarray(shape, dtype, data, offset)
-    except (TypeError, ValueError) as error:
-        raise ProtocolError(
-            f"malformed array descriptor {payload!r} for a {len(data)}-byte data section ({error})"
-        ) from None
+    dtype_text, shape, offset, nbytes = payload
+    dtype = wire_dtype(dtype_text)
+    problem = None
+    if type(shape) is not list or len(shape) > MAX_DIMENSIONS:
+        problem = f"the shape must be a list of at most {MAX_DIMENSIONS} dimensions"
+    elif not all(type(size) is int and size >= 0 for size in shape):
+        problem = "every dimension must be a non-negative integer"
+    elif type(offset) is not int or type(nbytes) is not int or offset < 0:
+        problem = "offset and nbytes must be non-negative integers"
+    elif math.prod(shape) * dtype.itemsize != nbytes:
+        problem = "nbytes does not match dtype and shape"
+    elif offset + nbytes > len(data):
+        problem = "its bytes lie past the end of the data section"
+    if problem is None:
+        try:
+            if nbytes == 0:
+                return np.empty(shape, dtype)
+            return np.ndarray(shape, dtype, data, offset)
+        except ValueError as error:  # a dimension numpy cannot index (beside a zero one)
+            problem = str(error)
+    raise ProtocolError(
+        f"malformed array descriptor {shown(payload)} for a {len(data)}-byte data section: {problem}"
+    )
 
 
 def send_message(sock: socket.socket, value: Any, allow_pickle: bool = False) -> None:
@@ -598,6 +648,7 @@ class MessageReader:
         wait: Optional[float],
         read_timeout: Optional[float] = None,
         allow_pickle: bool = False,
+        whole_within: Optional[float] = None,
     ) -> Any:
         """Receives and decodes one message.
 
@@ -605,6 +656,8 @@ class MessageReader:
             wait: Seconds to wait for the message to start (None: forever).
             read_timeout: Seconds for the rest of the message once it started (default ``wait``).
             allow_pickle: Accept pickled values in the message.
+            whole_within: Seconds for the whole message, its wait included (instead of ``wait``
+                and ``read_timeout``).
 
         Raises:
             PeerClosed: the peer closed the connection before a new message started.
@@ -612,7 +665,13 @@ class MessageReader:
             RemoteTimeout: a started message did not complete in time.
             ProtocolError / MessageTooLarge: the bytes are not a valid frame.
         """
-        header, data, fixed = self.receive_frame(wait, read_timeout)
+        if whole_within is None:
+            header, data, fixed = self.receive_frame(wait, read_timeout)
+        else:
+            deadline = time.monotonic() + whole_within
+            chunk = self.receive_chunk(whole_within)
+            left = max(deadline - time.monotonic(), 1e-6)
+            header, data, fixed = self.receive_frame(left, left, chunk)
         if fixed:
             raise ProtocolError("a fixed-layout step frame where a MessagePack frame was expected")
         return decode_frame(header, data, allow_pickle)

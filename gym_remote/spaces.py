@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 import numpy as np
 from gymnasium import spaces
 
-from gym_remote.errors import ProtocolError, UnsupportedValue
+from gym_remote.errors import ProtocolError, UnsupportedValue, shown
 
 __all__ = ["encode_space", "decode_space", "leaf_subspaces"]
 
@@ -68,7 +68,7 @@ def decode_space(encoded: Any, allow_pickle: bool = False) -> spaces.Space:
         ProtocolError: the encoded value is not a space this codec knows.
     """
     if not isinstance(encoded, dict) or "type" not in encoded:
-        raise ProtocolError(f"malformed space {encoded!r}")
+        raise ProtocolError(f"malformed space {shown(encoded)}")
     kind = encoded["type"]
     if kind == "pickle":
         space = encoded.get("space")
@@ -77,7 +77,7 @@ def decode_space(encoded: Any, allow_pickle: bool = False) -> spaces.Space:
         return space
     decoder = _DECODERS.get(kind)
     if decoder is None:
-        raise ProtocolError(f"unknown space type {kind!r}")
+        raise ProtocolError(f"unknown space type {shown(kind)}")
     try:
         return decoder(encoded, allow_pickle)
     except (ProtocolError, UnsupportedValue):
@@ -122,12 +122,14 @@ def _encode_box(space: spaces.Box, allow_pickle: bool) -> Dict[str, Any]:
 
 @_decoder("Box")
 def _decode_box(encoded: Dict[str, Any], allow_pickle: bool) -> spaces.Box:
-    return spaces.Box(
-        low=encoded["low"],
-        high=encoded["high"],
-        shape=tuple(encoded["shape"]),
-        dtype=np.dtype(encoded["dtype"]),
-    )
+    shape = tuple(encoded["shape"])
+    # Bounds of the box's own shape, as encode_space sends them: a peer's shape alone must not
+    # make this process allocate (Box broadcasts scalar bounds to its shape).
+    for name in ("low", "high"):
+        bound = encoded[name]
+        if type(bound) is not np.ndarray or bound.shape != shape:
+            raise ProtocolError(f"a Box's {name} must be an array of its shape {shown(shape)}")
+    return spaces.Box(low=encoded["low"], high=encoded["high"], shape=shape, dtype=np.dtype(encoded["dtype"]))
 
 
 @_codec(spaces.Discrete)
