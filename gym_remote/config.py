@@ -52,7 +52,8 @@ class ServerConfig:
     max_pending_connections: int = _option(
         128,
         "most connections not yet handed to a session's worker (handshakes, list, ping, tasks, "
-        "makes under way); more are refused with ServerBusy",
+        "makes under way); more are refused with ServerBusy. One peer (an IP address, or a user "
+        "on a Unix socket) may hold at most half of them",
     )
     max_envs_per_session: int = _option(
         32, "most envs one session's worker may host (RemoteVectorEnv's envs_per_worker)"
@@ -61,6 +62,9 @@ class ServerConfig:
         600.0, "seconds a session may wait for its next call before it is ended (0: never)", at_least=0
     )
     read_timeout: float = _option(30.0, "seconds a started message may take to arrive in full")
+    hello_timeout: float = _option(
+        10.0, "seconds a new connection has to deliver its whole hello before it is closed"
+    )
     max_message_size: int = _option(256 << 20, "largest message accepted, in bytes")
     allow_pickle: bool = _option(False, "accept and send pickled values (clients must opt in too)")
     token: str = _option("", "shared secret clients must present; required to listen beyond loopback")

@@ -22,6 +22,7 @@ from gym_remote.errors import (
     VersionMismatch,
     WorkerCrashed,
     error_from_code,
+    shown,
 )
 from gym_remote.fixed import IN_THE_DATA, FixedLayout
 from gym_remote.protocol import (
@@ -86,13 +87,17 @@ class Connection:
         _open_connections.add(self)
         try:
             reply = self._hello(token)
+            if not isinstance(reply, dict):
+                raise ProtocolError(f"{self.name} answered hello with {shown(reply)}, not a map")
         except BaseException:
             self.close()
             raise
-        self.allow_pickle = bool(reply.get("allow_pickle"))
+        # Pickle needs this client's own opt-in: a server saying it allows pickle is not enough.
+        self.allow_pickle = allow_pickle and reply.get("allow_pickle") is True
         self.server_version = reply.get("server")
         # Where a server reached over loopback TCP also listens, on a Unix socket (or None).
-        self.local_address: str | None = reply.get("local_address")
+        local_address = reply.get("local_address")
+        self.local_address: str | None = local_address if isinstance(local_address, str) else None
 
     def _hello(self, token: str) -> Any:
         """The server's answer to this client's hello. A server that refuses connections (too

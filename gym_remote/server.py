@@ -22,6 +22,7 @@ import os
 import secrets
 import selectors
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -42,12 +43,22 @@ from gym_remote.errors import (
     InvalidCall,
     ProtocolError,
     RemoteEnvError,
+    RemoteTimeout,
     ServerBusy,
     SimulatorUnavailable,
     VersionMismatch,
     WorkerCrashed,
+    shown,
 )
-from gym_remote.protocol import PROTOCOL_VERSION, MessageReader, PeerClosed, send_message
+from gym_remote.protocol import (
+    PROTOCOL_VERSION,
+    MessageReader,
+    PeerClosed,
+    encode_frame,
+    send_buffers,
+    send_message,
+    set_send_timeout,
+)
 from gym_remote.simulators import recorded_routes
 from gym_remote.worker import WORKER_STARTED, error_to_wire
 
@@ -55,8 +66,8 @@ __all__ = ["Server"]
 
 logger = logging.getLogger("gym_remote.server")
 
-# Messages before a session starts are small; a peer that has not said hello gets no more.
-_HANDSHAKE_MAX_MESSAGE_SIZE = 1 << 20
+# A hello takes a few hundred bytes; a peer that has not said hello gets no more than this.
+_HANDSHAKE_MAX_MESSAGE_SIZE = 64 << 10
 _WORKER_STOP_GRACE_SECONDS = 5.0
 _TASK_LIST_TIMEOUT_SECONDS = 120
 # Starting an interpreter and importing gymnasium and numpy takes a second or two on a busy machine.
@@ -131,6 +142,7 @@ class Server:
         self._lock = threading.Lock()
         self._next_session_id = 1
         self._pending_connections = 0  # accepted, not yet handed to a worker or closed
+        self._pending_by_peer: collections.Counter[str] = collections.Counter()  # of those, per peer
         self._refused_connections = 0  # past the limit, since the last warning about them
         self._next_refusal_log = 0.0
         self._stopping = threading.Event()
@@ -202,31 +214,41 @@ class Server:
         connection.settimeout(None)
         if connection.family != socket.AF_UNIX:
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A peer that sends requests and never reads the replies must not hold its slot forever.
+        set_send_timeout(connection, self.config.read_timeout)
+        peer = _peer_of(connection)
+        limit = self.config.max_pending_connections
         with self._lock:
-            refused = self._pending_connections >= self.config.max_pending_connections
-            if not refused:
+            held = self._pending_by_peer[peer]
+            if self._pending_connections >= limit:
+                refusal = f"the server has {limit} connections waiting"
+            elif held >= max(1, limit // 2):
+                refusal = f"{held} connections from {peer} wait already (a peer may hold half of {limit})"
+            else:
+                refusal = ""
                 self._pending_connections += 1
-        if refused:
+                self._pending_by_peer[peer] = held + 1
+        if refusal:
             # Peers that connect and say nothing (or trickle) would otherwise hold a thread and a
-            # descriptor each until their read timeout: past the limit, they get none.
+            # descriptor each until their hello deadline: past the limit, they get none.
             self._refused_connections += 1
             if time.monotonic() >= self._next_refusal_log:  # a flood logs a line a second
                 self._log_refusals()
             _try_send_error(
                 connection,
                 ServerBusy(
-                    f"the server has {self.config.max_pending_connections} connections waiting to "
-                    "start a session or for a reply (--max-pending-connections); try again later"
+                    f"{refusal} to start a session or for a reply (--max-pending-connections); "
+                    "try again later"
                 ),
             )
             connection.close()
             return
-        threading.Thread(target=self._handle_connection, args=(connection,), daemon=True).start()
+        threading.Thread(target=self._handle_connection, args=(connection, peer), daemon=True).start()
 
     def _log_refusals(self) -> None:
         """Logs how many connections were refused since the last such line."""
         logger.warning(
-            "refused %d connection(s): %d were pending (--max-pending-connections)",
+            "refused %d connection(s) past --max-pending-connections %d (or half of it from one peer)",
             self._refused_connections,
             self.config.max_pending_connections,
         )
@@ -261,7 +283,7 @@ class Server:
 
     # ----------------------------------------------------------------- connections
 
-    def _handle_connection(self, connection: socket.socket) -> None:
+    def _handle_connection(self, connection: socket.socket, peer: str) -> None:
         reader = MessageReader(connection, _HANDSHAKE_MAX_MESSAGE_SIZE)
         handed_off = False
         try:
@@ -269,7 +291,7 @@ class Server:
             reader.max_message_size = self.config.max_message_size
             while not handed_off:
                 request = reader.receive(self.config.read_timeout, allow_pickle=allow_pickle)
-                op = request.get("op") if isinstance(request, dict) else None
+                op = _op_of(request)
                 if op == "ping":
                     send_message(connection, {"ok": None})
                 elif op == "list":
@@ -280,32 +302,43 @@ class Server:
                     self._start_session(connection, request, allow_pickle)
                     handed_off = True
                 else:
-                    raise InvalidCall(f"unknown operation {op!r}; expected ping, list, tasks or make")
+                    raise InvalidCall(f"unknown operation {shown(op)}; expected ping, list, tasks or make")
         except PeerClosed:
             pass
         except (RemoteEnvError, OSError) as error:
             _try_send_error(connection, error)
+        except Exception as error:  # a request no check above foresaw: a typed reply all the same
+            logger.warning("a connection from %s sent a request that failed: %s", peer, shown(error))
+            _try_send_error(connection, InvalidCall(f"the request could not be served: {shown(error)}"))
         finally:
             connection.close()
             with self._lock:
                 self._pending_connections -= 1
+                self._pending_by_peer[peer] -= 1
+                if not self._pending_by_peer[peer]:
+                    del self._pending_by_peer[peer]
 
     def _handshake(self, connection: socket.socket, reader: MessageReader) -> bool:
-        hello = reader.receive(self.config.read_timeout)
-        if not isinstance(hello, dict) or hello.get("op") != "hello":
+        hello = reader.receive(None, whole_within=self.config.hello_timeout)
+        if not isinstance(hello, dict) or _op_of(hello) != "hello":
             raise ProtocolError("the first message must be a hello")
-        if hello.get("version") != PROTOCOL_VERSION:
+        version = hello.get("version")
+        if type(version) is not int or version != PROTOCOL_VERSION:
             raise VersionMismatch(
-                f"client speaks protocol version {hello.get('version')!r}, this server "
+                f"client speaks protocol version {shown(version)}, this server "
                 f"(gym-remote {__version__}) speaks {PROTOCOL_VERSION}: install the same "
                 "gym-remote version on both sides"
             )
-        token = hello.get("token") or ""
-        if self.config.token and not hmac.compare_digest(str(token).encode(), self.config.token.encode()):
+        token = hello.get("token")
+        if token is None:
+            token = ""
+        if not isinstance(token, str):
+            raise AuthenticationFailed(f"the token must be a string, got a {type(token).__name__}")
+        if self.config.token and not hmac.compare_digest(token.encode(), self.config.token.encode()):
             raise AuthenticationFailed(
                 "wrong or missing token: pass token=... (or set GYM_REMOTE_TOKEN) to match the server's"
             )
-        allow_pickle = bool(self.config.allow_pickle and hello.get("allow_pickle"))
+        allow_pickle = self.config.allow_pickle and hello.get("allow_pickle") is True
         welcome = {
             "version": PROTOCOL_VERSION,
             "server": f"gym-remote {__version__}",
@@ -347,7 +380,7 @@ class Server:
     def _start_session(self, connection: socket.socket, request: dict, allow_pickle: bool) -> None:
         env_id = request.get("env_id")
         if not isinstance(env_id, str):
-            raise InvalidCall(f"make needs a string env_id, got {env_id!r}")
+            raise InvalidCall(f"make needs a string env_id, got {shown(env_id)}")
         reason = self._allowed_reason(env_id)
         if reason is not None:
             raise EnvNotAllowed(reason)
@@ -356,9 +389,22 @@ class Server:
         if type(num_envs) is not int or not 1 <= num_envs <= limit:
             raise InvalidCall(
                 f"num_envs must be an integer from 1 to {limit} (the server's --max-envs-per-session), "
-                f"got {num_envs!r}"
+                f"got {shown(num_envs)}"
             )
         python = self._python_for(env_id)
+        # Encoded before a worker exists: a request whose values cannot travel on to a worker is
+        # refused without taking a session slot.
+        settings = encode_frame(
+            {
+                "allow_pickle": allow_pickle,
+                "idle_timeout": self.config.idle_timeout,
+                "read_timeout": self.config.read_timeout,
+                "max_message_size": self.config.max_message_size,
+                "imports": self.config.imports,
+                "request": request,
+            },
+            allow_pickle=allow_pickle,
+        )
         with self._lock:
             if self._stopping.is_set():
                 raise ServerBusy("the server is shutting down")
@@ -373,9 +419,8 @@ class Server:
             fds = (connection.fileno(), child_control.fileno())
             try:
                 process = subprocess.Popen(
-                    [
+                    _module_command(
                         python,
-                        "-m",
                         "gym_remote.worker",
                         "--client-fd",
                         str(fds[0]),
@@ -383,7 +428,7 @@ class Server:
                         str(fds[1]),
                         "--settings-timeout",
                         str(self.config.read_timeout),
-                    ],
+                    ),
                     pass_fds=fds,
                     stderr=subprocess.PIPE,
                 )
@@ -395,19 +440,8 @@ class Server:
             worker = _Worker(session_id, env_id, process, parent_control, _StderrRelay(process.stderr))
             self._workers[session_id] = worker
         try:
-            send_message(
-                parent_control,
-                {
-                    "allow_pickle": allow_pickle,
-                    "idle_timeout": self.config.idle_timeout,
-                    "read_timeout": self.config.read_timeout,
-                    "max_message_size": self.config.max_message_size,
-                    "imports": self.config.imports,
-                    "request": request,
-                },
-                allow_pickle=allow_pickle,
-            )
-        except OSError:
+            send_buffers(parent_control, settings)
+        except (OSError, RemoteTimeout):
             pass  # the worker is already gone: _await_worker_start reports how
         try:
             self._await_worker_start(worker, python)
@@ -475,15 +509,17 @@ class Server:
         Raises:
             EnvNotAllowed / InvalidCall / SimulatorUnavailable: as for ``make``.
         """
-        if env_id not in ADAPTER_MODULES:
-            raise InvalidCall(f"{env_id!r} has no task list; envs with one: {', '.join(ADAPTER_MODULES)}")
+        if not isinstance(env_id, str) or env_id not in ADAPTER_MODULES:
+            raise InvalidCall(
+                f"{shown(env_id)} has no task list; envs with one: {', '.join(ADAPTER_MODULES)}"
+            )
         reason = self._allowed_reason(env_id)
         if reason is not None:
             raise EnvNotAllowed(reason)
         python = self._python_for(env_id)
         try:
             result = subprocess.run(
-                [python, "-m", "gym_remote.envs", "tasks", env_id],
+                _module_command(python, "gym_remote.envs", "tasks", env_id),
                 capture_output=True,
                 text=True,
                 timeout=_TASK_LIST_TIMEOUT_SECONDS,
@@ -512,19 +548,55 @@ def _parse_python_route(route: str) -> _PythonRoute:
     return _PythonRoute(pattern, python, f"check the server's --python {route}")
 
 
+# `python -m` would put the server's working directory first on the worker's sys.path, so that
+# a file there (a pygame.py, say) would run inside workers; `-c` puts "" there, which this drops.
+_RUN_MODULE_WITHOUT_WORKING_DIRECTORY = (
+    "import runpy, sys\n"
+    "if sys.path[:1] == ['']:\n"
+    "    del sys.path[0]\n"
+    "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
+)
+
+
+def _module_command(python: str, module: str, *arguments: str) -> list[str]:
+    """The command that runs ``module`` as ``python -m`` does, but with only the interpreter's
+    own packages (and ``PYTHONPATH``) importable, not the working directory."""
+    return [python, "-c", _RUN_MODULE_WITHOUT_WORKING_DIRECTORY, module, *arguments]
+
+
 def _local_address() -> Address:
     """A fresh abstract Unix socket address for a server's local listener."""
     return Address("unix", path=f"@gym-remote-{os.getpid()}-{secrets.token_hex(8)}")
 
 
+def _op_of(request: Any) -> str | None:
+    """A request's ``op``, or None where it has no string one."""
+    op = request.get("op") if isinstance(request, dict) else None
+    return op if isinstance(op, str) else None
+
+
+def _peer_of(connection: socket.socket) -> str:
+    """Who a connection comes from, for the per-peer share of pending connections: its IP
+    address, or on a Unix socket the user it runs as."""
+    if connection.family != socket.AF_UNIX:
+        return str(_peer_ip(connection))
+    if not hasattr(socket, "SO_PEERCRED"):
+        return "a local user"
+    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return f"uid {struct.unpack('3i', credentials)[1]}"
+
+
+def _peer_ip(connection: socket.socket) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """A TCP connection's peer address; a dual-stack listener (on ::) sees IPv4 peers as
+    ::ffff:a.b.c.d, which this gives as a.b.c.d."""
+    address = ipaddress.ip_address(connection.getpeername()[0])
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return mapped or address
+
+
 def _is_loopback_peer(connection: socket.socket) -> bool:
     """Whether ``connection`` is TCP from this host (a loopback address)."""
-    if connection.family == socket.AF_UNIX:
-        return False
-    address = ipaddress.ip_address(connection.getpeername()[0])
-    # A dual-stack listener (on ::) sees IPv4 peers as ::ffff:a.b.c.d.
-    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-    return (mapped or address).is_loopback
+    return connection.family != socket.AF_UNIX and _peer_ip(connection).is_loopback
 
 
 def _try_send_error(connection: socket.socket, error: BaseException) -> None:

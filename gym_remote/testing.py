@@ -248,6 +248,7 @@ class ServerProcess:
         address: Where to listen; the default picks a free loopback port.
         timeout: Seconds to wait for the server to listen.
         env: Environment variables of the server process (default: this process's).
+        cwd: The server's working directory (default: this process's).
     """
 
     def __init__(
@@ -256,6 +257,7 @@ class ServerProcess:
         address: str = "tcp://127.0.0.1:0",
         timeout: float = 60.0,
         env: Optional[Dict[str, str]] = None,
+        cwd: Optional[str] = None,
     ) -> None:
         import subprocess
         import sys
@@ -264,7 +266,7 @@ class ServerProcess:
 
         command = [sys.executable, "-m", "gym_remote", "serve", "--address", address]
         command += ["--log-level", "warning"] + list(arguments)
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env)
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, cwd=cwd)
         try:
             self.address = wait_until_serving(self.process, timeout)
         except BaseException:

@@ -36,6 +36,7 @@ from gym_remote.errors import (
     SessionExpired,
     SimulatorUnavailable,
     UnsupportedValue,
+    shown,
 )
 from gym_remote.fixed import MAX_REPLY_BUFFERS, BatchRow, FixedLayout
 from gym_remote.protocol import (
@@ -65,6 +66,9 @@ _ENV_NOT_FOUND_ERRORS = tuple(
     if hasattr(gym.error, name)
 )
 
+
+# Methods of Gymnasium's envs and wrappers that take an attribute name as their first argument.
+_NAME_TAKING_METHODS = frozenset(["get_wrapper_attr", "set_wrapper_attr", "has_wrapper_attr"])
 
 # The ops that act on one of the session's envs (field ``env``), and so may go in a ``batch``.
 ENV_OPS = frozenset(["reset", "step", "step_chunk", "observe", "render", "getattr", "call", "setattr"])
@@ -201,11 +205,12 @@ class WorkerSession:
     def _dispatch(self, request: Any) -> Any:
         if not isinstance(request, dict):
             raise InvalidCall(f"a request must be a map, got {type(request).__name__}")
-        handler = self._handlers.get(request.get("op"))  # type: ignore[arg-type]
+        op = request.get("op")
+        handler = self._handlers.get(op) if isinstance(op, str) else None
         if handler is None:
             raise InvalidCall(
-                "unknown operation {!r}; expected one of {}".format(
-                    request.get("op"), ", ".join(sorted(self._handlers))
+                "unknown operation {}; expected one of {}".format(
+                    shown(op), ", ".join(sorted(self._handlers))
                 )
             )
         return handler(request)
@@ -359,7 +364,7 @@ class WorkerSession:
         if into is None:
             return None
         if not isinstance(into, list) or len(into) != 2 or not all(type(item) is int for item in into):
-            raise InvalidCall(f"into must be [buffer, row], got {into!r}")
+            raise InvalidCall(f"into must be [buffer, row], got {shown(into)}")
         row = (into[0], into[1])
         self._check_batch_row(row)
         return row
@@ -423,10 +428,18 @@ class WorkerSession:
 
     def _call(self, request: Dict[str, Any]) -> Any:
         name = _attribute_name(request)
+        args = request.get("args", [])
+        kwargs = request.get("kwargs", {})
+        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+            raise InvalidCall("call needs a list of args and a map of kwargs")
+        if not all(isinstance(key, str) for key in kwargs):
+            raise InvalidCall("call's kwargs must have string keys")
+        if name in _NAME_TAKING_METHODS:  # the name it reaches is held to the same rule
+            _checked_name(args[0] if args else kwargs.get("name"))
         value = _get_attribute(self._env(request)[1], name)
         if not callable(value):
             return value
-        return value(*request.get("args", ()), **request.get("kwargs", {}))
+        return value(*args, **kwargs)
 
     def _setattr(self, request: Dict[str, Any]) -> Any:
         name = _attribute_name(request)
@@ -501,7 +514,7 @@ class WorkerSession:
             raise InvalidCall("the env of this session is closed")
         index = request.get("env", 0)
         if type(index) is not int or not 0 <= index < len(self.envs):
-            raise InvalidCall(f"env {index!r} is not one of this session's {len(self.envs)} envs")
+            raise InvalidCall(f"env {shown(index)} is not one of this session's {len(self.envs)} envs")
         return index, self.envs[index]
 
     def _close_envs(self) -> None:
@@ -612,14 +625,14 @@ def describe_action_mismatch(space: spaces.Space, action: Any, where: str) -> Op
         if type(action) in _INTEGER_SCALAR_TYPES:
             return None
         if np.ndim(action) != 0 or np.asarray(action).dtype.kind not in "iu":
-            return f"{where} is {action!r}, expected an integer"
+            return f"{where} is {shown(action)}, expected an integer"
     elif isinstance(space, spaces.Dict):
         if not isinstance(action, Mapping):
             return f"{where} is a {type(action).__name__}, expected a dict"
         if set(action) != set(space.spaces):
             return f"{where} has keys {sorted(map(str, action))}, expected {sorted(map(str, space.spaces))}"
         for key, subspace in space.spaces.items():
-            mismatch = describe_action_mismatch(subspace, action[key], f"{where}[{key!r}]")
+            mismatch = describe_action_mismatch(subspace, action[key], f"{where}[{shown(key)}]")
             if mismatch is not None:
                 return mismatch
     elif isinstance(space, spaces.Tuple):
@@ -642,7 +655,7 @@ def _per_env_kwargs(request: Mapping[str, Any]) -> List[Dict[str, Any]]:
     """One dict of own keyword arguments per env a ``make`` asks for (``num_envs``, ``per_env_kwargs``)."""
     count = request.get("num_envs", 1)
     if type(count) is not int or count < 1:
-        raise InvalidCall(f"num_envs must be a positive integer, got {count!r}")
+        raise InvalidCall(f"num_envs must be a positive integer, got {shown(count)}")
     own = request.get("per_env_kwargs")
     if own is None:
         return [{}] * count
@@ -652,9 +665,15 @@ def _per_env_kwargs(request: Mapping[str, Any]) -> List[Dict[str, Any]]:
 
 
 def _attribute_name(request: Dict[str, Any]) -> str:
-    name = request.get("name")
+    """The attribute a ``getattr``, ``call`` or ``setattr`` request names (see :func:`_checked_name`)."""
+    return _checked_name(request.get("name"))
+
+
+def _checked_name(name: Any) -> str:
+    """``name``, if a client may reach it: a string not starting with ``__`` (dunders lead to a
+    process's internals: ``__class__``, ``__globals__``, ``__dict__``)."""
     if not isinstance(name, str) or not name or name.startswith("__"):
-        raise InvalidCall(f"attribute name {name!r} is not allowed")
+        raise InvalidCall(f"attribute name {shown(name)} is not allowed")
     return name
 
 
