@@ -13,6 +13,7 @@ See ``docs/protocol.md`` for the full specification. This module runs inside sim
 interpreters too: it keeps to Python 3.8 and gymnasium 0.29.
 """
 
+import contextlib
 import math
 import socket
 import struct
@@ -61,6 +62,7 @@ MAGIC_SHARED = b"GYMS"
 MAGIC_FIXED = b"GYMF"
 MAGIC_FIXED_SHARED = b"GYMG"
 PREFIX = struct.Struct("<4sIQ")
+_TIMEVAL = struct.Struct("ll")
 DATA_ALIGNMENT = 8
 # Bounds on what a peer's header may declare, checked before anything is allocated: how deep
 # extension values (tuples, graph instances) nest, and how many dimensions an array has.
@@ -559,44 +561,64 @@ def _send_all(sock: socket.socket, buffers: List[Any], length: int) -> None:
     """Sends the ``length`` bytes of ``buffers`` (see :func:`send_buffers`)."""
     if len(buffers) > MAX_SEND_BUFFERS:
         buffers = buffers[:2] + [b"".join(byte_view(chunk) for chunk in buffers[2:])]
+    started = time.monotonic()
     try:
         sent = sock.sendmsg(buffers)
     except (BlockingIOError, socket.timeout):
         raise RemoteTimeout("sending a message timed out") from None
     if sent != length:
-        _send_remaining(sock, buffers, sent, length)
+        _send_remaining(sock, buffers, sent, length, started)
 
 
-def send_rest(sock: socket.socket, buffers: List[Any], sent: int) -> None:
+def send_rest(sock: socket.socket, buffers: List[Any], sent: int, started: float) -> None:
     """Sends what one ``sock.sendmsg(buffers)`` of a frame (its prefix first, as from
-    :func:`encode_frame` or ``FixedLayout.encode_reply``) left after its first ``sent`` bytes
-    (nothing when it sent them all), for a loop that sends frames with no shared memory and at
-    most ``MAX_SEND_BUFFERS`` buffers by one ``sendmsg`` of its own: a blocking socket takes a
-    small frame whole unless a timeout or a signal cuts it short.
+    :func:`encode_frame` or ``FixedLayout.encode_reply``), begun at ``started``
+    (``time.monotonic()``), left after its first ``sent`` bytes (nothing when it sent them all),
+    for a loop that sends frames with no shared memory and at most ``MAX_SEND_BUFFERS`` buffers
+    by one ``sendmsg`` of its own: a blocking socket takes a small frame whole unless a timeout
+    or a signal cuts it short.
 
     Raises:
         RemoteTimeout: the peer did not take the bytes within the socket's send timeout.
     """
-    _send_remaining(sock, buffers, sent, _length_on_socket(*PREFIX.unpack_from(buffers[0])))
+    _send_remaining(sock, buffers, sent, _length_on_socket(*PREFIX.unpack_from(buffers[0])), started)
 
 
-def _send_remaining(sock: socket.socket, buffers: List[Any], sent: int, length: int) -> None:
-    """Sends the bytes of ``buffers`` after the first ``sent`` of their ``length``."""
+def _send_remaining(sock: socket.socket, buffers: List[Any], sent: int, length: int, started: float) -> None:
+    """Sends the bytes of ``buffers`` after the first ``sent`` of their ``length``, all of them
+    within the socket's send timeout of ``started``: the kernel's timeout counts one send, and a
+    peer that reads a little now and then would otherwise stretch a reply without end."""
     remaining = length - sent
     if not remaining:
         return
     views = [byte_view(chunk) for chunk in buffers]
     first = 0
+    timeout = _send_timeout(sock)
     try:
         while remaining:
             while sent >= len(views[first]):
                 sent -= len(views[first])
                 first += 1
             views[first] = views[first][sent:]
+            if timeout is not None:
+                left = started + timeout - time.monotonic()
+                if left <= 0:
+                    raise RemoteTimeout("sending a message timed out")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(left))
             sent = sock.sendmsg(views[first:])
             remaining -= sent
     except (BlockingIOError, socket.timeout):
         raise RemoteTimeout("sending a message timed out") from None
+    finally:
+        if timeout is not None:
+            with contextlib.suppress(OSError):  # a closed socket keeps no timeout to restore
+                set_send_timeout(sock, timeout)
+
+
+def _send_timeout(sock: socket.socket) -> Optional[float]:
+    """The socket's send timeout (``SO_SNDTIMEO``); None where it has none."""
+    whole, micro = _TIMEVAL.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.size))
+    return whole + micro / 1e6 if whole or micro else None
 
 
 def set_send_timeout(sock: socket.socket, seconds: Optional[float]) -> None:
@@ -611,7 +633,7 @@ def _timeval(seconds: Optional[float]) -> bytes:
     smallest real one is a microsecond."""
     seconds_value = 0.0 if seconds is None else max(seconds, 1e-6)
     whole = int(seconds_value)
-    return struct.pack("ll", whole, int((seconds_value - whole) * 1e6))
+    return _TIMEVAL.pack(whole, int((seconds_value - whole) * 1e6))
 
 
 def byte_view(chunk: Any) -> Any:

@@ -18,6 +18,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 import traceback
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -326,9 +327,10 @@ class WorkerSession:
                 self._send(buffers)
             else:
                 try:
+                    started = time.monotonic()
                     sent = sock.sendmsg(buffers)
                     if sent != layout.whole_reply_length:  # a reply with an info, or cut short
-                        send_rest(sock, buffers, sent)
+                        send_rest(sock, buffers, sent, started)
                 except (OSError, RemoteTimeout):
                     self._close_envs()  # as in _send: the client is gone
             chunk = self.reader.receive_chunk(self.idle_timeout)

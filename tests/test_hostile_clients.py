@@ -332,3 +332,30 @@ def test_dunder_names_stay_out_of_reach_through_wrapper_methods(server, method, 
         assert env.get_wrapper_attr("gravity") == 9.8  # the session goes on
     finally:
         env.close()
+
+
+# ------------------------------------------------------------------ 12: slow sends
+
+
+def test_a_reply_read_slowly_has_one_deadline_for_all_of_it(start_server, monkeypatch):
+    monkeypatch.setenv("GYM_REMOTE_SHARED_MEMORY", "0")  # the reply travels on the socket
+    server = start_server("--idle-timeout", "1")
+    env = gym_remote.RemoteEnv("CartPole-v1", address=server.address)
+    env.reset(seed=0)
+    env.unwrapped.set_wrapper_attr("blob", np.zeros(32 << 20, np.uint8))
+    connection = env._connection
+    connection.send("getattr", name="blob")
+    sock = connection._sock
+    sock.settimeout(10.0)
+    received, ended = 0, False
+    for _ in range(300):  # 64 KiB every 0.1 s: the whole reply would take 50 s
+        chunk = sock.recv(64 << 10)
+        if not chunk:
+            ended = True
+            break
+        received += len(chunk)
+        time.sleep(0.1)
+    env.close()
+    assert ended, f"the worker still sent after {received} bytes read slowly"
+    assert received < 32 << 20
+    assert_serves(server)
