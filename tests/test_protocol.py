@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections import OrderedDict
 
 import msgpack
@@ -320,7 +321,7 @@ def test_send_rest_finishes_a_frame_whose_sendmsg_was_cut_short():
         received = []
         receiver = threading.Thread(target=lambda: received.append(MessageReader(right).receive(5.0)))
         receiver.start()
-        send_rest(left, buffers, sent)
+        send_rest(left, buffers, sent, time.monotonic())
         receiver.join(10)
     assert data_equivalence(received, [value], exact=True)
 
@@ -329,7 +330,7 @@ def test_send_rest_after_a_whole_sendmsg_sends_nothing_more():
     buffers = encode_frame({"state": np.arange(9.0)})
     left, right = socket.socketpair()
     with left, right:
-        send_rest(left, buffers, left.sendmsg(buffers))
+        send_rest(left, buffers, left.sendmsg(buffers), time.monotonic())
         left.sendall(encode_bytes("next"))
         reader = MessageReader(right)
         assert data_equivalence(reader.receive(5.0), {"state": np.arange(9.0)}, exact=True)
