@@ -367,7 +367,7 @@ class RemoteEnv(gym.Env):
                 "gym-remote is older than envs_per_worker; upgrade it there, or use envs_per_worker=1"
             )
         if "shared_memory" in description:
-            self._attach_shared_memory(description["shared_memory"])
+            self._connection.use_shared_memory(description["shared_memory"])
         if "fixed_steps" in description:
             self._connection.use_fixed_layout(FixedLayout.from_wire(description["fixed_steps"]))
         allow_pickle = self._connection.allow_pickle
@@ -386,7 +386,9 @@ class RemoteEnv(gym.Env):
         off or it cannot be reached from here."""
         config = self.config
 
-        def connect_to(where: Address, name: str | None = None) -> Connection:
+        def connect_to(
+            where: Address, name: str | None = None, named_by: Connection | None = None
+        ) -> Connection:
             return Connection(
                 where,
                 timeout=config.timeout,
@@ -394,6 +396,7 @@ class RemoteEnv(gym.Env):
                 allow_pickle=config.allow_pickle,
                 max_message_size=config.max_message_size,
                 name=name,
+                same_server_as=named_by,
             )
 
         connection = connect_to(address)
@@ -401,7 +404,9 @@ class RemoteEnv(gym.Env):
             return connection
         try:
             local = connect_to(
-                parse_address(connection.local_address), f"{address} (through {connection.local_address})"
+                parse_address(connection.local_address),
+                f"{address} (through {connection.local_address})",
+                named_by=connection,
             )
         except (RemoteEnvError, ValueError) as error:
             logger.debug("staying on %s: its local socket is out of reach (%s)", address, error)
@@ -412,16 +417,6 @@ class RemoteEnv(gym.Env):
     def _make_fields(self) -> dict[str, Any]:
         """The fields of the ``make`` request that say what to make."""
         return {"env_id": self.env_id, "kwargs": self.env_kwargs, "render_mode": self.render_mode}
-
-    def _attach_shared_memory(self, offer: dict[str, Any]) -> None:
-        """Takes large replies through the worker's segment, unless it cannot be opened from here."""
-        assert self._connection is not None
-        try:
-            segment = sharedmem.SharedSegment.attach(offer)
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            logger.debug("shared memory offered by %s not usable here (%s): using the socket", offer, error)
-            return
-        self._connection.use_shared_memory(segment)
 
     def _release(self) -> None:
         if self._connection is not None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
 import weakref
 from typing import Any
 
-from gym_remote import __version__
+from gym_remote import __version__, peers
 from gym_remote.addresses import Address, connect
 from gym_remote.errors import (
     InvalidCall,
@@ -38,6 +39,8 @@ from gym_remote.sharedmem import MINIMUM_SHARED_BYTES, ReplyBuffers, SharedSegme
 
 __all__ = ["Connection", "error_from_wire"]
 
+logger = logging.getLogger("gym_remote.client")
+
 # Errors after which the peer has closed (or will close) the connection.
 _FATAL_ERRORS = (SessionExpired, ProtocolError, VersionMismatch, WorkerCrashed)
 # Every open connection of this process, so that a forked child can let go of them.
@@ -61,7 +64,14 @@ class Connection:
         allow_pickle: bool = False,
         max_message_size: int,
         name: str | None = None,
+        same_server_as: Connection | None = None,
     ) -> None:
+        """Connects and says hello.
+
+        Args:
+            same_server_as: A connection to the server that named ``address`` as its local
+                socket: this one must reach that very server (checked before the token is sent).
+        """
         self.address = address
         self.name = name or str(address)  # how messages name the server
         self.timeout = timeout
@@ -82,6 +92,11 @@ class Connection:
         self._wants_reply_buffers = False
         self._reply_buffers: ReplyBuffers | None = None
         self._sock = connect(address, timeout)
+        if same_server_as is not None and not same_server_as.is_served_by(peers.listener_pid(self._sock)):
+            self._sock.close()
+            raise ServerUnavailable(
+                f"{address} does not belong to the server at {same_server_as.name}, which named it"
+            )
         set_send_timeout(self._sock, timeout)
         self._reader = MessageReader(self._sock, max_message_size)
         _open_connections.add(self)
@@ -358,19 +373,32 @@ class Connection:
             raise error
         return reply.get("ok")
 
-    def use_shared_memory(self, segment: SharedSegment) -> None:
-        """Takes large replies through ``segment`` from now on (the worker offered it)."""
+    def use_shared_memory(self, offer: Any) -> bool:
+        """Takes large replies through the segment the worker offered from now on, unless it
+        cannot be opened from here or is not a segment of that very worker; says which."""
+        try:
+            segment = SharedSegment.attach(offer, self._sock)
+        except (OSError, ValueError) as error:
+            logger.debug(
+                "shared memory offered by %s not usable here (%s): using the socket", self.name, error
+            )
+            return False
         try:
             self.request("use_shared_memory")
         except BaseException:
             segment.close()
             raise
         self._reader.segment = segment
+        return True
 
     @property
     def uses_shared_memory(self) -> bool:
         """Whether large replies come through a shared memory segment."""
         return self._reader.segment is not None
+
+    def is_served_by(self, pid: int | None) -> bool:
+        """Whether process ``pid`` on this host holds the server's end of this connection."""
+        return pid is not None and peers.holds_far_end(self._sock, pid)
 
     def fileno(self) -> int:
         """The socket's file descriptor, for waiting on several connections with ``selectors``."""

@@ -15,14 +15,12 @@ import errno
 import fnmatch
 import hmac
 import importlib
-import ipaddress
 import json
 import logging
 import os
 import secrets
 import selectors
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -33,7 +31,7 @@ from typing import Any, Callable
 
 import gymnasium as gym
 
-from gym_remote import __version__
+from gym_remote import __version__, peers
 from gym_remote.addresses import Address, listen, parse_address
 from gym_remote.config import ServerConfig
 from gym_remote.envs import ADAPTER_MODULES
@@ -344,7 +342,11 @@ class Server:
             "server": f"gym-remote {__version__}",
             "allow_pickle": allow_pickle,
         }
-        if self.local_address is not None and _is_loopback_peer(connection):
+        if (
+            self.local_address is not None
+            and connection.family != socket.AF_UNIX
+            and peers.is_on_this_host(connection)
+        ):
             # A Unix socket carries a session's messages with less work per message than TCP.
             welcome["local_address"] = str(self.local_address)
         send_message(connection, {"ok": welcome})
@@ -579,24 +581,9 @@ def _peer_of(connection: socket.socket) -> str:
     """Who a connection comes from, for the per-peer share of pending connections: its IP
     address, or on a Unix socket the user it runs as."""
     if connection.family != socket.AF_UNIX:
-        return str(_peer_ip(connection))
-    if not hasattr(socket, "SO_PEERCRED"):
-        return "a local user"
-    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return f"uid {struct.unpack('3i', credentials)[1]}"
-
-
-def _peer_ip(connection: socket.socket) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """A TCP connection's peer address; a dual-stack listener (on ::) sees IPv4 peers as
-    ::ffff:a.b.c.d, which this gives as a.b.c.d."""
-    address = ipaddress.ip_address(connection.getpeername()[0])
-    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-    return mapped or address
-
-
-def _is_loopback_peer(connection: socket.socket) -> bool:
-    """Whether ``connection`` is TCP from this host (a loopback address)."""
-    return connection.family != socket.AF_UNIX and _peer_ip(connection).is_loopback
+        return str(peers.peer_ip(connection))
+    user = peers.peer_user(connection)
+    return "a local user" if user is None else f"uid {user}"
 
 
 def _try_send_error(connection: socket.socket, error: BaseException) -> None:

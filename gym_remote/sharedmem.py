@@ -1,9 +1,15 @@
 """Same-host fast path: a session's large replies travel through a shared memory segment.
 
 The worker makes an anonymous segment (``memfd_create``: it has no name, so nothing is ever left
-in ``/dev/shm``) and offers it; a client on the same host opens it through
-``/proc/<worker pid>/fd/<fd>`` and checks a random token written at its start. The kernel frees
-the segment once neither process holds it, however either of them ends.
+in ``/dev/shm``), seals it against shrinking and offers it; a client on the same host opens it
+through ``/proc/<worker pid>/fd/<fd>`` and checks a random token written at its start. The
+kernel frees the segment once neither process holds it, however either of them ends.
+
+Neither side takes an offer on trust: before mapping one, it checks that the offering process
+holds the other end of its own connection (``gym_remote.peers``), that the descriptor is a
+gym-remote memfd owned by that process's user, and that it cannot shrink under the mapping
+(which would make every access past the new end a SIGBUS). Anything else (a log file, a pipe,
+another process's memory) is refused before it is opened or written.
 
 A reply whose data section goes there is a frame with the magic ``GYMS`` and no data on the
 socket (see ``docs/protocol.md``). The client copies the data section out before it sends its
@@ -16,13 +22,18 @@ batches").
 This module runs inside simulator interpreters too: it keeps to Python 3.8.
 """
 
+import fcntl
+import math
 import mmap
 import os
+import socket
+import stat
 import sys
 from typing import Any, Callable, Dict, List, Tuple, TypeVar
 
 import numpy as np
 
+from gym_remote import peers
 from gym_remote.errors import InvalidCall
 
 _Prepared = TypeVar("_Prepared")
@@ -43,6 +54,14 @@ MINIMUM_SHARED_BYTES = 1 << 16
 _INITIAL_BYTES = 1 << 20
 _TOKEN_BYTES = 16
 DATA_START = 64  # the token, then the data section, 8-byte aligned
+_MEMFD_NAME = "gym-remote"
+_MAX_DIMENSIONS = 32  # as the wire's (gym_remote.protocol.MAX_DIMENSIONS)
+# Linux's memfd sealing (fcntl.h), where Python does not name them.
+_F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
+_F_GET_SEALS = getattr(fcntl, "F_GET_SEALS", 1034)
+_F_SEAL_SEAL = getattr(fcntl, "F_SEAL_SEAL", 1)
+_F_SEAL_SHRINK = getattr(fcntl, "F_SEAL_SHRINK", 2)
+_F_SEAL_GROW = getattr(fcntl, "F_SEAL_GROW", 4)
 
 
 def available() -> bool:
@@ -66,12 +85,16 @@ class SharedSegment:
         self._map_size(size)
 
     @classmethod
-    def create(cls, limit: int, size: int = _INITIAL_BYTES) -> "SharedSegment":
+    def create(cls, limit: int, size: int = _INITIAL_BYTES, fixed_size: bool = False) -> "SharedSegment":
         """A new segment of ``size`` bytes (data starts at :data:`DATA_START`); data sections above
-        ``limit`` bytes stay on the socket."""
-        fd = os.memfd_create("gym-remote", getattr(os, "MFD_CLOEXEC", 1))
+        ``limit`` bytes stay on the socket. It is sealed so that it never shrinks (and with
+        ``fixed_size``, never grows either)."""
+        flags = getattr(os, "MFD_CLOEXEC", 1) | getattr(os, "MFD_ALLOW_SEALING", 2)
+        fd = os.memfd_create(_MEMFD_NAME, flags)
         try:
             os.ftruncate(fd, size)
+            seals = _F_SEAL_SHRINK | (_F_SEAL_GROW | _F_SEAL_SEAL if fixed_size else 0)
+            fcntl.fcntl(fd, _F_ADD_SEALS, seals)
             segment = cls(fd, size, True, os.urandom(_TOKEN_BYTES), limit)
         except BaseException:
             os.close(fd)
@@ -86,7 +109,7 @@ class SharedSegment:
         segments: List[SharedSegment] = []
         try:
             for _ in range(count):
-                segments.append(cls.create(0, size=size))
+                segments.append(cls.create(0, size=size, fixed_size=True))
         except BaseException:
             for segment in segments:
                 segment.close()
@@ -95,11 +118,15 @@ class SharedSegment:
 
     @classmethod
     def attach_offered(
-        cls, what: str, offers: List[Any], prepare: Callable[["SharedSegment"], _Prepared]
+        cls,
+        what: str,
+        offers: List[Any],
+        prepare: Callable[["SharedSegment"], _Prepared],
+        peer: socket.socket,
     ) -> Tuple[List["SharedSegment"], List[_Prepared]]:
-        """Opens every segment a client offered for this process to write (for the request
-        ``what``) and ``prepare``s each (checks it, maps arrays in it); returns the segments and
-        what ``prepare`` returned. None is left open if one fails.
+        """Opens every segment the client at the other end of ``peer`` offered for this process
+        to write (for the request ``what``) and ``prepare``s each (checks it, maps arrays in
+        it); returns the segments and what ``prepare`` returned. None is left open if one fails.
 
         Raises:
             InvalidCall: a segment cannot be opened from here, or ``prepare`` raised ValueError,
@@ -109,7 +136,7 @@ class SharedSegment:
         prepared = []
         try:
             for offer in offers:
-                segments.append(cls.attach(offer, writable=True))
+                segments.append(cls.attach(offer, peer, writable=True))
                 prepared.append(prepare(segments[-1]))
         except (OSError, ValueError, KeyError, TypeError) as error:
             for segment in segments:
@@ -118,19 +145,36 @@ class SharedSegment:
         return segments, prepared
 
     @classmethod
-    def attach(cls, offer: Dict[str, Any], writable: bool = False) -> "SharedSegment":
-        """Opens the segment another process offered (see :meth:`offer`); a writable one takes
-        :meth:`write` of data sections that fit it (it never grows).
+    def attach(cls, offer: Any, peer: socket.socket, writable: bool = False) -> "SharedSegment":
+        """Opens the segment the process at the other end of ``peer`` offered (see
+        :meth:`offer`); a writable one takes :meth:`write` of data sections that fit it (it
+        never grows).
 
         Raises:
             OSError: it cannot be opened from here (another host, container or user).
-            ValueError: what was opened is not that segment.
+            ValueError: the offer is malformed, or names what is not such a segment of that
+                process (checked before the file is opened, and again once it is).
         """
-        path = "/proc/{}/fd/{}".format(int(offer["pid"]), int(offer["fd"]))
-        token = bytes.fromhex(str(offer["token"]))
-        fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0))
+        if not isinstance(offer, dict):
+            raise ValueError("a segment offer must be a map")
+        pid, number, token_text = offer.get("pid"), offer.get("fd"), offer.get("token")
+        if type(pid) is not int or type(number) is not int or number < 0 or not isinstance(token_text, str):
+            raise ValueError("a segment offer needs an integer pid and fd and a token")
+        if not peers.holds_far_end(peer, pid):
+            raise ValueError(f"process {pid} is not at the other end of this connection")
+        path = f"/proc/{pid}/fd/{number}"
+        token = bytes.fromhex(token_text)
+        _check_is_memfd(os.readlink(path), path)  # before opening: opening some files does things
+        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags)
         try:
-            size = os.fstat(fd).st_size
+            _check_is_memfd(os.readlink(f"/proc/self/fd/{fd}"), path)
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode) or status.st_uid != os.stat(f"/proc/{pid}").st_uid:
+                raise ValueError(f"{path} is not a segment of process {pid}'s user")
+            if not fcntl.fcntl(fd, _F_GET_SEALS) & _F_SEAL_SHRINK:
+                raise ValueError(f"{path} may shrink under its mapping (it is not sealed)")
+            size = status.st_size
             # A writable attachment writes data sections up to the size the maker gave it.
             segment = cls(fd, size, writable, token, max(size - DATA_START, 0) if writable else 0)
         except BaseException:
@@ -174,14 +218,12 @@ class SharedSegment:
     def array(self, dtype: Any, shape: Tuple[int, ...], offset: int) -> np.ndarray:
         """An array over the segment's bytes from ``offset`` (views of it keep the mapping alive)."""
         dtype = np.dtype(dtype)
-        if dtype.hasobject:
-            raise ValueError(f"an array of {dtype} holds Python objects, which cannot be shared")
-        count = int(np.prod(shape))
-        if (
-            min(shape, default=0) < 0
-            or offset < DATA_START
-            or offset + count * dtype.itemsize > len(self._map)
-        ):
+        if dtype.hasobject or dtype.fields is not None or dtype.itemsize == 0:
+            raise ValueError(f"an array of {dtype} cannot be shared (objects, fields or no size)")
+        if len(shape) > _MAX_DIMENSIONS or not all(type(size) is int and size >= 0 for size in shape):
+            raise ValueError(f"shape {shape} is not a tuple of at most {_MAX_DIMENSIONS} sizes")
+        count = math.prod(shape)
+        if type(offset) is not int or offset < DATA_START or offset + count * dtype.itemsize > len(self._map):
             raise ValueError(f"an array of {dtype} {shape} at {offset} does not fit the segment")
         return self.bytes_at(offset, count * dtype.itemsize).view(dtype).reshape(shape)
 
@@ -251,6 +293,12 @@ class ReplyBuffers:
             segment.close()
 
 
+def _check_is_memfd(target: str, path: str) -> None:
+    """Refuses a descriptor whose ``/proc`` link ``target`` is not a gym-remote memfd."""
+    if not target.startswith(f"/memfd:{_MEMFD_NAME} "):
+        raise ValueError(f"{path} is {target}, not a gym-remote shared memory segment")
+
+
 def write_row(leaves: List[Tuple[list, np.ndarray]], row: int, observation: Any, exact: bool) -> bool:
     """Writes one env's ``observation`` into row ``row`` of a batch, leaf by leaf.
 
@@ -297,8 +345,9 @@ class BatchWriter:
         self.leaves_by_buffer = leaves_by_buffer  # per buffer: each leaf's path and its batch array there
 
     @classmethod
-    def attach(cls, buffers: Any, layout: Any) -> "BatchWriter":
-        """Opens the client's buffers (writable) and maps each leaf's batch in each of them.
+    def attach(cls, buffers: Any, layout: Any, peer: socket.socket) -> "BatchWriter":
+        """Opens the buffers of the client at the other end of ``peer`` (writable) and maps each
+        leaf's batch in each of them.
 
         Raises:
             InvalidCall: the buffers cannot be opened from here, or the layout is malformed.
@@ -315,7 +364,9 @@ class BatchWriter:
                 for leaf in layout
             ]
 
-        segments, leaves_by_buffer = SharedSegment.attach_offered("use_shared_batches", buffers, leaves_in)
+        segments, leaves_by_buffer = SharedSegment.attach_offered(
+            "use_shared_batches", buffers, leaves_in, peer
+        )
         return cls(segments, leaves_by_buffer)
 
     def write(self, observation: Any, into: Tuple[int, int]) -> bool:

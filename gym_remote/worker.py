@@ -26,7 +26,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from gym_remote import sharedmem
+from gym_remote import peers, sharedmem
 from gym_remote.errors import (
     EnvNotFound,
     InvalidCall,
@@ -133,7 +133,8 @@ class WorkerSession:
             self._reply_error(error)
             self._close_envs()
             return
-        if self.request.get("shared_memory") and sharedmem.available():
+        # Only a client on this host can open the segment: no other is told this worker's pid.
+        if self.request.get("shared_memory") and sharedmem.available() and peers.is_on_this_host(self.sock):
             try:
                 self.offered_segment = sharedmem.SharedSegment.create(self.max_message_size)
                 description["shared_memory"] = self.offered_segment.offer()
@@ -478,7 +479,7 @@ class WorkerSession:
     def _use_shared_batches(self, request: Dict[str, Any]) -> Any:
         if self.batches is not None:
             raise InvalidCall("use_shared_batches: this session already has shared batches")
-        self.batches = sharedmem.BatchWriter.attach(request.get("buffers"), request.get("layout"))
+        self.batches = sharedmem.BatchWriter.attach(request.get("buffers"), request.get("layout"), self.sock)
 
     def _use_reply_buffers(self, request: Dict[str, Any]) -> Any:
         layout = self.fixed_layout
@@ -497,7 +498,7 @@ class WorkerSession:
                 )
 
         self.reply_buffers, _ = sharedmem.SharedSegment.attach_offered(
-            "use_reply_buffers", offers, check_room
+            "use_reply_buffers", offers, check_room, self.sock
         )
 
     def _close(self, request: Dict[str, Any]) -> Any:

@@ -790,8 +790,8 @@ def test_bad_shared_batches_are_invalid_calls_and_the_session_goes_on(server):
         bad_requests = [
             ({"buffers": None, "layout": []}, "lists of buffers and of leaves"),
             ({"buffers": [{"pid": 1, "fd": 999, "token": "00"}], "layout": [leaf]}, "use_shared_batches"),
-            ({"buffers": [segment.offer()], "layout": [{**leaf, "shape": [-1, 4]}]}, "does not fit"),
-            ({"buffers": [segment.offer()], "layout": [{**leaf, "dtype": "|O"}]}, "Python objects"),
+            ({"buffers": [segment.offer()], "layout": [{**leaf, "shape": [-1, 4]}]}, "at most 32 sizes"),
+            ({"buffers": [segment.offer()], "layout": [{**leaf, "dtype": "|O"}]}, "cannot be shared"),
             ({"buffers": [segment.offer()], "layout": [{**leaf, "offset": 4090}]}, "does not fit"),
         ]
         for fields, message in bad_requests:

@@ -15,7 +15,7 @@ import gym_remote
 from gym_remote import errors
 from gym_remote.addresses import parse_address
 from gym_remote.connection import Connection
-from gym_remote.server import _is_loopback_peer
+from gym_remote.peers import is_on_this_host
 from gym_remote.testing import FAULTS
 
 pytestmark = pytest.mark.skipif(
@@ -119,11 +119,11 @@ def test_only_loopback_tcp_peers_are_told_of_the_local_socket(server, start_serv
         def getpeername(self) -> tuple[str, int]:
             return (self.host, 40000)
 
-    assert [_is_loopback_peer(Peer(host)) for host in ("192.0.2.7", "::ffff:192.0.2.7")] == [False, False]
-    assert [_is_loopback_peer(Peer(host)) for host in ("127.0.0.1", "::1", "::ffff:127.0.0.1")] == [True] * 3
+    assert [is_on_this_host(Peer(host)) for host in ("192.0.2.7", "::ffff:192.0.2.7")] == [False, False]
+    assert [is_on_this_host(Peer(host)) for host in ("127.0.0.1", "::1", "::ffff:127.0.0.1")] == [True] * 3
     left, right = socket.socketpair()
     with left, right:
-        assert not _is_loopback_peer(left)
+        assert is_on_this_host(left)  # the server offers its local socket to TCP peers only (above)
 
 
 def test_discovery_stays_on_the_address_given(server):

@@ -423,8 +423,8 @@ def test_whole_frames_as_bytes_round_trip_and_refuse_anything_else():
 def test_a_frame_through_a_shared_segment_equals_one_on_the_socket():
     value = {"image": np.arange(3 * 1 << 18, dtype=np.uint16).reshape(3, -1), "small": np.ones(3)}
     writer = SharedSegment.create(limit=1 << 30)  # starts at 1 MiB: this 1.5 MB frame grows it
-    reader_segment = SharedSegment.attach(writer.offer())
     left, right = socket.socketpair()
+    reader_segment = SharedSegment.attach(writer.offer(), right)  # this process holds both ends
     try:
         reader = MessageReader(right)
         reader.segment = reader_segment
@@ -442,13 +442,16 @@ def test_a_frame_through_a_shared_segment_equals_one_on_the_socket():
 
 def test_a_segment_opened_at_the_wrong_place_is_refused():
     writer = SharedSegment.create(limit=1 << 30)
+    left, right = socket.socketpair()
     try:
         with pytest.raises(ValueError, match="not the offered segment"):
-            SharedSegment.attach(dict(writer.offer(), token="00" * 16))
+            SharedSegment.attach(dict(writer.offer(), token="00" * 16), right)
         with pytest.raises(OSError):
-            SharedSegment.attach(dict(writer.offer(), fd=9999))
+            SharedSegment.attach(dict(writer.offer(), fd=9999), right)
     finally:
         writer.close()
+        left.close()
+        right.close()
 
 
 def test_a_segment_that_cannot_grow_sends_the_reply_on_the_socket(monkeypatch):
