@@ -303,7 +303,10 @@ class Server:
                     raise InvalidCall(f"unknown operation {shown(op)}; expected ping, list, tasks or make")
         except PeerClosed:
             pass
-        except (RemoteEnvError, OSError) as error:
+        except RemoteEnvError as error:
+            logger.info("a connection from %s: %s: %s", peer, error.code, error.message)
+            _try_send_error(connection, error)
+        except OSError as error:
             _try_send_error(connection, error)
         except Exception as error:  # a request no check above foresaw: a typed reply all the same
             logger.warning("a connection from %s sent a request that failed: %s", peer, shown(error))
