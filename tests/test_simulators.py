@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import gym_remote
+from gym_remote import errors
 from gym_remote.batches import SharedBatches
 from gym_remote.compliance import EnvCompliance, assert_same_rollout, rollout, rollout_in
 from gym_remote.simulators import recorded_routes
@@ -379,3 +380,16 @@ class TestLiberoCompliance(EnvCompliance):
     local_python = ROUTES["libero"].python if "libero" in ROUTES else None
     steps = 5
     check_env_kwargs = {"skip_render_check": True}
+
+
+def test_without_libero_the_error_says_to_run_setup(start_server, tmp_path):
+    # An empty home: no simulator venv recorded, so the server's own interpreter (no LIBERO) runs it.
+    server = start_server("--home", str(tmp_path))
+    env = gym_remote.RemoteEnv("gym_remote/Libero-v0", address=server.address)
+    try:
+        with pytest.raises(errors.SimulatorUnavailable, match="gym-remote setup libero"):
+            env.reset(seed=0)
+    finally:
+        env.close()
+    with pytest.raises(errors.SimulatorUnavailable, match="gym-remote setup libero"):
+        gym_remote.list_tasks("gym_remote/Libero-v0", address=server.address)

@@ -43,7 +43,10 @@ SETUP_HINT = "run `gym-remote setup libero` to make a working LIBERO environment
 
 
 def _package_dir(name: str) -> str:
-    spec = importlib.util.find_spec(name)
+    try:
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError:  # find_spec("libero.libero") imports "libero" first
+        spec = None
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(f"{name} is not installed in {sys.executable}; {SETUP_HINT}")
     return list(spec.submodule_search_locations)[0]
