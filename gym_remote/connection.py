@@ -286,11 +286,30 @@ class Connection:
                 send_buffers(self._sock, payload)
         except (RemoteTimeout, ProtocolError, OSError) as error:
             self._in_flight.release()
-            raise self._failure(op, error) from None
+            raise self._farewell(op, error) or self._failure(op, error) from None
         except BaseException:
             self._in_flight.release()
             self._interrupted(op, waiting=False)
             raise
+
+    def _farewell(self, op: str, error: BaseException) -> RemoteEnvError | None:
+        """After a send refused because the peer closed: the error it said before closing (a
+        worker ending an idle session says SessionExpired), or None. A Unix socket refuses the
+        send at once, where TCP takes it and the reply is read as usual; the farewell is in the
+        receive buffer either way, so reading it does not wait."""
+        if not isinstance(error, (BrokenPipeError, ConnectionResetError)) or self.closed:
+            return None
+        try:
+            frame = self._reader.receive_frame(0.0)
+            self._result(op, frame)
+        except RemoteEnvError as farewell:
+            if isinstance(farewell, (ProtocolError, RemoteTimeout)):
+                return None  # nothing (whole) was there: the usual failure says what happened
+            self.close()
+            return farewell
+        except OSError:
+            return None
+        return None
 
     @property
     def settled(self) -> bool:

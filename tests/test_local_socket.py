@@ -140,3 +140,18 @@ def test_an_abstract_unix_address_can_be_served_and_reached(start_server):
         assert env.reset(seed=0)[0].shape == (4,)
     finally:
         env.close()
+
+
+def test_an_idle_session_on_the_local_socket_expires_as_it_does_over_tcp(start_server):
+    from tests.helpers import wait_for, worker_pids
+
+    server = start_server("--idle-timeout", "1")
+    env = gym_remote.RemoteEnv("CartPole-v1", address=server.address)
+    try:
+        env.reset(seed=0)
+        assert env._connection.address.scheme == "unix"
+        wait_for(lambda: not worker_pids(server.pid), what="the idle session's worker to end")
+        with pytest.raises(errors.SessionExpired, match="idle timeout"):
+            env.step(0)
+    finally:
+        env.close()
