@@ -36,10 +36,10 @@ from gym_remote.errors import InvalidCall, ProtocolError, UnsupportedValue, show
 from gym_remote.protocol import (
     DATA_ALIGNMENT,
     MAGIC_FIXED,
-    MAX_DIMENSIONS,
     PREFIX,
     decode_frame,
     encode_frame,
+    shape_problem,
     wire_dtype,
 )
 from gym_remote.spaces import leaf_subspaces
@@ -619,10 +619,7 @@ def _fits(leaf: _Leaf, value: Any) -> bool:
 
 
 def _shape(value: Any) -> Tuple[int, ...]:
-    if (
-        not isinstance(value, list)
-        or len(value) > MAX_DIMENSIONS
-        or not all(type(size) is int and size >= 0 for size in value)
-    ):
-        raise ValueError(f"shape {shown(value)} is not a list of at most {MAX_DIMENSIONS} sizes")
+    problem = shape_problem(value)
+    if problem is not None:
+        raise ValueError(f"shape {shown(value)}: {problem}")
     return tuple(value)

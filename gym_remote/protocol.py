@@ -52,6 +52,7 @@ __all__ = [
     "wire_dtype",
     "MAX_NESTING",
     "MAX_DIMENSIONS",
+    "shape_problem",
 ]
 
 PROTOCOL_VERSION = 1
@@ -486,6 +487,16 @@ def _dtype_text(dtype: np.dtype) -> str:
     return text
 
 
+def shape_problem(shape: Any) -> Optional[str]:
+    """What is wrong with a shape a peer declared, or None where it is a list of at most
+    ``MAX_DIMENSIONS`` non-negative integers (checked before anything multiplies them)."""
+    if type(shape) is not list or len(shape) > MAX_DIMENSIONS:
+        return f"the shape must be a list of at most {MAX_DIMENSIONS} dimensions"
+    if not all(type(size) is int and size >= 0 for size in shape):
+        return "every dimension must be a non-negative integer"
+    return None
+
+
 def _decode_array(payload: List[Any], data: memoryview) -> np.ndarray:
     """The array an ``[dtype, shape, offset, nbytes]`` descriptor places in ``data``, as a view.
 
@@ -494,17 +505,7 @@ def _decode_array(payload: List[Any], data: memoryview) -> np.ndarray:
     """
     dtype_text, shape, offset, nbytes = payload
     dtype = wire_dtype(dtype_text)
-    problem = None
-    if type(shape) is not list or len(shape) > MAX_DIMENSIONS:
-        problem = f"the shape must be a list of at most {MAX_DIMENSIONS} dimensions"
-    elif not all(type(size) is int and size >= 0 for size in shape):
-        problem = "every dimension must be a non-negative integer"
-    elif type(offset) is not int or type(nbytes) is not int or offset < 0:
-        problem = "offset and nbytes must be non-negative integers"
-    elif math.prod(shape) * dtype.itemsize != nbytes:
-        problem = "nbytes does not match dtype and shape"
-    elif offset + nbytes > len(data):
-        problem = "its bytes lie past the end of the data section"
+    problem = shape_problem(shape) or _placement_problem(dtype, shape, offset, nbytes, len(data))
     if problem is None:
         try:
             if nbytes == 0:
@@ -515,6 +516,20 @@ def _decode_array(payload: List[Any], data: memoryview) -> np.ndarray:
     raise ProtocolError(
         f"malformed array descriptor {shown(payload)} for a {len(data)}-byte data section: {problem}"
     )
+
+
+def _placement_problem(
+    dtype: np.dtype, shape: List[int], offset: Any, nbytes: Any, room: int
+) -> Optional[str]:
+    """What is wrong with where a descriptor puts an array of ``shape`` (a valid one) in a data
+    section of ``room`` bytes, or None."""
+    if type(offset) is not int or type(nbytes) is not int or offset < 0:
+        return "offset and nbytes must be non-negative integers"
+    if math.prod(shape) * dtype.itemsize != nbytes:
+        return "nbytes does not match dtype and shape"
+    if offset + nbytes > room:
+        return "its bytes lie past the end of the data section"
+    return None
 
 
 def send_message(sock: socket.socket, value: Any, allow_pickle: bool = False) -> None:
