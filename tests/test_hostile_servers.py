@@ -19,7 +19,9 @@ import gym_remote
 from gym_remote import errors
 from gym_remote.addresses import parse_address
 from gym_remote.connection import Connection
+from gym_remote.protocol import PREFIX
 from gym_remote.sharedmem import DATA_START, SharedSegment
+from tests.test_decoder_bounds import nested_tuples
 
 # A server that answers hello with WELCOME and every later request with REPLY, for one client
 # at a time, in a process of its own (so that it is not the client's own process).
@@ -78,7 +80,7 @@ def pickled_reply(path: str) -> bytes:
     """A reply frame whose result is a pickle extension that creates ``path`` when loaded."""
     import msgpack
 
-    from gym_remote.protocol import EXT_PICKLE, PREFIX
+    from gym_remote.protocol import EXT_PICKLE
 
     header = msgpack.packb({"ok": msgpack.ExtType(EXT_PICKLE, pickle.dumps(RunsOnLoad(path)))})
     return PREFIX.pack(b"GYMR", len(header), 0) + header
@@ -266,3 +268,22 @@ def test_a_segment_made_here_is_sealed_and_attaches_for_its_own_peer():
                 os.ftruncate(segment.fd, 0)  # sealed: it never shrinks under a mapping
     finally:
         segment.close()
+
+
+@pytest.mark.parametrize(
+    "reply, error",
+    [
+        (None, errors.ProtocolError),  # 200 nested tuples, framed below
+        (PREFIX.pack(b"GYMR", 16, 1 << 40), errors.MessageTooLarge),
+        (PREFIX.pack(b"GYMR", 8, 0) + b"\xc1" * 8, errors.ProtocolError),
+    ],
+    ids=["deeply-nested", "oversized", "malformed"],
+)
+def test_a_hostile_reply_is_a_typed_error_in_a_default_client(reply, error):
+    if reply is None:
+        header = nested_tuples(200)
+        reply = PREFIX.pack(b"GYMR", len(header), 0) + header
+    welcome = {"version": 1, "server": "gym-remote hostile", "allow_pickle": False}
+    with FakeServer(welcome, reply) as fake:
+        with pytest.raises(error):
+            gym_remote.list_envs(address=fake.address, timeout=10.0, max_message_size=1 << 20)
