@@ -675,7 +675,9 @@ class MessageReader:
         self.max_message_size = max_message_size
         self.segment: Any = None
         self._pending = b""
-        self._receive_timeout: Optional[float] = None
+        # Unknown (NaN equals nothing) until the first receive sets it: the socket may carry a
+        # timeout its previous owner set, as a server's for a handshake before a worker takes it.
+        self._receive_timeout: Optional[float] = math.nan
         self._scratch = bytearray(_RECEIVE_CHUNK)
         self._scratch_view = memoryview(self._scratch)
         self._bodies = _BodyBufferPool()

@@ -9,6 +9,7 @@ import re
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -621,6 +622,31 @@ def test_idle_sessions_are_reaped_and_the_client_is_told(start_server):
     with pytest.raises(errors.SessionExpired, match="idle timeout"):
         env.step(0)
     env.close()
+
+
+def test_a_session_without_an_idle_timeout_outlives_the_servers_read_timeout(start_server):
+    """A private server's sessions (``--idle-timeout 0``) live as long as their env. The server
+    reads a ``make`` with its read timeout set on the socket; the worker that takes the socket
+    over must not inherit that timeout as an idle limit (issue 24 item 2: sessions died after
+    the read timeout, reported as a crash). One bounded wait past the read timeout shows it."""
+    server = start_server("--idle-timeout", "0", "--read-timeout", "0.5")
+    env = remote(server, "CartPole-v1")
+    env.reset(seed=0)
+    time.sleep(1.5)  # idle past the read timeout, as a notebook user after a coffee
+    observation, _ = env.reset(seed=0)
+    assert observation.shape == (4,)
+    assert env.step(1)[0].shape == (4,)
+    env.close()
+
+
+def test_a_reader_sets_the_receive_timeout_its_socket_inherited():
+    """A socket handed over with ``SO_RCVTIMEO`` set: the first receive without a wait clears it."""
+    left, right = socket.socketpair()
+    with left, right:
+        left.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 30, 0))
+        send_message(right, {"op": "ping"})
+        assert MessageReader(left).receive(None) == {"op": "ping"}
+        assert left.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) == bytes(16)
 
 
 def test_a_client_that_never_reads_its_replies_is_reaped_after_the_idle_timeout(start_server):
