@@ -13,6 +13,7 @@ import ctypes
 import gc
 import importlib
 import os
+import select
 import signal
 import socket
 import struct
@@ -69,6 +70,8 @@ _ENV_NOT_FOUND_ERRORS = tuple(
 
 
 # Methods of Gymnasium's envs and wrappers that take an attribute name as their first argument.
+# How often a worker whose client hung up between calls looks whether a call began after all.
+_HANG_UP_CHECK_SECONDS = 0.05
 _NAME_TAKING_METHODS = frozenset(["get_wrapper_attr", "set_wrapper_attr", "has_wrapper_attr"])
 
 # The ops that act on one of the session's envs (field ``env``), and so may go in a ``batch``.
@@ -93,6 +96,9 @@ class WorkerSession:
         self.request = settings["request"]
         self.imports = list(settings.get("imports", []))
         self.closed = False
+        # True while the worker runs a call rather than waits for the next: a client that hangs
+        # up then has given up on it (see _end_when_client_gives_up).
+        self.in_call = True  # making the envs is the first call
         self.envs: List[gym.Env] = []
         self.reset_once: List[bool] = []  # per env: reset at least once, so it may step
         self.last_observations: List[Any] = []  # per env: what its last reset or step returned
@@ -162,7 +168,9 @@ class WorkerSession:
         pending = None  # what a run of fixed-layout steps received and left to this loop
         while not self.closed:
             try:
+                self.in_call = False
                 chunk = self.reader.receive_chunk(self.idle_timeout) if pending is None else pending
+                self.in_call = True
                 pending = None
                 step_request = None if layout is None else layout.action_of_whole_request(chunk)
                 if step_request is None:
@@ -334,7 +342,9 @@ class WorkerSession:
                         send_rest(sock, buffers, sent, started)
                 except (OSError, RemoteTimeout):
                     self._close_envs()  # as in _send: the client is gone
+            self.in_call = False
             chunk = self.reader.receive_chunk(self.idle_timeout)
+            self.in_call = True
             step_request = layout.action_of_whole_request(chunk)
             if step_request is None:
                 return chunk
@@ -686,6 +696,26 @@ def _get_attribute(env: gym.Env, name: str) -> Any:
     return getattr(env.unwrapped, name)
 
 
+def _end_when_client_gives_up(session: WorkerSession) -> None:
+    """Ends this process when the client hangs up while a call runs: a client whose call timed
+    out has closed the session, and the session's slot and memory must not wait for the env.
+    A hang-up between calls is left to the serving loop, which closes the envs."""
+    hang_up = getattr(select, "POLLRDHUP", 0)  # Linux; elsewhere the call's end notices
+    if not hang_up:
+        return
+    poller = select.poll()
+    poller.register(session.sock.fileno(), hang_up)
+    poller.poll()
+    while not session.in_call:  # the loop sees the end of the stream and stops, or a call begins
+        time.sleep(_HANG_UP_CHECK_SECONDS)
+    print(
+        "gym-remote worker: the client hung up during a call; the session ends without waiting for it",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(0)
+
+
 def _exit_when_server_goes(control: socket.socket) -> None:
     """Ends this process as soon as the server's end of the control socket closes."""
     # Reading the settings left a receive timeout on this socket: waiting here must not end.
@@ -743,8 +773,10 @@ def main(argv: Optional[list] = None) -> None:
     control.sendall(WORKER_STARTED)
     threading.Thread(target=_exit_when_server_goes, args=(control,), daemon=True).start()
     client = socket.socket(fileno=arguments.client_fd)
+    session = WorkerSession(client, settings)
+    threading.Thread(target=_end_when_client_gives_up, args=(session,), daemon=True).start()
     try:
-        WorkerSession(client, settings).run()
+        session.run()
     finally:
         client.close()
     sys.stdout.flush()

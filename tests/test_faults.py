@@ -345,6 +345,22 @@ def test_a_slow_call_times_out_and_closes_the_session(server):
     env.close()
 
 
+def test_a_timed_out_call_ends_its_worker_and_frees_its_slot(start_server):
+    """The client gives up on a call that outlasts its timeout: the worker ends then, not when
+    the env's call returns, so a server at --max-sessions 1 serves the next client at once
+    (issue 24 item 4)."""
+    server = start_server("--import", "gym_remote.testing", "--max-sessions", "1")
+    env = remote(server, sleep_seconds=600, allocate_bytes=4)
+    env.reset()
+    (worker,) = worker_pids(server.pid)
+    env._connection.timeout = 0.5
+    with pytest.raises(errors.RemoteTimeout):
+        env.step(fault("sleep"))
+    assert all_gone({worker}, timeout=60), "the worker of the abandoned call must end"
+    assert_serves(server)
+    env.close()
+
+
 class Interrupted(BaseException):
     """Raised in the main thread by a signal handler, as KeyboardInterrupt is by Ctrl-C."""
 
