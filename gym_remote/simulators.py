@@ -12,9 +12,11 @@ and start the workers of matching env ids with the venv's Python, so
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import subprocess
+import urllib.parse
 import venv
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ from gym_remote import __version__
 __all__ = ["Recipe", "RECIPES", "SimulatorRoute", "default_home", "recorded_routes", "setup"]
 
 REGISTRY_FILE = "simulators.json"
+# gym-remote's distribution name (its import name is gym_remote).
+DISTRIBUTION = "gymnasium-remote"
 _PIP = ("-m", "pip", "install", "--quiet", "--disable-pip-version-check")
 
 
@@ -123,11 +127,29 @@ def recorded_routes(home: Path | None = None) -> list[SimulatorRoute]:
 
 
 def _core_requirement() -> list[str]:
-    """How to install this gym-remote into another venv: editable from a checkout, else by version."""
+    """How to install this gym-remote into another venv: editable from a checkout, else from
+    the wheel or folder this one was installed from (pip records it, PEP 610). Never by name:
+    ``gym-remote`` on PyPI is an unrelated project, and this one is not published there.
+
+    Raises:
+        RuntimeError: neither is known; says how to install gym-remote into the venv instead.
+    """
     project = Path(__file__).resolve().parent.parent
     if (project / "pyproject.toml").exists() and (project / "gym_remote").is_dir():
         return ["-e", str(project)]
-    return [f"gym-remote=={__version__}"]
+    try:
+        recorded = importlib.metadata.distribution(DISTRIBUTION).read_text("direct_url.json")
+        url = json.loads(recorded or "{}").get("url", "")
+    except (importlib.metadata.PackageNotFoundError, ValueError, AttributeError):
+        url = ""
+    source = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+    if url.startswith("file://") and source.exists():
+        return [str(source)]
+    raise RuntimeError(
+        f"cannot tell where this gym-remote {__version__} was installed from (not a checkout, and "
+        "pip recorded no wheel or folder that still exists): install it from a checkout or a "
+        f"wheel ({DISTRIBUTION}), then run setup again"
+    )
 
 
 def setup(

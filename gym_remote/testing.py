@@ -249,6 +249,7 @@ class ServerProcess:
         timeout: Seconds to wait for the server to listen.
         env: Environment variables of the server process (default: this process's).
         cwd: The server's working directory (default: this process's).
+        python: The interpreter that runs the server (default: this process's).
     """
 
     def __init__(
@@ -258,13 +259,14 @@ class ServerProcess:
         timeout: float = 60.0,
         env: Optional[Dict[str, str]] = None,
         cwd: Optional[str] = None,
+        python: Optional[str] = None,
     ) -> None:
         import subprocess
         import sys
 
         from gym_remote.embedded import wait_until_serving
 
-        command = [sys.executable, "-m", "gym_remote", "serve", "--address", address]
+        command = [python or sys.executable, "-m", "gym_remote", "serve", "--address", address]
         command += ["--log-level", "warning"] + list(arguments)
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, cwd=cwd)
         try:
