@@ -127,15 +127,17 @@ class Server:
                 f"refusing to listen on {self.address} without a token: anyone who can reach it "
                 "could run environments. Set --token (or GYM_REMOTE_TOKEN) on server and clients."
             )
+        for module in config.imports:
+            importlib.import_module(module)
         # Explicit --python routes first, then the environments `gym-remote setup` recorded.
         self.python_routes = [_parse_python_route(route) for route in config.python]
+        for route in self.python_routes:
+            self._announce_route(route)
         for simulator in recorded_routes(Path(config.home) if config.home else None):
             self.python_routes += [
                 _PythonRoute(pattern, simulator.python, f"run `gym-remote setup {simulator.name}`")
                 for pattern in simulator.env_ids
             ]
-        for module in config.imports:
-            importlib.import_module(module)
         self._workers: dict[int, _Worker] = {}
         self._lock = threading.Lock()
         self._next_session_id = 1
@@ -493,6 +495,20 @@ class Server:
         else:
             logger.info("session %d ended", worker.session_id)
 
+    def _announce_route(self, route: _PythonRoute) -> None:
+        """Logs which registered ids an explicit ``--python`` route runs, and warns when it
+        matches none (patterns match whole ids: ``gym_remote/Libero-*``, not ``Libero-*``)."""
+        matched = [env_id for env_id in self.list_env_ids() if fnmatch.fnmatchcase(env_id, route.pattern)]
+        if matched:
+            logger.info("--python %s: runs %s with %s", route.pattern, ", ".join(matched), route.python)
+        else:
+            logger.warning(
+                "--python %s=%s matches no env id this server serves now (patterns match whole ids, "
+                "such as gym_remote/Libero-v0); ids made later that match it still use it",
+                route.pattern,
+                route.python,
+            )
+
     def _python_for(self, env_id: str) -> str:
         """The interpreter for ``env_id``'s workers.
 
@@ -550,6 +566,8 @@ def _parse_python_route(route: str) -> _PythonRoute:
     pattern, separator, python = route.partition("=")
     if not separator or not pattern or not python:
         raise ValueError(f"--python {route!r}: expected PATTERN=/path/to/python")
+    if not os.path.isfile(python) or not os.access(python, os.X_OK):
+        raise ValueError(f"--python {route!r}: {python} is not an executable file")
     return _PythonRoute(pattern, python, f"check the server's --python {route}")
 
 

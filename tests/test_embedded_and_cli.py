@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import signal
 import subprocess
@@ -13,6 +14,8 @@ import numpy as np
 import pytest
 
 import gym_remote
+from gym_remote.config import ServerConfig, resolve
+from gym_remote.server import Server
 from gym_remote.testing import ServerProcess
 from tests.helpers import all_gone, descendants, wait_for, worker_pids
 
@@ -280,10 +283,28 @@ def test_a_worker_can_run_under_another_interpreter(start_server, tmp_path):
     env.reset(seed=0)
     env.close()
     assert marker.exists()
-    broken = start_server("--python", "Pendulum-*=/nonexistent/python")
-    with pytest.raises(gym_remote.SimulatorUnavailable, match="/nonexistent/python"):
-        gym_remote.RemoteEnv("Pendulum-v1", address=broken.address).reset()
-    wait_for(lambda: not worker_pids(broken.pid), what="no worker")
+    wrapper.unlink()  # the interpreter goes away while the server runs (its venv was removed)
+    with pytest.raises(gym_remote.SimulatorUnavailable, match=str(wrapper)):
+        gym_remote.RemoteEnv("Pendulum-v1", address=server.address).reset()
+    wait_for(lambda: not worker_pids(server.pid), what="no worker")
+
+
+def test_a_python_route_to_no_interpreter_stops_the_server_at_start():
+    result = run_cli("serve", "--python", "Pendulum-*=/nonexistent/python", "--address", "tcp://127.0.0.1:0")
+    assert result.returncode == 1
+    assert "--python 'Pendulum-*=/nonexistent/python': /nonexistent/python is not an executable" in (
+        result.stderr
+    )
+
+
+def test_a_python_route_says_which_ids_it_runs_and_warns_when_it_matches_none(caplog):
+    """Patterns match whole ids: 'Libero-*' misses gym_remote/Libero-v0 (issue 24 item 6)."""
+    caplog.set_level(logging.INFO, logger="gym_remote")
+    Server(resolve(ServerConfig, python=[f"Pendulum-*={sys.executable}", f"Libero-*={sys.executable}"]))
+    messages = [record.getMessage() for record in caplog.records]
+    assert f"--python Pendulum-*: runs Pendulum-v1 with {sys.executable}" in messages
+    (warning,) = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert "--python Libero-*=" in warning.getMessage() and "matches no env id" in warning.getMessage()
 
 
 def test_a_worker_that_cannot_start_is_reported_to_its_client(start_server, tmp_path):
