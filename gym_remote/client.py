@@ -21,17 +21,21 @@ from gym_remote.fixed import FixedLayout
 from gym_remote.registration import REMOTE_ENTRY_POINT
 from gym_remote.spaces import decode_space
 
-__all__ = ["RemoteEnv", "SessionState", "ChunkResult"]
+__all__ = ["RemoteEnv", "SessionState", "SessionView", "ChunkResult", "without_secrets"]
 
 logger = logging.getLogger(__name__)
 
 # Attributes RemoteEnv keeps itself; a lookup of any other public name goes to the remote env.
+# Its own state is private, or behind `gym_remote`, a name no env uses: `state`, `config` or
+# `env_id` are the remote env's (CartPole's `state` is its physics).
 _LOCAL_ATTRIBUTES = frozenset(
     {
-        "env_id",
-        "env_kwargs",
-        "config",
+        "gym_remote",
         "render_mode",
+        "_env_id",
+        "_per_env_kwargs",
+        "_env_kwargs",
+        "_config",
         "_arguments",
         "_state",
         "_connection",
@@ -133,8 +137,8 @@ class RemoteEnv(gym.Env):
         allow_pickle: bool | None = None,
         **env_kwargs: Any,
     ) -> None:
-        self.env_id = env_id
-        self.env_kwargs = env_kwargs
+        self._env_id = env_id
+        self._env_kwargs = env_kwargs
         self.render_mode = render_mode
         self._arguments = {
             "address": address,
@@ -142,9 +146,9 @@ class RemoteEnv(gym.Env):
             "token": token,
             "allow_pickle": allow_pickle,
         }
-        self.config = resolve(ClientConfig, **self._arguments)
-        if self.config.address:
-            parse_address(self.config.address)  # a malformed one is a ValueError here, not at connect
+        self._config = resolve(ClientConfig, **self._arguments)
+        if self._config.address:
+            parse_address(self._config.address)  # a malformed one is a ValueError here, not at connect
         self._state = SessionState.NOT_CONNECTED
         self._connection: Connection | None = None  # set exactly while the session is active
         self._embedded: EmbeddedServer | None = None
@@ -220,11 +224,12 @@ class RemoteEnv(gym.Env):
 
     @property
     def spec(self) -> EnvSpec:
-        """The spec this env was made from, with the remote env's episode limit and flags."""
+        """The spec this env was made from, with the remote env's episode limit and flags (and
+        without a token: specs are logged and saved)."""
         base = self._local_spec or EnvSpec(
             id="remote/Env-v0",
             entry_point=REMOTE_ENTRY_POINT,
-            kwargs={"env_id": self.env_id, **self._constructor_kwargs()},
+            kwargs={"env_id": self._env_id, **self._constructor_kwargs()},
         )
         remote_spec = self._described().spec
         if remote_spec is None:
@@ -238,7 +243,7 @@ class RemoteEnv(gym.Env):
 
     @spec.setter
     def spec(self, value: EnvSpec | None) -> None:
-        self._local_spec = value
+        self._local_spec = None if value is None else without_secrets(value)
 
     def __getattr__(self, name: str) -> Any:
         """Public attributes and methods of the remote env (``task_description``, ...)."""
@@ -246,7 +251,7 @@ class RemoteEnv(gym.Env):
             raise AttributeError(name)
         reply = self._request("getattr", name=name)
         if not reply["found"]:
-            raise AttributeError(f"the remote env {self.env_id} has no attribute {name!r}")
+            raise AttributeError(f"the remote env {self._env_id} has no attribute {name!r}")
         if reply["callable"]:
             return RemoteMethod(self, name)
         return reply["value"]
@@ -260,28 +265,23 @@ class RemoteEnv(gym.Env):
         return True
 
     @property
-    def uses_shared_memory(self) -> bool:
-        """Whether large replies come through shared memory (same host; connects if need be)."""
-        return self._connect().uses_shared_memory
-
-    @property
-    def state(self) -> SessionState:
-        """The session's state."""
-        return self._state
+    def gym_remote(self) -> SessionView:
+        """gym-remote's own view of this env's session: its id, kwargs, config and state."""
+        return SessionView(self)
 
     def __repr__(self) -> str:
-        where = self.config.address or "a private local server"
-        return f"<RemoteEnv {self.env_id} at {where} ({self._state.value})>"
+        where = self._config.address or "a private local server"
+        return f"<RemoteEnv {self._env_id} at {where} ({self._state.value})>"
 
     __str__ = __repr__
 
     def __getstate__(self) -> dict[str, Any]:
         # A copy gets its own session: it carries the arguments, never the connection.
         return {
-            "env_id": self.env_id,
+            "env_id": self._env_id,
             "render_mode": self.render_mode,
             "arguments": self._arguments,
-            "env_kwargs": self.env_kwargs,
+            "env_kwargs": self._env_kwargs,
             "local_spec": self._local_spec,
         }
 
@@ -297,8 +297,12 @@ class RemoteEnv(gym.Env):
     # ----------------------------------------------------------------- the session
 
     def _constructor_kwargs(self) -> dict[str, Any]:
-        arguments = {key: value for key, value in self._arguments.items() if value is not None}
-        return {**arguments, **self.env_kwargs}
+        """What makes this env again, less its secret: specs are logged and saved as JSON (a
+        spec made without the token reads ``GYM_REMOTE_TOKEN``)."""
+        arguments = {
+            key: value for key, value in self._arguments.items() if value is not None and key != "token"
+        }
+        return {**arguments, **self._env_kwargs}
 
     def _request(self, op: str, **fields: Any) -> Any:
         connection = self._connect()
@@ -334,7 +338,7 @@ class RemoteEnv(gym.Env):
         if self._state is SessionState.CLOSED:
             raise SessionClosed(f"{self!r} is closed; make a new env")
         if self._state is SessionState.BROKEN:
-            raise SessionClosed(f"the session of {self.env_id} ended earlier: {self._end_reason}")
+            raise SessionClosed(f"the session of {self._env_id} ended earlier: {self._end_reason}")
         try:
             self._open_session()
         except BaseException:
@@ -345,7 +349,7 @@ class RemoteEnv(gym.Env):
         return self._connection
 
     def _open_session(self) -> None:
-        config = self.config
+        config = self._config
         address = config.address
         if not address:
             self._embedded = EmbeddedServer.start(config.timeout, config.allow_pickle)
@@ -384,7 +388,7 @@ class RemoteEnv(gym.Env):
         """A connection to the server at ``address``: on this host, through the Unix socket the
         server offers beside loopback TCP (less work per message), unless ``local_socket`` is
         off or it cannot be reached from here."""
-        config = self.config
+        config = self._config
 
         def connect_to(
             where: Address, name: str | None = None, named_by: Connection | None = None
@@ -416,7 +420,7 @@ class RemoteEnv(gym.Env):
 
     def _make_fields(self) -> dict[str, Any]:
         """The fields of the ``make`` request that say what to make."""
-        return {"env_id": self.env_id, "kwargs": self.env_kwargs, "render_mode": self.render_mode}
+        return {"env_id": self._env_id, "kwargs": self._env_kwargs, "render_mode": self.render_mode}
 
     def _release(self) -> None:
         if self._connection is not None:
@@ -425,6 +429,51 @@ class RemoteEnv(gym.Env):
         if self._embedded is not None:
             self._embedded.stop()
             self._embedded = None
+
+
+def without_secrets(spec: EnvSpec) -> EnvSpec:
+    """``spec`` without a ``token`` among its kwargs (``gym.make`` puts every argument there)."""
+    if "token" not in spec.kwargs:
+        return spec
+    return dataclasses.replace(
+        spec, kwargs={key: value for key, value in spec.kwargs.items() if key != "token"}
+    )
+
+
+class SessionView:
+    """gym-remote's own view of a :class:`RemoteEnv`'s session (``env.unwrapped.gym_remote``),
+    kept under one name so that every other attribute is the remote env's."""
+
+    def __init__(self, env: RemoteEnv) -> None:
+        self._env = env
+
+    @property
+    def env_id(self) -> str:
+        """The id the server makes."""
+        return self._env._env_id
+
+    @property
+    def env_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the remote ``gym.make``."""
+        return dict(self._env._env_kwargs)
+
+    @property
+    def config(self) -> ClientConfig:
+        """How the env reaches its server (the token is left out of its repr)."""
+        return self._env._config
+
+    @property
+    def state(self) -> SessionState:
+        """The session's state."""
+        return self._env._state
+
+    @property
+    def uses_shared_memory(self) -> bool:
+        """Whether large replies come through shared memory (same host; connects if need be)."""
+        return self._env._connect().uses_shared_memory
+
+    def __repr__(self) -> str:
+        return f"<session of {self._env!r}>"
 
 
 class RemoteMethod:

@@ -20,10 +20,11 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-def _option(default: Any, help: str, **extra: Any) -> Any:
+def _option(default: Any, help: str, secret: bool = False, **extra: Any) -> Any:
+    """A field with its help text; a secret one is left out of the dataclass's repr."""
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
-    return field(default=default, metadata={"help": help, **extra})
+    return field(default=default, repr=not secret, metadata={"help": help, **extra})
 
 
 @dataclass
@@ -67,7 +68,9 @@ class ServerConfig:
     )
     max_message_size: int = _option(256 << 20, "largest message accepted, in bytes")
     allow_pickle: bool = _option(False, "accept and send pickled values (clients must opt in too)")
-    token: str = _option("", "shared secret clients must present; required to listen beyond loopback")
+    token: str = _option(
+        "", "shared secret clients must present; required to listen beyond loopback", secret=True
+    )
     tcp_only: bool = _option(
         False,
         "offer clients on this host no local Unix socket beside a TCP address (they use one, "
@@ -87,7 +90,7 @@ class ClientConfig:
 
     address: str = _option("", "server address; empty starts a private local server")
     timeout: float = _option(60.0, "seconds every call may take before RemoteTimeout")
-    token: str = _option("", "shared secret the server expects")
+    token: str = _option("", "shared secret the server expects", secret=True)
     allow_pickle: bool = _option(False, "accept and send pickled values (the server must opt in too)")
     max_message_size: int = _option(256 << 20, "largest message accepted, in bytes")
     shared_memory: bool = _option(True, "on one host, take large replies through shared memory")

@@ -47,6 +47,10 @@ _FATAL_ERRORS = (SessionExpired, ProtocolError, VersionMismatch, WorkerCrashed)
 _open_connections: weakref.WeakSet[Connection] = weakref.WeakSet()
 
 
+# How long a client waits for a server's reply to its hello (or less: its timeout).
+HELLO_REPLY_SECONDS = 10.0
+
+
 class Connection:
     """One connection to a gym-remote server, and later to the worker of its session.
 
@@ -132,9 +136,18 @@ class Connection:
             cut_short = error
         except (RemoteTimeout, OSError) as error:
             raise self._failure("hello", error) from None
+        # A gym-remote server answers a hello at once; another service (an HTTP server waiting
+        # for the end of a request line, say) may never answer it.
+        wait = min(self.timeout, HELLO_REPLY_SECONDS)
         try:
-            frame = self._reader.receive_frame(self.timeout)
+            frame = self._reader.receive_frame(wait)
         except (RemoteTimeout, ProtocolError, OSError) as error:
+            if isinstance(error, RemoteTimeout) and wait < self.timeout:
+                self.close()
+                raise ProtocolError(
+                    f"{self.name} does not answer as a gym-remote server: no reply to the hello "
+                    f"within {wait:g} s (another service at that address, or a server too busy to answer)"
+                ) from None
             failure = self._failure("hello", cut_short or error)
             if type(failure) is ProtocolError:  # bytes of another protocol (SSH, HTTP, ...)
                 failure = ProtocolError(f"{self.name} does not answer as a gym-remote server: {failure}")

@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -67,6 +68,8 @@ logger = logging.getLogger("gym_remote.server")
 # A hello takes a few hundred bytes; a peer that has not said hello gets no more than this.
 _HANDSHAKE_MAX_MESSAGE_SIZE = 64 << 10
 _WORKER_STOP_GRACE_SECONDS = 5.0
+# How long telling a client how its worker ended may wait for room in the socket.
+_FAREWELL_SEND_SECONDS = 1.0
 _TASK_LIST_TIMEOUT_SECONDS = 120
 # Starting an interpreter and importing gymnasium and numpy takes a second or two on a busy machine.
 _WORKER_START_TIMEOUT_SECONDS = 60
@@ -106,6 +109,9 @@ class _Worker:
     process: subprocess.Popen
     control: socket.socket
     stderr: _StderrRelay
+    # The server's copy of the client's socket: a worker that dies cannot tell its client how,
+    # the server can (closed once the worker is gone, or when its start failed).
+    client: socket.socket
 
 
 class Server:
@@ -128,7 +134,13 @@ class Server:
                 "could run environments. Set --token (or GYM_REMOTE_TOKEN) on server and clients."
             )
         for module in config.imports:
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ImportError as error:
+                raise ValueError(
+                    f"--import {module}: {error} (install it in this environment, or put its "
+                    "directory on PYTHONPATH)"
+                ) from None
         # Explicit --python routes first, then the environments `gym-remote setup` recorded.
         self.python_routes = [_parse_python_route(route) for route in config.python]
         for route in self.python_routes:
@@ -444,7 +456,9 @@ class Server:
                 raise WorkerCrashed(f"could not start a worker with {python}: {error}") from None
             finally:
                 child_control.close()
-            worker = _Worker(session_id, env_id, process, parent_control, _StderrRelay(process.stderr))
+            worker = _Worker(
+                session_id, env_id, process, parent_control, _StderrRelay(process.stderr), connection.dup()
+            )
             self._workers[session_id] = worker
         try:
             send_buffers(parent_control, settings)
@@ -452,6 +466,9 @@ class Server:
             pass  # the worker is already gone: _await_worker_start reports how
         try:
             self._await_worker_start(worker, python)
+        except BaseException:
+            worker.client.close()  # the client hears of it from this thread
+            raise
         finally:
             # Only now: the watcher closes the control socket as soon as the worker exits.
             threading.Thread(target=self._watch_worker, args=(worker,), daemon=True).start()
@@ -492,8 +509,20 @@ class Server:
             logger.warning(
                 "session %d (%s): worker ended with exit code %d", worker.session_id, worker.env_id, code
             )
+            if worker.client.fileno() != -1:
+                said = worker.stderr.last_line(_WORKER_STOP_GRACE_SECONDS)
+                set_send_timeout(worker.client, _FAREWELL_SEND_SECONDS)
+                _try_send_error(
+                    worker.client,
+                    WorkerCrashed(
+                        f"the worker serving {worker.env_id} {_how_it_ended(code)} during the session"
+                        + (f"; its last words: {said}" if said else "")
+                        + " (see the server's log)"
+                    ),
+                )
         else:
             logger.info("session %d ended", worker.session_id)
+        worker.client.close()
 
     def _announce_route(self, route: _PythonRoute) -> None:
         """Logs which registered ids an explicit ``--python`` route runs, and warns when it
@@ -607,6 +636,17 @@ def _peer_of(connection: socket.socket) -> str:
     return "a local user" if user is None else f"uid {user}"
 
 
+def _how_it_ended(code: int) -> str:
+    """How a process that ended with ``code`` (``Popen.returncode``) ended, in words."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"was killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
+
+
 def _try_send_error(connection: socket.socket, error: BaseException) -> None:
     try:
         send_message(connection, {"error": error_to_wire(error)})
@@ -616,8 +656,6 @@ def _try_send_error(connection: socket.socket, error: BaseException) -> None:
 
 def run_server(config: ServerConfig, on_ready: Callable[[Address], None] | None = None) -> Any:
     """Runs a server in this process until SIGINT or SIGTERM."""
-    import signal
-
     server = Server(config)
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, lambda *_: server.stop())

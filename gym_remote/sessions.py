@@ -232,7 +232,7 @@ class SessionGroup:
     def named(self, indices: list[int], error: RemoteEnvError) -> RemoteEnvError:
         """The same error, saying which sub-env(s) and where."""
         which = f"sub-env {indices[0]}" if len(indices) == 1 else f"sub-envs {indices}"
-        address = self.sessions[self.session_of(indices[0])].config.address
+        address = self.sessions[self.session_of(indices[0])].gym_remote.config.address
         return type(error)(
             f"{which} ({self.env_id} at {address}): {error.message}",
             remote_type=error.remote_type,
@@ -245,11 +245,11 @@ class _HostingSession(RemoteEnv):
 
     def __init__(self, env_id: str, per_env_kwargs: list[dict[str, Any]], **arguments: Any) -> None:
         super().__init__(env_id, **arguments)
-        self.per_env_kwargs = per_env_kwargs
+        self._per_env_kwargs = per_env_kwargs
 
     def _make_fields(self) -> dict[str, Any]:
         fields = super()._make_fields()
-        return {**fields, "num_envs": len(self.per_env_kwargs), "per_env_kwargs": self.per_env_kwargs}
+        return {**fields, "num_envs": len(self._per_env_kwargs), "per_env_kwargs": self._per_env_kwargs}
 
 
 def _noting(first: RemoteEnvError | None, error: RemoteEnvError) -> RemoteEnvError:

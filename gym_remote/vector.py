@@ -11,11 +11,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 from gymnasium import spaces
+from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from gym_remote.batches import PooledBatches, SharedBatches
-from gym_remote.client import ChunkResult
+from gym_remote.client import ChunkResult, without_secrets
 from gym_remote.config import ClientConfig, resolve
 from gym_remote.embedded import EmbeddedServer
 from gym_remote.errors import InvalidCall, RemoteAttributeError, RemoteEnvError, RemoteError
@@ -59,6 +60,8 @@ class RemoteVectorEnv(VectorEnv):
         >>> observations, infos = envs.reset(seed=0)
         >>> envs.close()
     """
+
+    _spec: EnvSpec | None = None
 
     def __init__(
         self,
@@ -460,6 +463,15 @@ class RemoteVectorEnv(VectorEnv):
     # ----------------------------------------------------------------- helpers
 
     @property
+    def spec(self) -> EnvSpec | None:
+        """The spec ``gym.make_vec`` made this from, without a token (specs are logged and saved)."""
+        return self._spec
+
+    @spec.setter
+    def spec(self, value: EnvSpec | None) -> None:
+        self._spec = None if value is None else without_secrets(value)
+
+    @property
     def uses_shared_batches(self) -> bool:
         """Whether the workers write observations straight into this vector env's batches
         (every session on this host, observations made of arrays)."""
@@ -467,7 +479,7 @@ class RemoteVectorEnv(VectorEnv):
 
     def _share_batches(self) -> SharedBatches | None:
         """Batches in shared memory for the workers to fill, when every session can take them."""
-        if not all(session.uses_shared_memory for session in self.sessions):
+        if not all(session.gym_remote.uses_shared_memory for session in self.sessions):
             return None
         shared = SharedBatches.for_space(self.single_observation_space, self.num_envs)
         if shared is None:

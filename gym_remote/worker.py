@@ -304,7 +304,10 @@ class WorkerSession:
         """
         if not self.reset_once[0]:
             raise _not_reset("step")
-        step = self.envs[0].step
+        env = self.envs[0]
+        step = env.step
+        # A fixed layout gives an action its shape and dtype; a discrete one's range is checked.
+        checks_range = not isinstance(env.action_space, spaces.Box)
         sock = self.sock
         # Replies that shared memory never carries leave with one sendmsg of this loop's own.
         one_sendmsg = layout.most_reply_buffers <= MAX_SEND_BUFFERS and (
@@ -319,6 +322,8 @@ class WorkerSession:
                     )
                 if into is not None:
                     self._check_batch_row(into)
+                if checks_range:
+                    _check_action(env, action, "action")
                 result = step(action)
                 self.last_observations[0] = result[0]
                 buffers = layout.encode_reply(result, self.allow_pickle)
@@ -623,9 +628,10 @@ _INTEGER_SCALAR_TYPES = frozenset(
 
 
 def describe_action_mismatch(space: spaces.Space, action: Any, where: str) -> Optional[str]:
-    """Says how ``action`` fails to have the structure of ``space`` (shape, kind), or None.
+    """Says how ``action`` fails to have the structure of ``space`` (shape, kind) or, for
+    discrete spaces, its range; or None.
 
-    Values are left to the env (many envs clip), as they would be locally.
+    Box values are left to the env (many envs clip), as they would be locally.
     """
     if isinstance(space, (spaces.Box, spaces.MultiDiscrete, spaces.MultiBinary)):
         array = np.asarray(action)
@@ -634,11 +640,18 @@ def describe_action_mismatch(space: spaces.Space, action: Any, where: str) -> Op
             return f"{where} has dtype {array.dtype}"
         if array.shape != space.shape:
             return f"{where} has shape {array.shape}, expected {space.shape}"
+        if isinstance(space, spaces.MultiDiscrete):
+            if not ((array >= space.start) & (array < space.start + space.nvec)).all():
+                return f"{where} is {shown(action)}, out of range"
+        elif isinstance(space, spaces.MultiBinary) and not ((array == 0) | (array == 1)).all():
+            return f"{where} is {shown(action)}, not all 0 or 1"
     elif isinstance(space, spaces.Discrete):
-        if type(action) in _INTEGER_SCALAR_TYPES:
-            return None
-        if np.ndim(action) != 0 or np.asarray(action).dtype.kind not in "iu":
+        if type(action) not in _INTEGER_SCALAR_TYPES and (
+            np.ndim(action) != 0 or np.asarray(action).dtype.kind not in "iu"
+        ):
             return f"{where} is {shown(action)}, expected an integer"
+        if not space.start <= action < space.start + space.n:
+            return f"{where} is {shown(action)}, out of range"
     elif isinstance(space, spaces.Dict):
         if not isinstance(action, Mapping):
             return f"{where} is a {type(action).__name__}, expected a dict"

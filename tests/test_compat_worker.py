@@ -89,7 +89,7 @@ def test_old_worker_sends_large_replies_through_shared_memory(compat_server):
     env = gym_remote.RemoteEnv("gym_remote_testing/ImageEnv-v0", address=compat_server.address)
     try:
         env.reset(seed=0)
-        assert env.uses_shared_memory
+        assert env.gym_remote.uses_shared_memory
         chunk = env.step_chunk(np.zeros((6, 7), np.float32), all_observations=True)  # grows the segment
         pixels = [observation["pixels"]["image2"][5, 5, 0] for observation in chunk.observations]
         assert pixels == list(range(254, 248, -1))

@@ -125,7 +125,7 @@ def test_env_var_address_is_used(server, monkeypatch):
     monkeypatch.setenv("GYM_REMOTE_ADDRESS", server.address)
     env = gym_remote.RemoteEnv("CartPole-v1")
     env.reset()
-    assert env._embedded is None and env.config.address == server.address
+    assert env._embedded is None and env.gym_remote.config.address == server.address
     env.close()
 
 
@@ -287,6 +287,13 @@ def test_a_worker_can_run_under_another_interpreter(start_server, tmp_path):
     with pytest.raises(gym_remote.SimulatorUnavailable, match=str(wrapper)):
         gym_remote.RemoteEnv("Pendulum-v1", address=server.address).reset()
     wait_for(lambda: not worker_pids(server.pid), what="no worker")
+
+
+def test_serve_with_a_module_that_cannot_be_imported_says_so_in_one_line():
+    result = run_cli("serve", "--import", "no_such_module_here", "--address", "tcp://127.0.0.1:0")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "--import no_such_module_here: No module named 'no_such_module_here'" in result.stderr
 
 
 def test_a_python_route_to_no_interpreter_stops_the_server_at_start():

@@ -62,7 +62,9 @@ def test_worker_crash_ends_only_its_session(server, kind):
     try:
         victim.reset()
         bystander.reset(seed=1)
-        with pytest.raises(errors.WorkerCrashed, match="ended during step"):
+        # The client hears how its worker ended, as the server saw it (issue 24 item 9).
+        how = "exited with code 3" if kind == "exit" else "was killed by SIGSEGV"
+        with pytest.raises(errors.WorkerCrashed, match=f"Faulty-v0 {how} during the session"):
             victim.step(fault(kind))
         with pytest.raises(errors.SessionClosed, match="ended earlier"):
             victim.step(-1)
@@ -72,6 +74,31 @@ def test_worker_crash_ends_only_its_session(server, kind):
     finally:
         victim.close()
         bystander.close()
+
+
+@pytest.mark.parametrize("action", [2, np.int64(-1), 10**30], ids=["int", "numpy", "huge"])
+def test_a_discrete_action_out_of_range_is_an_invalid_call_and_the_session_goes_on(server, action):
+    """Not the env's AssertionError wrapped in a RemoteError (issue 24 item 9)."""
+    env = remote(server, "CartPole-v1")
+    try:
+        env.reset(seed=0)
+        with pytest.raises(errors.InvalidCall, match=r"action is .*out of range.*Discrete\(2\)"):
+            env.step(action)
+        assert env.step(1)[0].shape == (4,)
+    finally:
+        env.close()
+
+
+def test_multi_discrete_and_multi_binary_actions_out_of_range_are_invalid_calls():
+    from gym_remote.worker import describe_action_mismatch
+
+    multi = gym.spaces.MultiDiscrete([3, 2])
+    assert describe_action_mismatch(multi, np.array([2, 1]), "action") is None
+    assert "out of range" in describe_action_mismatch(multi, np.array([3, 0]), "action")
+    assert "out of range" in describe_action_mismatch(multi, np.array([0, -1]), "action")
+    binary = gym.spaces.MultiBinary(3)
+    assert describe_action_mismatch(binary, np.array([0, 1, 1]), "action") is None
+    assert "not all 0 or 1" in describe_action_mismatch(binary, np.array([0, 2, 1]), "action")
 
 
 def test_env_exception_carries_the_remote_traceback_and_the_session_goes_on(server):
@@ -330,6 +357,25 @@ def test_an_address_that_speaks_another_protocol_is_named_as_no_gym_remote_serve
             env.reset()
         greeter.join(10)
         assert not greeter.is_alive()
+
+
+def test_an_http_server_that_never_answers_the_hello_is_named_as_no_gym_remote_server():
+    """Python's HTTP server waits for the end of a request line, which a hello never sends: the
+    client stops waiting after HELLO_REPLY_SECONDS, not its 60 s call timeout, and says what it
+    found (issue 24 item 9)."""
+    import http.server
+
+    from gym_remote.connection import HELLO_REPLY_SECONDS
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler) as http_server:
+        serving = threading.Thread(target=http_server.serve_forever, daemon=True)
+        serving.start()
+        address = f"tcp://127.0.0.1:{http_server.server_address[1]}"
+        start = time.monotonic()
+        with pytest.raises(errors.ProtocolError, match=rf"{address} does not answer as a gym-remote server"):
+            gym_remote.RemoteEnv("CartPole-v1", address=address, timeout=60).reset()
+        assert time.monotonic() - start < HELLO_REPLY_SECONDS + 30, "the client waited its whole timeout"
+        http_server.shutdown()
 
 
 def test_a_slow_call_times_out_and_closes_the_session(server):

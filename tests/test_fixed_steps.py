@@ -620,7 +620,10 @@ def test_large_fixed_replies_travel_through_shared_memory_or_the_socket(server, 
     local, remote = gym.make(env_id), gym_remote.RemoteEnv(env_id, address=server.address)
     try:
         assert data_equivalence(local.reset(seed=3), remote.reset(seed=3), exact=True)
-        assert remote.uses_shared_memory is shared_memory and remote._connection.fixed_layout is not None
+        assert (
+            remote.gym_remote.uses_shared_memory is shared_memory
+            and remote._connection.fixed_layout is not None
+        )
         for step in range(5):
             action = np.full(7, step / 10, np.float32)
             assert data_equivalence(local.step(action), remote.step(action), exact=True)

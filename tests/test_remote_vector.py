@@ -140,7 +140,7 @@ def test_spread_over_two_servers_and_one_going_away(start_server):
     first, second = start_server(), start_server()
     envs = RemoteVectorEnv("CartPole-v1", 4, address=[first.address, second.address])
     try:
-        assert [env.config.address for env in envs.sessions] == [first.address, second.address] * 2
+        assert [env.gym_remote.config.address for env in envs.sessions] == [first.address, second.address] * 2
         envs.reset(seed=1)
         envs.step(np.zeros(4, np.int64))
         second_workers = worker_pids(second.pid)
@@ -272,7 +272,7 @@ def test_private_server_for_all_sessions(monkeypatch):
     monkeypatch.delenv("GYM_REMOTE_ADDRESS", raising=False)
     envs = RemoteVectorEnv("CartPole-v1", 2)
     try:
-        assert len({env.config.address for env in envs.sessions}) == 1
+        assert len({env.gym_remote.config.address for env in envs.sessions}) == 1
         assert envs.reset(seed=0)[0].shape == (2, 4)
     finally:
         envs.close()
@@ -719,7 +719,7 @@ def test_a_crash_ends_every_env_of_its_worker_and_names_them(server):
         envs.reset(seed=0)
         with pytest.raises(gym_remote.WorkerCrashed, match=r"sub-envs \[2, 3\] "):
             envs.step(np.array([-1, -1, -1, FAULTS.index("exit")]))
-        assert [session.state.value for session in envs.sessions] == ["active", "broken"]
+        assert [session.gym_remote.state.value for session in envs.sessions] == ["active", "broken"]
         with pytest.raises(gym_remote.SessionClosed, match=r"sub-envs \[2, 3\]"):
             envs.step(np.array([-1, -1, -1, -1]))
     finally:

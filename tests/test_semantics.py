@@ -185,13 +185,73 @@ def test_np_random_is_seeded_like_a_local_env(server):
 def test_a_remote_env_pickles_before_it_connects_and_copies_get_their_own_session(server):
     env = gym_remote.RemoteEnv("CartPole-v1", address=server.address, max_episode_steps=10)
     copy = pickle.loads(pickle.dumps(env))
-    assert copy.state is gym_remote.client.SessionState.NOT_CONNECTED
+    assert copy.gym_remote.state is gym_remote.client.SessionState.NOT_CONNECTED
     copy.reset(seed=0)
     assert copy.spec.max_episode_steps == 10
     env.reset(seed=0)
-    assert pickle.loads(pickle.dumps(env)).state is gym_remote.client.SessionState.NOT_CONNECTED
+    assert pickle.loads(pickle.dumps(env)).gym_remote.state is gym_remote.client.SessionState.NOT_CONNECTED
     env.close()
     copy.close()
+
+
+def test_the_remote_envs_attributes_are_not_shadowed_by_gym_remotes_own(server):
+    """``state``, ``config``, ``env_id`` and ``env_kwargs`` are the remote env's; gym-remote's own
+    session state lives behind ``gym_remote`` (issue 24 item 7)."""
+    remote = gym.make("remote/Env-v0", env_id="CartPole-v1", address=server.address)
+    local = gym.make("CartPole-v1")
+    try:
+        remote.reset(seed=3)
+        local.reset(seed=3)
+        np.testing.assert_array_equal(remote.unwrapped.state, local.unwrapped.state)
+        np.testing.assert_array_equal(remote.get_wrapper_attr("state"), local.unwrapped.state)
+        for name, value in [("config", {"gain": 2}), ("env_id", "mine"), ("env_kwargs", [1, 2])]:
+            remote.set_wrapper_attr(name, value)
+            assert remote.get_wrapper_attr(name) == value
+            assert name not in vars(remote.unwrapped), f"{name} was set on the client, not the remote env"
+        session = remote.unwrapped.gym_remote
+        assert session.state is gym_remote.client.SessionState.ACTIVE
+        assert session.env_id == "CartPole-v1" and session.env_kwargs == {}
+        assert session.config.address == server.address
+    finally:
+        remote.close()
+        local.close()
+
+
+def test_a_token_stays_out_of_specs_and_reprs(start_server):
+    """Trainers log specs and configs: the token is in neither (issue 24 item 8)."""
+    secret = "s3cret-token-value"
+    server = start_server("--token", secret)
+    env = gym.make("remote/Env-v0", env_id="CartPole-v1", address=server.address, token=secret)
+    vector = gym.make_vec(
+        "remote/Env-v0",
+        num_envs=2,
+        vectorization_mode="vector_entry_point",
+        env_id="CartPole-v1",
+        address=server.address,
+        token=secret,
+    )
+    try:
+        env.reset(seed=0)  # the token reached the server
+        vector.reset(seed=0)
+        shown = [
+            str(env.spec.kwargs),
+            env.spec.to_json(),
+            repr(env.spec),
+            repr(env.unwrapped.gym_remote.config),
+            repr(env),
+            str(vector.spec.kwargs),
+            vector.spec.to_json(),
+            repr(vector),
+            repr(vector.unwrapped.sessions[0].gym_remote.config),
+        ]
+        assert not [text for text in shown if secret in text]
+        assert env.spec.kwargs["env_id"] == "CartPole-v1"
+        copy = pickle.loads(pickle.dumps(env.unwrapped))  # a copy still reaches the server
+        copy.reset(seed=0)
+        copy.close()
+    finally:
+        env.close()
+        vector.close()
 
 
 def test_close_is_idempotent_and_later_calls_say_closed(server):

@@ -53,7 +53,7 @@ def test_a_loopback_session_takes_large_replies_through_shared_memory(server, mo
     monkeypatch.setenv("GYM_REMOTE_SHARED_MEMORY", "0")
     plain = RemoteEnv(IMAGE_ENV, address=server.address)
     try:
-        assert shared.uses_shared_memory and not plain.uses_shared_memory
+        assert shared.gym_remote.uses_shared_memory and not plain.gym_remote.uses_shared_memory
         through_memory, through_socket = rollout(shared), rollout(plain)
         assert data_equivalence(through_memory, through_socket, exact=True)
         # Observations a caller keeps are its own: the next reply does not overwrite them.
@@ -138,7 +138,7 @@ def test_replies_larger_than_the_segment_grow_it(server):
     try:
         env.reset(seed=0)
         chunk = env.step_chunk(np.zeros((8, 7), np.float32), all_observations=True)  # 3.1 MB
-        assert env.uses_shared_memory
+        assert env.gym_remote.uses_shared_memory
         assert [observation["pixels"]["image"][0, 0, 0] for observation in chunk.observations] == list(
             range(1, 9)
         )
@@ -150,7 +150,7 @@ def test_replies_larger_than_the_segment_grow_it(server):
 def test_vector_envs_use_it_too(server):
     envs = RemoteVectorEnv(IMAGE_ENV, 2, address=server.address)
     try:
-        assert all(env.uses_shared_memory for env in envs.sessions)
+        assert all(env.gym_remote.uses_shared_memory for env in envs.sessions)
         envs.reset(seed=0)
         observations, *_ = envs.step(envs.action_space.sample())
         assert observations["pixels"]["image"][:, 0, 0, 0].tolist() == [1, 1]
@@ -226,7 +226,7 @@ def test_no_segment_remains_after_the_worker_is_killed(start_server):
 @pytest.mark.parametrize(
     ("make", "check", "segments_in_worker"),
     [
-        ("gym_remote.RemoteEnv({env!r}, address={address!r})", "env.uses_shared_memory", 1),
+        ("gym_remote.RemoteEnv({env!r}, address={address!r})", "env.gym_remote.uses_shared_memory", 1),
         (
             "gym_remote.RemoteVectorEnv({env!r}, 2, address={address!r}, envs_per_worker=2)",
             "env.uses_shared_batches",
