@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import statistics
 import sys
 
@@ -17,6 +18,7 @@ from gym_remote.simulators import RECIPES
 __all__ = ["main"]
 
 _DEFAULT_CLIENT_ADDRESS = "tcp://127.0.0.1:5555"
+_QUERY_OPTIONS = ("address", "timeout", "token", "max_message_size")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,7 +41,13 @@ def main(argv: list[str] | None = None) -> None:
         ("tasks", _tasks, "list a simulator's tasks, e.g. `gym-remote tasks Libero-v0`"),
     ):
         command = commands.add_parser(name, help=help_text)
-        add_arguments(command, ClientConfig)
+        # The options of a query: sessions' own (shared memory, the local socket) do not apply.
+        address_help = (
+            "server address; empty starts a private local server"
+            if name == "tasks"
+            else f"server address; default {_DEFAULT_CLIENT_ADDRESS}"
+        )
+        add_arguments(command, ClientConfig, _QUERY_OPTIONS, helps={"address": address_help})
         if name == "ping":
             command.add_argument("--count", type=int, default=100, help="round trips to time (default 100)")
         if name == "tasks":
@@ -67,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     try:
         arguments.run(arguments, options)
+        sys.stdout.flush()  # here, where a reader that left is noticed, not at exit
+    except BrokenPipeError:  # the reader of our output left (`gym-remote list | head -1`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush there
+        sys.exit(1)
     except (RemoteEnvError, ValueError, OSError, KeyError, RuntimeError) as error:
         print(f"gym-remote {arguments.command}: {error}", file=sys.stderr)
         sys.exit(1)

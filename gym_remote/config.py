@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Iterable, Mapping, TypeVar
 
 __all__ = ["ServerConfig", "ClientConfig", "resolve", "add_arguments", "env_var"]
 
@@ -157,18 +157,35 @@ def _parse(option: dataclasses.Field, text: str) -> Any:
         raise ValueError(f"{env_var(option.name)}={text!r} is not a valid {kind}") from None
 
 
-def add_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
-    """Adds one command-line option per field of ``config_type``, documenting its variable."""
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    config_type: type,
+    names: Iterable[str] | None = None,
+    helps: Mapping[str, str] | None = None,
+) -> None:
+    """Adds one command-line option per field of ``config_type`` (or of those in ``names``),
+    documenting its variable; ``helps`` replaces a field's help text and default. A boolean
+    field gets ``--NAME`` and ``--no-NAME``."""
     for option in dataclasses.fields(config_type):
+        if names is not None and option.name not in names:
+            continue
         flag = option.metadata.get("flag", "--" + option.name.replace("_", "-"))
         default = option.default if option.default is not dataclasses.MISSING else option.default_factory()  # type: ignore[operator]
-        help_text = f"{option.metadata['help']} [env {env_var(option.name)}; default {default!r}]"
+        help_text = (helps or {}).get(option.name) or f"{option.metadata['help']}; default {default!r}"
+        help_text = f"{help_text} [env {env_var(option.name)}]"
         kind = _kind(option)
         if kind.startswith("list"):
             parser.add_argument(flag, dest=option.name, action="append", default=None, help=help_text)
         elif kind == "bool":
             parser.add_argument(
                 flag, dest=option.name, action="store_const", const=True, default=None, help=help_text
+            )
+            parser.add_argument(
+                "--no-" + flag[2:],
+                dest=option.name,
+                action="store_const",
+                const=False,
+                help=f"the opposite of {flag}",
             )
         else:
             parser.add_argument(

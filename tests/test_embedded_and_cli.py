@@ -121,6 +121,43 @@ def test_embedded_server_ends_with_its_client(how):
     assert not os.path.exists(directory), "the private server's socket directory must go too"
 
 
+def test_a_private_server_whose_socket_goes_as_it_stops_still_ends_its_workers(tmp_path, monkeypatch):
+    """The owner removes the socket's directory as it lets go, maybe between the server's check
+    that the socket exists and its unlink: the server stops all the same and ends its workers
+    (issue 24 item 10). The check is made to say "there" for the socket removed already."""
+    import shutil
+    import threading
+
+    socket_path = str(tmp_path / "private" / "server.sock")
+    os.mkdir(os.path.dirname(socket_path))
+    server = Server(resolve(ServerConfig, address=f"unix://{socket_path}", watch_stdin=False))
+    failures: list[BaseException] = []
+    ready = threading.Event()
+
+    def serve() -> None:
+        try:
+            server.serve_forever(on_ready=lambda address: ready.set())
+        except BaseException as error:
+            failures.append(error)
+
+    serving = threading.Thread(target=serve)
+    serving.start()
+    assert ready.wait(30), "the server did not start"
+    env = gym_remote.RemoteEnv("CartPole-v1", address=f"unix://{socket_path}")
+    env.reset(seed=0)
+    workers = descendants()
+    assert len(workers) == 1
+    shutil.rmtree(os.path.dirname(socket_path))
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda path: path == socket_path or real_exists(path))
+    server.stop()
+    serving.join(30)
+    monkeypatch.undo()
+    assert not serving.is_alive() and not failures, failures
+    assert all_gone(workers), "the server must end its worker"
+    env.close()
+
+
 def test_env_var_address_is_used(server, monkeypatch):
     monkeypatch.setenv("GYM_REMOTE_ADDRESS", server.address)
     env = gym_remote.RemoteEnv("CartPole-v1")
@@ -265,6 +302,48 @@ def test_bad_option_values_are_refused_naming_the_option(arguments, environment,
 def test_a_remote_env_refuses_bad_settings_when_made(arguments, message):
     with pytest.raises(ValueError, match=message):
         gym_remote.RemoteEnv("CartPole-v1", **arguments)
+
+
+@pytest.mark.parametrize("command", ["list", "ping"])
+def test_query_commands_say_their_default_address_and_offer_only_their_own_options(command):
+    helped = run_cli(command, "--help")
+    assert "default tcp://127.0.0.1:5555" in helped.stdout
+    assert "private local server" not in helped.stdout
+    assert "--shared-memory" not in helped.stdout and "--local-socket" not in helped.stdout
+    assert "private local server" in run_cli("tasks", "--help").stdout
+
+
+def test_every_boolean_option_can_be_turned_off_over_its_environment_variable(monkeypatch):
+    import argparse
+
+    from gym_remote.config import ClientConfig, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, ClientConfig)
+    monkeypatch.setenv("GYM_REMOTE_SHARED_MEMORY", "1")
+    parsed = vars(parser.parse_args(["--no-shared-memory", "--no-local-socket"]))
+    config = resolve(ClientConfig, **parsed)
+    assert config.shared_memory is False and config.local_socket is False
+    assert resolve(ClientConfig, **vars(parser.parse_args([]))).shared_memory is True
+    assert "--no-allow-pickle" in run_cli("serve", "--help").stdout
+
+
+def test_a_listing_whose_reader_left_ends_quietly(server):
+    """`gym-remote list | head -1`: no "[Errno 32] Broken pipe" (issue 24 item 10)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    try:
+        listed = subprocess.run(
+            [sys.executable, "-m", "gym_remote", "list", "--address", server.address],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert listed.returncode == 1
+    assert listed.stderr == ""
 
 
 def test_python_module_entry_point_and_version():

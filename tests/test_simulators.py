@@ -314,6 +314,22 @@ def test_robosuite_task_listing(server):
     assert {"Lift", "Stack", "Door", "TwoArmLift"} <= set(names)
 
 
+@pytest.mark.parametrize("name", ["libero", "robosuite"])
+def test_a_simulator_imports_without_robosuites_macro_file_warnings(name):
+    """Every worker start imports robosuite: setup gives it the private macro file it asks for."""
+    if name not in ROUTES:
+        pytest.skip(f"run `gym-remote setup {name}` (`make test` does)")
+    imported = subprocess.run(
+        [ROUTES[name].python, "-c", "import robosuite"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "osmesa")},
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert "macro file" not in imported.stdout + imported.stderr
+
+
 @needs_robosuite
 def test_setup_is_idempotent():
     home = Path(ROUTES["robosuite"].python).parents[3]
