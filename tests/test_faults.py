@@ -686,21 +686,6 @@ def test_idle_sessions_are_reaped_and_the_client_is_told(start_server):
     env.close()
 
 
-def test_a_session_without_an_idle_timeout_outlives_the_servers_read_timeout(start_server):
-    """A private server's sessions (``--idle-timeout 0``) live as long as their env. The server
-    reads a ``make`` with its read timeout set on the socket; the worker that takes the socket
-    over must not inherit that timeout as an idle limit (issue 24 item 2: sessions died after
-    the read timeout, reported as a crash). One bounded wait past the read timeout shows it."""
-    server = start_server("--idle-timeout", "0", "--read-timeout", "0.5")
-    env = remote(server, "CartPole-v1")
-    env.reset(seed=0)
-    time.sleep(1.5)  # idle past the read timeout, as a notebook user after a coffee
-    observation, _ = env.reset(seed=0)
-    assert observation.shape == (4,)
-    assert env.step(1)[0].shape == (4,)
-    env.close()
-
-
 def test_a_reader_sets_the_receive_timeout_its_socket_inherited():
     """A socket handed over with ``SO_RCVTIMEO`` set: the first receive without a wait clears it."""
     left, right = socket.socketpair()
@@ -804,9 +789,12 @@ def test_every_error_is_picklable(error_type):
     assert pickle.loads(pickle.dumps(error)).__notes__ == ["also RemoteError: sub-env 3 (...): it broke too"]
 
 
-def test_a_session_outlives_the_read_timeout(start_server):
-    """A worker reads its settings with the read timeout; that must not limit the session's life."""
-    server = start_server("--read-timeout", "0.3")
+@pytest.mark.parametrize("idle_timeout", ["600", "0"], ids=["idle-timeout", "no-idle-timeout"])
+def test_a_session_outlives_the_read_timeout(start_server, idle_timeout):
+    """The server reads a ``make`` with its read timeout set on the socket, and a worker reads its
+    settings with it: neither may limit the session's life. Without an idle timeout (private
+    servers) the worker once inherited the socket's as one (issue 24 item 2)."""
+    server = start_server("--read-timeout", "0.3", "--idle-timeout", idle_timeout)
     env = remote(server, "CartPole-v1")
     env.reset(seed=0)
     (worker,) = [psutil.Process(pid) for pid in worker_pids(server.pid)]

@@ -47,6 +47,19 @@ LIBERO_TASKS = [
 
 
 @needs_robosuite
+def test_robosuite_camera_observations_are_the_render_flipped_vertically(server):
+    """As simulators.md says: `agentview_image` is robosuite's, bottom row first."""
+    kwargs = {"env_name": "Lift", "camera_names": ["agentview"], "camera_height": 256, "camera_width": 256}
+    env = gym.make("remote/Robosuite-v0", address=server.address, render_camera="agentview", **kwargs)
+    try:
+        observation, _ = env.reset(seed=0)
+        np.testing.assert_array_equal(observation["agentview_image"][::-1], env.render())
+        assert env.metadata["render_fps"] == 20
+    finally:
+        env.close()
+
+
+@needs_robosuite
 def test_robosuite_lift_with_cameras_local_equals_remote(server):
     env = gym.make("remote/Robosuite-v0", address=server.address, **ROBOSUITE_KWARGS)
     try:
@@ -112,6 +125,10 @@ def test_libero_task_of_each_suite(server, suite, task_id):
             assert isinstance(info["is_success"], bool) and not truncated
         frame = env.render()
         assert frame.shape == (256, 256, 3) and frame.dtype == np.uint8
+        # As simulators.md says: images unflipped (as LeRobot's), render() rotated upright; the
+        # video rate is not the control rate.
+        np.testing.assert_array_equal(frame, observation["pixels"]["image"][::-1, ::-1])
+        assert env.metadata["render_fps"] == 80
     finally:
         env.close()
 
