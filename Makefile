@@ -6,7 +6,8 @@ VENV ?= .venv
 COMPAT_VENV ?= .venv-compat
 COMPAT_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.8*/bin/python3.8 /usr/bin/python3.8) $(PYTHON))
 PIP_FLAGS ?= --quiet --disable-pip-version-check
-# LeRobot 0.6 (Python >= 3.12) with the plugin in integrations/lerobot, for its integration test.
+# LeRobot 0.6 (Python >= 3.12) with the plugin in integrations/lerobot, for its integration test;
+# Stable-Baselines3 shares its torch, for the SB3 script test.
 LEROBOT_VENV ?= .venv-lerobot
 LEROBOT_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12))
 # Simulator environments (LIBERO, robosuite) made by `gym-remote setup` for the tests.
@@ -28,7 +29,7 @@ $(COMPAT_VENV)/.installed: pyproject.toml
 $(LEROBOT_VENV)/.installed: pyproject.toml integrations/lerobot/pyproject.toml
 	$(LEROBOT_PYTHON) -m venv $(LEROBOT_VENV)
 	$(LEROBOT_VENV)/bin/pip install $(PIP_FLAGS) 'lerobot[dataset,evaluation]==0.6.1' \
-		pytest pytest-timeout psutil -e . -e integrations/lerobot
+		'stable-baselines3==2.9.2' pytest pytest-timeout psutil -e . -e integrations/lerobot
 	touch $@
 
 demo: $(VENV)/.installed
@@ -64,7 +65,8 @@ ifeq ($(LEROBOT_PYTHON),)
 	@echo "test-lerobot: skipped, no Python 3.12 here (set LEROBOT_PYTHON=/path/to/python3.12)"
 else
 	$(MAKE) $(LEROBOT_VENV)/.installed
-	GYM_REMOTE_HOME=$(abspath $(SIM_HOME)) $(LEROBOT_VENV)/bin/python -m pytest tests/test_lerobot_plugin.py
+	GYM_REMOTE_HOME=$(abspath $(SIM_HOME)) $(LEROBOT_VENV)/bin/python -m pytest \
+		tests/test_lerobot_plugin.py tests/test_sb3_shaped.py
 endif
 
 bench: $(VENV)/.installed

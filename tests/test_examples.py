@@ -17,6 +17,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 README = EXAMPLES.parent / "README.md"
 README_ADDRESS = "tcp://127.0.0.1:5555"
 SIMULATORS = {route.name for route in recorded_routes()}
+# Examples run real simulators in subprocesses: each test gets the time they need on a busy machine.
+pytestmark = pytest.mark.timeout(900)
 
 
 def run_example(name: str, *arguments: str, cwd: Path) -> str:
@@ -24,7 +26,7 @@ def run_example(name: str, *arguments: str, cwd: Path) -> str:
         [sys.executable, str(EXAMPLES / name), *arguments],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=840,
         cwd=cwd,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -47,6 +47,8 @@ VECTORIZERS = {
     "sync": lambda fns, mode: SyncVectorEnv(fns, autoreset_mode=mode),
     "async-forkserver": lambda fns, mode: AsyncVectorEnv(fns, context="forkserver", autoreset_mode=mode),
 }
+# LIBERO in subprocess vector envs on a busy machine: the time it needs, not the default two minutes.
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,9 @@ needs_libero = pytest.mark.skipif(
 needs_robosuite = pytest.mark.skipif(
     "robosuite" not in ROUTES, reason="run `gym-remote setup robosuite` (`make test` does)"
 )
+# Real simulators on a busy 2-core machine (LIBERO: 0.2-0.3 s a step, seconds to start): each
+# test gets the time it needs, not pytest's default two minutes.
+pytestmark = pytest.mark.timeout(900)
 ROBOSUITE_KWARGS = {
     "env_name": "Lift",
     "camera_names": ["agentview", "robot0_eye_in_hand"],
@@ -244,7 +247,6 @@ def test_libero_takes_lerobots_observation_options(server):
 
 
 @needs_libero
-@pytest.mark.timeout(600)
 def test_setup_libero_with_an_assets_folder_uses_that_folder(tmp_path, start_server):
     """`--assets DIR`: no asset packages installed; LIBERO finds DIR and runs a task from it."""
     where = "from gym_remote.envs.libero import assets_dir; print(assets_dir())"
@@ -392,7 +394,6 @@ def test_a_server_without_the_simulator_says_which_command_fixes_it(start_server
 # A real simulator gets the time it needs on a busy 2-core machine: LIBERO's check_env alone
 # took 120-130 s here with nothing else running.
 @needs_robosuite
-@pytest.mark.timeout(900)
 class TestRobosuiteCompliance(EnvCompliance):
     env_id = "gym_remote/Robosuite-v0"
     env_kwargs = {"env_name": "Lift", "camera_height": 32, "camera_width": 32, "horizon": 40}
@@ -401,7 +402,6 @@ class TestRobosuiteCompliance(EnvCompliance):
 
 
 @needs_libero
-@pytest.mark.timeout(900)
 class TestLiberoCompliance(EnvCompliance):
     env_id = "gym_remote/Libero-v0"
     env_kwargs = {
