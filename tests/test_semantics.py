@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from copy import deepcopy
 
 import gymnasium as gym
 import numpy as np
@@ -189,7 +190,14 @@ def test_a_remote_env_pickles_before_it_connects_and_copies_get_their_own_sessio
     copy.reset(seed=0)
     assert copy.spec.max_episode_steps == 10
     env.reset(seed=0)
+    env.step(1)
     assert pickle.loads(pickle.dumps(env)).gym_remote.state is gym_remote.client.SessionState.NOT_CONNECTED
+    # As the how-to says: a copy of a reset env is a new session, to be reset before it steps.
+    duplicate = deepcopy(env)
+    with pytest.raises(gym_remote.InvalidCall, match="reset"):
+        duplicate.step(1)
+    duplicate.close()
+    assert env.step(1)[0].shape == (4,), "the original's session goes on"
     env.close()
     copy.close()
 
@@ -252,24 +260,6 @@ def test_a_token_stays_out_of_specs_and_reprs(start_server):
     finally:
         env.close()
         vector.close()
-
-
-def test_a_copy_of_a_reset_env_is_a_new_session_that_must_be_reset(server):
-    """As the how-to says: a copy carries the arguments, not the episode (issue 24 item 11)."""
-    import copy
-
-    env = gym_remote.RemoteEnv("CartPole-v1", address=server.address)
-    try:
-        env.reset(seed=0)
-        env.step(1)
-        duplicate = copy.deepcopy(env)
-        assert duplicate.gym_remote.state is gym_remote.client.SessionState.NOT_CONNECTED
-        with pytest.raises(gym_remote.InvalidCall, match="reset"):
-            duplicate.step(1)
-        duplicate.close()
-        assert env.step(1)[0].shape == (4,), "the original's session goes on"
-    finally:
-        env.close()
 
 
 def test_close_is_idempotent_and_later_calls_say_closed(server):
