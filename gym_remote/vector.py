@@ -361,11 +361,7 @@ class RemoteVectorEnv(VectorEnv):
                 one action per env, an env already has a call in flight, or (autoreset disabled)
                 one ended its episode and was not reset.
         """
-        env_ids = list(range(self.num_envs)) if env_ids is None else [int(index) for index in env_ids]
-        if len(set(env_ids)) != len(env_ids) or not all(0 <= index < self.num_envs for index in env_ids):
-            raise InvalidCall(
-                f"env_ids must be distinct sub-envs from 0 to {self.num_envs - 1}, got {env_ids}"
-            )
+        env_ids = self._checked_env_ids(env_ids)
         if isinstance(actions, list) and isinstance(self.single_action_space, (spaces.Dict, spaces.Tuple)):
             actions = list(actions)  # one action each, not a batch
         else:
@@ -378,11 +374,56 @@ class RemoteVectorEnv(VectorEnv):
                 raise InvalidCall(
                     f"sub-envs {ended} ended their episodes: reset them (autoreset is disabled)"
                 )
+        requests = {
+            index: ("reset", {"seed": None, "options": None})
+            if self._autoreset_envs[index]
+            else ("step", {"action": action})
+            for action, index in zip(actions, env_ids)
+        }
+        self._send_requests(requests)
+
+    def send_reset(
+        self,
+        env_ids: Iterable[int],
+        seeds: Sequence[int | None] | None = None,
+        options: Sequence[dict[str, Any] | None] | None = None,
+    ) -> None:
+        """Starts resets of ``env_ids`` without waiting, each with its own seed and options (an
+        evaluation's episode plan); :meth:`recv` returns their observations, as steps with no
+        reward and no episode end, and their infos.
+
+        Raises:
+            InvalidCall: as :meth:`send`, or not one seed (or options) per env.
+        """
+        env_ids = self._checked_env_ids(env_ids)
+        seeds = list(seeds) if seeds is not None else [None] * len(env_ids)
+        options = list(options) if options is not None else [None] * len(env_ids)
+        if len(seeds) != len(env_ids) or len(options) != len(env_ids):
+            raise InvalidCall(f"{len(seeds)} seeds and {len(options)} options for sub-envs {env_ids}")
+        self._autoreset_envs[env_ids] = False
+        self._send_requests(
+            {
+                index: ("reset", {"seed": seed, "options": option})
+                for index, seed, option in zip(env_ids, seeds, options)
+            }
+        )
+
+    def _checked_env_ids(self, env_ids: Iterable[int] | None) -> list[int]:
+        """``env_ids`` as a list (None: every env), each a distinct sub-env."""
+        env_ids = list(range(self.num_envs)) if env_ids is None else [int(index) for index in env_ids]
+        if len(set(env_ids)) != len(env_ids) or not all(0 <= index < self.num_envs for index in env_ids):
+            raise InvalidCall(
+                f"env_ids must be distinct sub-envs from 0 to {self.num_envs - 1}, got {env_ids}"
+            )
+        return env_ids
+
+    def _send_requests(self, requests: Requests) -> None:
+        """Sends one request per env, unless one of them (or a worker mate) is still busy."""
         # A worker mate's result not yet returned counts too: the session's next request must wait.
         undelivered = {self._group.session_of(index) for index in self._undelivered}
         busy = [
             index
-            for index in env_ids
+            for index in requests
             if self._group.is_busy(index) or self._group.session_of(index) in undelivered
         ]
         if busy:
@@ -390,12 +431,6 @@ class RemoteVectorEnv(VectorEnv):
                 f"sub-envs {busy} already have a step in flight (theirs or their worker's) or a result "
                 "not yet returned: recv() it first"
             )
-        requests = {
-            index: ("reset", {"seed": None, "options": None})
-            if self._autoreset_envs[index]
-            else ("step", {"action": action})
-            for action, index in zip(actions, env_ids)
-        }
         # Rows of a buffer the caller holds nothing of; recv() copies them out, so the caller
         # never gets the buffer itself (and step() and reset() refuse to run while results are out).
         buffer = None if self._shared is None else self._shared.take()

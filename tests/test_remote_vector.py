@@ -577,6 +577,45 @@ def test_send_to_an_env_that_ended_with_autoreset_disabled_is_refused(server):
         remote.close()
 
 
+@pytest.mark.parametrize("envs_per_worker", [1, 3])
+def test_send_reset_resets_each_env_with_its_own_seed_and_options_while_others_step(server, envs_per_worker):
+    """An evaluation's episode plan: an env that ended is reset with its episode's seed while the
+    others are mid-step; recv() returns its first observation as a step with no reward."""
+    remote = RemoteVectorEnv(
+        "gym_remote_testing/ImageEnv-v0",
+        3,
+        address=server.address,
+        autoreset_mode=AutoresetMode.DISABLED,
+        envs_per_worker=envs_per_worker,
+    )
+    local = gym.make("gym_remote_testing/ImageEnv-v0")
+    try:
+        remote.reset(seed=0)
+        remote.send(remote.action_space.sample(), env_ids=[0, 1, 2])
+        remote.recv(min_envs=3)
+        if envs_per_worker == 1:  # a worker mate's step would hold env 1's reset back
+            remote.send(remote.action_space.sample()[:2], env_ids=[0, 2])
+        remote.send_reset([1], seeds=[7], options=[{"note": "planned"}])
+        received = {}
+        while len(received) < (3 if envs_per_worker == 1 else 1):
+            observations, rewards, terminations, truncations, infos, env_ids = remote.recv()
+            for position, index in enumerate(env_ids.tolist()):
+                received[index] = (observations["state"][position], rewards[position], terminations[position])
+        expected, _ = local.reset(seed=7)
+        state, reward, terminated = received[1]
+        np.testing.assert_array_equal(state, expected["state"])
+        assert reward == 0.0 and not terminated
+        with pytest.raises(gym_remote.InvalidCall, match="2 seeds and 1 options"):
+            remote.send_reset([0], seeds=[1, 2], options=[None])
+        remote.send_reset([0], seeds=[3])
+        with pytest.raises(gym_remote.InvalidCall, match="in flight"):
+            remote.send_reset([0], seeds=[3])
+        assert remote.recv()[-1].tolist() == [0]
+    finally:
+        remote.close()
+        local.close()
+
+
 def test_recv_with_a_timeout_returns_what_is_ready_by_then(server):
     import gym_remote.testing  # noqa: F401
 
