@@ -51,6 +51,10 @@ def __getattr__(name: str) -> Any:
         from gym_remote import discovery
 
         return getattr(discovery, name)
+    if name == "evaluate":
+        from gym_remote.evaluation import evaluate
+
+        return evaluate
     raise AttributeError(f"module 'gym_remote' has no attribute {name!r}")
 
 
@@ -58,6 +62,7 @@ __all__ = [
     "__version__",
     "RemoteEnv",
     "RemoteVectorEnv",
+    "evaluate",
     "list_envs",
     "list_tasks",
     "ping",

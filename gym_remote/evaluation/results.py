@@ -1,0 +1,177 @@
+"""An evaluation's results: one row per episode, success rates with 95% Wilson intervals, and
+the files they are kept in (``episodes.csv``, appended as episodes end, and ``results.json``)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+__all__ = ["EpisodeResult", "SuccessRate", "wilson_interval", "summarize", "ResultsLog", "format_table"]
+
+EPISODES_FILE = "episodes.csv"
+RESULTS_FILE = "results.json"
+# The normal quantile of a two-sided 95% interval.
+_Z_95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    """One episode as it ended.
+
+    Attributes:
+        task: The task's name.
+        episode: The episode's number within its task (its place in the plan).
+        seed: The seed of its reset.
+        init_state: The initial state it started from (LIBERO), or None.
+        success: Whether the env said ``info["is_success"]`` when the episode ended.
+        episode_return: The sum of its rewards.
+        length: Its steps.
+        seconds: Wall-clock time from its reset to its end.
+        failure: Why it did not succeed (``terminated``, ``truncated``, ``max_steps``), or ``""``.
+    """
+
+    task: str
+    episode: int
+    seed: int
+    init_state: int | None
+    success: bool
+    episode_return: float
+    length: int
+    seconds: float
+    failure: str = ""
+
+    @classmethod
+    def from_row(cls, row: dict[str, str]) -> EpisodeResult:
+        """An episode from a row of ``episodes.csv``."""
+        return cls(
+            task=row["task"],
+            episode=int(row["episode"]),
+            seed=int(row["seed"]),
+            init_state=int(row["init_state"]) if row["init_state"] else None,
+            success=row["success"] == "True",
+            episode_return=float(row["episode_return"]),
+            length=int(row["length"]),
+            seconds=float(row["seconds"]),
+            failure=row["failure"],
+        )
+
+
+@dataclass(frozen=True)
+class SuccessRate:
+    """Successes out of episodes, with the 95% Wilson interval of the rate."""
+
+    episodes: int
+    successes: int
+
+    @property
+    def rate(self) -> float:
+        return self.successes / self.episodes if self.episodes else 0.0
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.successes, self.episodes)
+
+    def to_json(self) -> dict[str, Any]:
+        low, high = self.interval
+        return {
+            "episodes": self.episodes,
+            "successes": self.successes,
+            "success_rate": self.rate,
+            "ci95_low": low,
+            "ci95_high": high,
+        }
+
+
+def wilson_interval(successes: int, trials: int, z: float = _Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a success rate (95% by default); (0, 1) for no trials."""
+    if trials == 0:
+        return 0.0, 1.0
+    rate = successes / trials
+    denominator = 1 + z * z / trials
+    center = (rate + z * z / (2 * trials)) / denominator
+    half_width = z * math.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials * trials)) / denominator
+    low = 0.0 if successes == 0 else max(0.0, center - half_width)
+    high = 1.0 if successes == trials else min(1.0, center + half_width)
+    return low, high
+
+
+def summarize(results: Iterable[EpisodeResult], tasks: Sequence[str]) -> dict[str, Any]:
+    """Per task (in ``tasks``' order) and overall success rates, and every episode, sorted by
+    task and episode number: what ``results.json`` holds."""
+    episodes = sorted(results, key=lambda result: (tasks.index(result.task), result.episode))
+    per_task = {
+        task: SuccessRate(
+            sum(1 for result in episodes if result.task == task),
+            sum(1 for result in episodes if result.task == task and result.success),
+        ).to_json()
+        for task in tasks
+    }
+    overall = SuccessRate(len(episodes), sum(result.success for result in episodes)).to_json()
+    return {
+        "tasks": per_task,
+        "overall": overall,
+        "episodes": [dataclasses.asdict(result) for result in episodes],
+    }
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The per-task and overall success rates of ``summary`` as a plain-text table."""
+    rows = [(task, rate) for task, rate in summary["tasks"].items()] + [("overall", summary["overall"])]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{'task':<{width}}  episodes  successes  rate   95% CI"]
+    for name, rate in rows:
+        lines.append(
+            f"{name:<{width}}  {rate['episodes']:>8}  {rate['successes']:>9}  {rate['success_rate']:.3f}"
+            f"  [{rate['ci95_low']:.3f}, {rate['ci95_high']:.3f}]"
+        )
+    return "\n".join(lines)
+
+
+class ResultsLog:
+    """The results of an evaluation in ``directory``: each episode is appended to
+    ``episodes.csv`` (flushed, so a run that dies keeps every episode that ended) and
+    ``results.json`` is rewritten with the summary."""
+
+    def __init__(self, directory: str | os.PathLike[str], tasks: Sequence[str], resume: bool = False) -> None:
+        self.directory = Path(directory)
+        self.tasks = list(tasks)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / EPISODES_FILE
+        self.results: list[EpisodeResult] = []
+        if path.exists():
+            if not resume:
+                raise FileExistsError(
+                    f"{path} holds results of an earlier run: pass resume=True (--resume) to go on "
+                    "with it, or choose another output directory"
+                )
+            with path.open(newline="") as file:
+                self.results = [EpisodeResult.from_row(row) for row in csv.DictReader(file)]
+        fields = [field.name for field in dataclasses.fields(EpisodeResult)]
+        self._file = path.open("a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=fields)
+        if not self.results:
+            self._writer.writeheader()
+            self._file.flush()
+
+    def done(self) -> set[tuple[str, int]]:
+        """The ``(task, episode)`` pairs already in the log."""
+        return {(result.task, result.episode) for result in self.results}
+
+    def add(self, result: EpisodeResult) -> None:
+        """Appends one episode and rewrites the summary."""
+        self.results.append(result)
+        self._writer.writerow(dataclasses.asdict(result))
+        self._file.flush()
+        summary = summarize([r for r in self.results if r.task in self.tasks], self.tasks)
+        temporary = self.directory / (RESULTS_FILE + ".tmp")
+        temporary.write_text(json.dumps(summary, indent=2) + "\n")
+        temporary.replace(self.directory / RESULTS_FILE)
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,0 +1,291 @@
+"""``evaluate``: runs a policy on planned episodes of each task over a ``RemoteVectorEnv``.
+
+Stepping and inference overlap: while the policy computes actions for the envs that need them
+(in a thread of its own), envs that still have actions of their chunk keep stepping.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import concatenate, create_empty_array, iterate
+
+from gym_remote.evaluation.plan import Episode, Task, plan_episodes
+from gym_remote.evaluation.policies import Policy, load_policy
+from gym_remote.evaluation.results import EpisodeResult, ResultsLog, format_table, summarize
+from gym_remote.vector import RemoteVectorEnv
+
+__all__ = ["evaluate", "Evaluation"]
+
+# While the policy computes, how often the loop looks for finished steps (seconds).
+_POLL_SECONDS = 0.002
+
+ProgressCallback = Callable[[int, int, int], None]  # (episodes ended, episodes planned, successes)
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` returns: every episode (with those of a resumed run) and the tasks."""
+
+    tasks: list[str]
+    episodes: list[EpisodeResult] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Per task and overall success rates with 95% Wilson intervals, and every episode."""
+        return summarize(self.episodes, self.tasks)
+
+    def table(self) -> str:
+        """The success rates as a plain-text table."""
+        return format_table(self.summary())
+
+
+def evaluate(
+    tasks: Sequence[Task],
+    policy: Policy | str = "random",
+    *,
+    episodes: int = 10,
+    num_envs: int = 1,
+    address: str | Sequence[str] | None = None,
+    replan_steps: int | None = None,
+    max_steps: int | None = None,
+    seed: int = 0,
+    output_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    progress: ProgressCallback | None = None,
+    timeout: float | None = None,
+    token: str | None = None,
+) -> Evaluation:
+    """Runs ``episodes`` planned episodes of each task with ``policy``, ``num_envs`` at a time.
+
+    Episode ``k`` of a task resets with seed ``seed + k`` (and, for LIBERO, initial state ``k``)
+    whatever ``num_envs`` is, so results do not depend on parallelism.
+
+    Args:
+        tasks: What to evaluate (see :func:`~gym_remote.evaluation.libero_tasks`).
+        policy: A :class:`Policy`, or a name for :func:`~gym_remote.evaluation.load_policy`.
+        episodes: Episodes per task.
+        num_envs: Sessions stepped at once (fewer where a task has fewer episodes left).
+        address: A server, a list of them (sessions spread round-robin), or None (a private one).
+        replan_steps: Actions of each chunk run before the policy is asked again (None: all).
+        max_steps: Ends an episode after this many steps, besides the env's own time limit.
+        seed: The seed of every task's episode 0.
+        output_dir: Where ``episodes.csv`` and ``results.json`` go (None: nowhere).
+        resume: Go on with the results in ``output_dir``: episodes already there are skipped.
+        progress: Called after each episode with (episodes ended, planned, successes).
+        timeout, token: As for :class:`~gym_remote.RemoteEnv`.
+
+    Raises:
+        FileExistsError: ``output_dir`` holds results and ``resume`` is False.
+        ValueError: a policy name names no policy, or a count is below 1.
+        RemoteEnvError: an env failed; the episodes that ended are kept in ``output_dir``.
+    """
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+    if replan_steps is not None and replan_steps < 1:
+        raise ValueError(f"replan_steps must be at least 1, got {replan_steps}")
+    names = [task.name for task in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"task names must differ, got {names}")
+    plans = {task.name: plan_episodes(task, episodes, seed) for task in tasks}
+    log = ResultsLog(output_dir, names, resume) if output_dir is not None else None
+    evaluation = Evaluation(names, [r for r in log.results if r.task in names] if log else [])
+    done = {(result.task, result.episode) for result in evaluation.episodes}
+    total = sum(len(plan) for plan in plans.values())
+
+    def record(result: EpisodeResult) -> None:
+        evaluation.episodes.append(result)
+        if log is not None:
+            log.add(result)
+        if progress is not None:
+            progress(len(evaluation.episodes), total, sum(r.success for r in evaluation.episodes))
+
+    try:
+        for task in tasks:
+            planned = [episode for episode in plans[task.name] if (task.name, episode.index) not in done]
+            if not planned:
+                continue
+            envs = RemoteVectorEnv(
+                task.env_id,
+                min(num_envs, len(planned)),
+                address=address,
+                autoreset_mode=AutoresetMode.DISABLED,
+                timeout=timeout,
+                token=token,
+                **task.env_kwargs,
+            )
+            try:
+                if isinstance(policy, str):
+                    policy = load_policy(
+                        policy,
+                        action_space=envs.single_action_space,
+                        observation_space=envs.single_observation_space,
+                        num_envs=num_envs,
+                        seed=seed,
+                    )
+                _TaskRun(envs, policy, planned, replan_steps, max_steps, record).run()
+            finally:
+                envs.close()
+    finally:
+        if log is not None:
+            log.close()
+    return evaluation
+
+
+class _Slot:
+    """What one env is doing: its episode, its queued actions and its running totals."""
+
+    def __init__(self, episode: Episode) -> None:
+        self.episode = episode
+        self.resetting = True
+        self.actions: collections.deque[np.ndarray] = collections.deque()
+        self.steps = 0
+        self.episode_return = 0.0
+        self.started = time.monotonic()
+
+
+class _TaskRun:
+    """The episodes of one task over one vector env, stepping and inference overlapped."""
+
+    def __init__(
+        self,
+        envs: RemoteVectorEnv,
+        policy: Policy,
+        planned: list[Episode],
+        replan_steps: int | None,
+        max_steps: int | None,
+        record: Callable[[EpisodeResult], None],
+    ) -> None:
+        self.envs = envs
+        self.policy = policy
+        self.pending = collections.deque(planned)
+        self.replan_steps = replan_steps
+        self.max_steps = max_steps
+        self.record = record
+        self.slots: list[_Slot | None] = [None] * envs.num_envs
+        self.in_flight: set[int] = set()
+        self.waiting: dict[int, Any] = {}  # env -> its observation, for the next inference
+        self.action_ndim = len(envs.single_action_space.shape or ())
+
+    def run(self) -> None:
+        self._start_episodes(list(range(self.envs.num_envs)))
+        inference: Future | None = None
+        inferring: list[int] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gym-remote-policy") as pool:
+            while self.in_flight or self.waiting or inference is not None:
+                if self.in_flight:
+                    self._receive(None if inference is None else _POLL_SECONDS)
+                if inference is not None and (inference.done() or not self.in_flight):
+                    self._queue(inferring, inference.result())
+                    self._step(inferring)
+                    inference = None
+                if inference is None and self.waiting:
+                    inferring = sorted(self.waiting)
+                    batch: Any = create_empty_array(self.envs.single_observation_space, n=len(inferring))
+                    batch = concatenate(
+                        self.envs.single_observation_space, [self.waiting[i] for i in inferring], batch
+                    )
+                    self.waiting.clear()
+                    inference = pool.submit(self.policy.act, batch, inferring)
+
+    def _start_episodes(self, env_indices: list[int]) -> None:
+        """Resets each env into the next planned episode (an env with none left stops)."""
+        starting = []
+        for index in env_indices:
+            if self.pending:
+                self.slots[index] = _Slot(self.pending.popleft())
+                starting.append(index)
+            else:
+                self.slots[index] = None
+        if starting:
+            episodes = [self._slot(index).episode for index in starting]
+            self.envs.send_reset(
+                starting,
+                seeds=[episode.seed for episode in episodes],
+                options=[episode.reset_options for episode in episodes],
+            )
+            self.in_flight.update(starting)
+
+    def _receive(self, wait: float | None) -> None:
+        """Takes the results ready (waiting up to ``wait`` seconds; None: for one at least),
+        ends the episodes that ended and steps the envs that still have actions queued."""
+        observations, rewards, terminations, truncations, infos, env_ids = self.envs.recv(
+            min_envs=1, timeout=wait
+        )
+        rows = list(iterate(self.envs.single_observation_space, observations)) if len(env_ids) else []
+        ready, ended = [], []
+        for position, index in enumerate(env_ids.tolist()):
+            self.in_flight.discard(index)
+            slot = self._slot(index)
+            if slot.resetting:
+                slot.resetting = False
+                self.policy.reset(index)
+            else:
+                slot.steps += 1
+                slot.episode_return += float(rewards[position])
+                capped = self.max_steps is not None and slot.steps >= self.max_steps
+                if terminations[position] or truncations[position] or capped:
+                    success = bool(_info_value(infos, "is_success", position))
+                    failure = "" if success else _failure(terminations[position], truncations[position])
+                    self.record(
+                        EpisodeResult(
+                            task=slot.episode.task,
+                            episode=slot.episode.index,
+                            seed=slot.episode.seed,
+                            init_state=slot.episode.init_state,
+                            success=success,
+                            episode_return=slot.episode_return,
+                            length=slot.steps,
+                            seconds=time.monotonic() - slot.started,
+                            failure=failure,
+                        )
+                    )
+                    ended.append(index)
+                    continue
+            if slot.actions:
+                ready.append(index)
+            else:
+                self.waiting[index] = rows[position]
+        self._start_episodes(ended)
+        self._step(ready)
+
+    def _queue(self, env_indices: list[int], actions: Any) -> None:
+        """Queues the policy's actions (one each, or a chunk each: its first ``replan_steps``)."""
+        actions = np.asarray(actions)
+        if len(actions) != len(env_indices):
+            raise ValueError(f"the policy returned {len(actions)} actions for {len(env_indices)} envs")
+        chunked = actions.ndim == self.action_ndim + 2
+        for index, chosen in zip(env_indices, actions):
+            steps = chosen[: self.replan_steps] if chunked else chosen[np.newaxis]
+            self._slot(index).actions.extend(steps)
+
+    def _step(self, env_indices: list[int]) -> None:
+        """Sends each env the next action of its queue."""
+        if env_indices:
+            actions = np.stack([self._slot(index).actions.popleft() for index in env_indices])
+            self.envs.send(actions, env_ids=env_indices)
+            self.in_flight.update(env_indices)
+
+    def _slot(self, index: int) -> _Slot:
+        slot = self.slots[index]
+        assert slot is not None, f"env {index} has no episode"
+        return slot
+
+
+def _info_value(infos: dict[str, Any], key: str, position: int) -> Any:
+    """``key`` of the info of the env at ``position`` of a vector env's batched infos, or None."""
+    if key not in infos or not infos.get(f"_{key}", np.ones(position + 1, bool))[position]:
+        return None
+    return infos[key][position]
+
+
+def _failure(terminated: bool, truncated: bool) -> str:
+    if terminated:
+        return "terminated"
+    return "truncated" if truncated else "max_steps"

@@ -1,0 +1,137 @@
+"""`gym_remote.evaluate`: planned episodes, deterministic whatever the parallelism, results on disk."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from gym_remote.evaluation import (
+    EpisodeResult,
+    Task,
+    evaluate,
+    libero_tasks,
+    load_policy,
+    parse_task_ids,
+    plan_episodes,
+    wilson_interval,
+)
+
+CARTPOLE = Task("cartpole", "CartPole-v1")
+
+
+class BalancingPolicy:
+    """Pushes the cart toward where the pole leans: deterministic, so results depend only on
+    each episode's seed. With ``chunk``, returns that many copies of the action each call."""
+
+    def __init__(self, chunk: int = 0, **_) -> None:
+        self.chunk = chunk
+        self.calls = 0
+        self.resets: list[int] = []
+
+    def reset(self, env_index: int) -> None:
+        self.resets.append(env_index)
+
+    def act(self, observations, env_indices):
+        self.calls += 1
+        actions = (np.asarray(observations)[:, 2] > 0).astype(np.int64)
+        return np.repeat(actions[:, None], self.chunk, axis=1) if self.chunk else actions
+
+
+def balancing(**context):
+    return BalancingPolicy(**context)
+
+
+def test_wilson_intervals_match_the_textbook_values():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    low, high = wilson_interval(5, 10)
+    assert round(low, 4) == 0.2366 and round(high, 4) == 0.7634
+    low, high = wilson_interval(10, 10)
+    assert round(low, 4) == 0.7225 and high == 1.0
+    assert wilson_interval(0, 10)[0] == 0.0
+
+
+def test_task_ids_and_plans():
+    assert parse_task_ids("0-2,7,1") == [0, 1, 2, 7]
+    for bad in ["x", "3-1", "-1", ""]:
+        with pytest.raises(ValueError, match="task ids"):
+            parse_task_ids(bad)
+    (task,) = libero_tasks("libero_goal", [3], observation_height=64)
+    assert task.name == "libero_goal/3" and task.env_kwargs["task_id"] == 3
+    plan = plan_episodes(task, 3, seed=10)
+    assert [(episode.seed, episode.reset_options) for episode in plan] == [
+        (10, {"init_state_id": 0}),
+        (11, {"init_state_id": 1}),
+        (12, {"init_state_id": 2}),
+    ]
+    assert plan_episodes(CARTPOLE, 2)[1].reset_options is None
+
+
+def test_policies_by_name():
+    import gymnasium as gym
+
+    box = gym.spaces.Box(-1, 1, (3,), np.float32)
+    assert load_policy("zeros", action_space=box).act(None, [0, 1]).shape == (2, 3)
+    assert load_policy("random", action_space=box, seed=0).act(None, [4]).shape == (1, 3)
+    assert isinstance(load_policy("tests.test_evaluation:balancing"), BalancingPolicy)
+    with pytest.raises(ValueError, match="unknown policy"):
+        load_policy("nonsense")
+    with pytest.raises(ValueError, match="no_such_module"):
+        load_policy("no_such_module:factory")
+
+
+@pytest.mark.parametrize("chunk, replan_steps", [(0, None), (4, 2)], ids=["single", "chunks"])
+def test_results_do_not_depend_on_the_number_of_sessions(server, chunk, replan_steps):
+    runs = {}
+    for num_envs in (1, 3):
+        policy = BalancingPolicy(chunk)
+        evaluation = evaluate(
+            [CARTPOLE],
+            policy,
+            episodes=5,
+            num_envs=num_envs,
+            address=server.address,
+            replan_steps=replan_steps,
+            max_steps=60,
+        )
+        runs[num_envs] = sorted(
+            (result.episode, result.seed, result.length, result.episode_return, result.failure)
+            for result in evaluation.episodes
+        )
+        assert len(policy.resets) == 5, "one policy reset per episode"
+    assert runs[1] == runs[3]
+    assert [episode for episode, *_ in runs[1]] == [0, 1, 2, 3, 4]
+    assert {failure for *_, failure in runs[1]} <= {"terminated", "max_steps"}
+
+
+def test_chunks_are_asked_for_once_per_replan(server):
+    policy = BalancingPolicy(chunk=5)
+    evaluation = evaluate(
+        [CARTPOLE], policy, episodes=1, address=server.address, replan_steps=5, max_steps=20
+    )
+    (result,) = evaluation.episodes
+    assert policy.calls == -(-result.length // 5)  # one call per 5 steps, rounded up
+
+
+def test_results_on_disk_agree_and_a_resumed_run_skips_what_is_there(server, tmp_path):
+    first = evaluate(
+        [CARTPOLE], "tests.test_evaluation:balancing", episodes=2, address=server.address, output_dir=tmp_path
+    )
+    summary = json.loads((tmp_path / "results.json").read_text())
+    with (tmp_path / "episodes.csv").open(newline="") as file:
+        rows = [EpisodeResult.from_row(row) for row in csv.DictReader(file)]
+    assert sorted(rows, key=lambda r: r.episode) == sorted(first.episodes, key=lambda r: r.episode)
+    assert summary == first.summary()
+    assert summary["tasks"]["cartpole"]["episodes"] == 2 and summary["overall"]["successes"] == 0
+    assert "cartpole" in first.table() and "overall" in first.table()
+    with pytest.raises(FileExistsError, match="--resume"):
+        evaluate([CARTPOLE], "zeros", episodes=2, address=server.address, output_dir=tmp_path)
+    policy = BalancingPolicy()
+    resumed = evaluate(
+        [CARTPOLE], policy, episodes=4, address=server.address, output_dir=tmp_path, resume=True
+    )
+    assert sorted(result.episode for result in resumed.episodes) == [0, 1, 2, 3]
+    assert len(policy.resets) == 2, "only the episodes not yet run are run"
+    assert json.loads((tmp_path / "results.json").read_text())["overall"]["episodes"] == 4
