@@ -1,13 +1,15 @@
-"""The ``gym-remote`` command: ``serve``, ``list`` and ``ping``."""
+"""The ``gym-remote`` command: ``serve``, ``list``, ``ping``, ``tasks``, ``eval`` and ``setup``."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import statistics
 import sys
+from typing import Any
 
 from gym_remote import __version__
 from gym_remote.config import ClientConfig, ServerConfig, add_arguments, resolve
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
                 "env_id", help="Libero-v0, Robosuite-v0 (or their gym_remote/ or remote/ ids)"
             )
         command.set_defaults(run=run)
+
+    _add_eval_command(commands)
 
     setup = commands.add_parser("setup", help="make the environment of a simulator: libero or robosuite")
     setup.add_argument("simulator", nargs="?", choices=sorted(RECIPES), help="the simulator to set up")
@@ -128,6 +132,80 @@ def _server_options(options: dict, default_address: str | None = _DEFAULT_CLIENT
         "token": config.token,
         "max_message_size": config.max_message_size,
     }
+
+
+def _add_eval_command(commands: Any) -> None:
+    command = commands.add_parser(
+        "eval",
+        help="evaluate a policy: success rates per task (`gym-remote eval --suite libero_goal --tasks 0-4`)",
+    )
+    command.add_argument(
+        "env_id", nargs="?", help="any env id the server serves (or use --suite / --env-name)"
+    )
+    command.add_argument("--env-kwargs", default="{}", help="JSON keyword arguments of every remote gym.make")
+    command.add_argument("--suite", help="a LIBERO suite: libero_spatial, libero_object, libero_goal, ...")
+    command.add_argument("--tasks", default="0", help="LIBERO task ids of the suite, e.g. 0-4,7 (default 0)")
+    command.add_argument("--env-name", help="a robosuite task: Lift, Stack, Door, ...")
+    command.add_argument("--episodes", type=int, default=10, help="episodes per task (default 10)")
+    command.add_argument("--num-envs", type=int, default=1, help="sessions stepped at once (default 1)")
+    command.add_argument(
+        "--address", action="append", help="a server (repeatable: sessions spread over them; none: private)"
+    )
+    command.add_argument(
+        "--policy",
+        default="random",
+        help="random, zeros, lift (scripted robosuite Lift) or package.module:factory",
+    )
+    command.add_argument("--replan-steps", type=int, help="actions of each chunk run before asking again")
+    command.add_argument("--max-steps", type=int, help="end episodes after this many steps too")
+    command.add_argument("--seed", type=int, default=0, help="seed of episode 0; episode k uses seed + k")
+    command.add_argument("--output-dir", help="where episodes.csv and results.json go")
+    command.add_argument("--resume", action="store_true", help="skip the episodes --output-dir already holds")
+    add_arguments(command, ClientConfig, ("timeout", "token"))
+    command.set_defaults(run=_eval)
+
+
+def _eval(arguments: argparse.Namespace, options: dict) -> None:
+    from gym_remote.evaluation import Task, evaluate, libero_tasks, parse_task_ids, robosuite_task
+
+    env_kwargs = json.loads(arguments.env_kwargs)
+    if not isinstance(env_kwargs, dict):
+        raise ValueError(f"--env-kwargs must be a JSON object, got {arguments.env_kwargs!r}")
+    chosen = [name for name in ("env_id", "suite", "env_name") if getattr(arguments, name)]
+    if len(chosen) != 1:
+        raise ValueError("name what to evaluate: an env id, or --suite (LIBERO), or --env-name (robosuite)")
+    if arguments.suite:
+        tasks = libero_tasks(arguments.suite, parse_task_ids(arguments.tasks), **env_kwargs)
+    elif arguments.env_name:
+        tasks = [robosuite_task(arguments.env_name, **env_kwargs)]
+    else:
+        tasks = [Task(arguments.env_id, arguments.env_id, env_kwargs)]
+    config = resolve(ClientConfig, timeout=options.get("timeout"), token=options.get("token"))
+
+    def show_progress(ended: int, planned: int, successes: int) -> None:
+        print(
+            f"\r{ended}/{planned} episodes, success rate {successes / ended:.3f}",
+            end="\n" if ended == planned else "",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    evaluation = evaluate(
+        tasks,
+        arguments.policy,
+        episodes=arguments.episodes,
+        num_envs=arguments.num_envs,
+        address=arguments.address,
+        replan_steps=arguments.replan_steps,
+        max_steps=arguments.max_steps,
+        seed=arguments.seed,
+        output_dir=arguments.output_dir,
+        resume=arguments.resume,
+        progress=show_progress,
+        timeout=config.timeout,
+        token=config.token or None,
+    )
+    print(evaluation.table())
 
 
 def _setup(arguments: argparse.Namespace, options: dict) -> None:

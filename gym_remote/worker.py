@@ -517,6 +517,7 @@ class WorkerSession:
         )
 
     def _close(self, request: Dict[str, Any]) -> Any:
+        self.in_call = False  # a client that hangs up now has nothing left to wait for: close in peace
         self._close_envs()
         return None
 

@@ -426,3 +426,40 @@ def test_without_libero_the_error_says_to_run_setup(start_server, tmp_path):
         env.close()
     with pytest.raises(errors.SimulatorUnavailable, match="gym-remote setup libero"):
         gym_remote.list_tasks("gym_remote/Libero-v0", address=server.address)
+
+
+@needs_robosuite
+def test_a_scripted_lift_eval_succeeds_and_its_files_table_and_parallel_run_agree(server, tmp_path):
+    """`gym-remote eval` over 3 sessions gives, episode by episode, what `evaluate` over 1 gives
+    (issue 25); its JSON, CSV and printed table agree with the episodes run."""
+    import csv
+
+    from gym_remote.evaluation import evaluate, robosuite_task
+
+    kwargs = {"use_camera_obs": False, "horizon": 150}
+    alone = evaluate([robosuite_task("Lift", **kwargs)], "lift", episodes=3, address=server.address)
+    printed = subprocess.run(
+        [sys.executable, "-m", "gym_remote", "eval", "--env-name", "Lift", "--env-kwargs", json.dumps(kwargs)]
+        + ["--policy", "lift", "--episodes", "3", "--num-envs", "3", "--address", server.address]
+        + ["--output-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    summary = json.loads((tmp_path / "results.json").read_text())
+
+    def outcomes(episodes):
+        return [
+            (episode["episode"], episode["seed"], episode["success"], episode["length"])
+            for episode in sorted(episodes, key=lambda episode: episode["episode"])
+        ]
+
+    assert outcomes(summary["episodes"]) == outcomes(alone.summary()["episodes"])
+    with (tmp_path / "episodes.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert sorted(row["success"] for row in rows) == sorted(str(e["success"]) for e in summary["episodes"])
+    successes = summary["overall"]["successes"]
+    assert successes >= 2, f"the scripted lift succeeded in {successes} of 3 episodes"
+    (row,) = [line.split() for line in printed.stdout.splitlines() if line.startswith("Lift ")]
+    assert row[:4] == ["Lift", "3", str(successes), f"{successes / 3:.3f}"]
