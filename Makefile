@@ -19,6 +19,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[dev]'
+	# openpi's own client, for its wire codec in the tests; it pins numpy<2, which its codec does not need.
+	$(VENV)/bin/pip install $(PIP_FLAGS) --no-deps 'openpi-client==0.1.2'
 	touch $@
 
 $(COMPAT_VENV)/.installed: pyproject.toml

@@ -154,7 +154,13 @@ def _add_eval_command(commands: Any) -> None:
     command.add_argument(
         "--policy",
         default="random",
-        help="random, zeros, lift (scripted robosuite Lift) or package.module:factory",
+        help="random, zeros, lift (scripted robosuite Lift), ws://HOST:PORT (a policy server) or "
+        "package.module:factory",
+    )
+    command.add_argument(
+        "--observation-keys",
+        default="flat",
+        help="how a ws:// policy server is sent observations: flat or openpi_libero (default flat)",
     )
     command.add_argument("--replan-steps", type=int, help="actions of each chunk run before asking again")
     command.add_argument("--max-steps", type=int, help="end episodes after this many steps too")
@@ -163,6 +169,29 @@ def _add_eval_command(commands: Any) -> None:
     command.add_argument("--resume", action="store_true", help="skip the episodes --output-dir already holds")
     add_arguments(command, ClientConfig, ("timeout", "token"))
     command.set_defaults(run=_eval)
+
+    serve = commands.add_parser(
+        "policy-serve",
+        help="serve a Python policy over openpi's websocket protocol, for `eval --policy ws://...`",
+    )
+    serve.add_argument(
+        "factory", help="package.module:factory; what it makes has infer(obs) or act(obs, ids)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="where to listen (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free one)")
+    serve.set_defaults(run=_policy_serve)
+
+
+def _policy_serve(arguments: argparse.Namespace, options: dict) -> None:
+    from gym_remote.evaluation.policy_server import load_factory, serve_policy
+
+    logging.basicConfig(level="INFO", format="%(asctime)s gym-remote %(levelname)s %(message)s")
+    serve_policy(
+        load_factory(arguments.factory),
+        arguments.host,
+        arguments.port,
+        on_ready=lambda url: print(f"gym-remote policy serving on {url}", flush=True),
+    )
 
 
 def _eval(arguments: argparse.Namespace, options: dict) -> None:
@@ -193,6 +222,7 @@ def _eval(arguments: argparse.Namespace, options: dict) -> None:
     evaluation = evaluate(
         tasks,
         arguments.policy,
+        observation_keys=arguments.observation_keys,
         episodes=arguments.episodes,
         num_envs=arguments.num_envs,
         address=arguments.address,

@@ -110,8 +110,9 @@ def _let_go(owner_pid: int, stdin: Any, directory: str) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def wait_until_serving(process: subprocess.Popen, timeout: float) -> str:
-    """Waits for a ``gym-remote serve`` process to print its address; returns the address.
+def wait_until_serving(process: subprocess.Popen, timeout: float, prefix: bytes = _READY_PREFIX) -> str:
+    """Waits for a ``gym-remote serve`` process (or another that prints ``prefix`` and its
+    address, as ``policy-serve`` does) to print its address; returns the address.
 
     The process must have been started with ``stdout=subprocess.PIPE``; its stdout is closed
     afterwards (the server prints nothing else there).
@@ -137,9 +138,9 @@ def wait_until_serving(process: subprocess.Popen, timeout: float) -> str:
                 )
             line += chunk
     process.stdout.close()
-    if not line.startswith(_READY_PREFIX):
+    if not line.startswith(prefix):
         raise RuntimeError(f"the server said {line!r} instead of its address")
-    return line[len(_READY_PREFIX) :].decode().strip()
+    return line[len(prefix) :].decode().strip()
 
 
 @atexit.register

@@ -102,15 +102,21 @@ class ScriptedLift:
 BUILT_IN_POLICIES = {"random": RandomPolicy, "zeros": ZerosPolicy, "lift": ScriptedLift}
 
 
-def load_policy(name: str, **context: Any) -> Policy:
-    """The policy ``name`` names: a built-in (``random``, ``zeros``, ``lift``) or
-    ``package.module:factory``, called with keyword arguments ``action_space``,
-    ``observation_space``, ``num_envs`` and ``seed`` (a factory may take ``**_`` for those it
-    does not need).
+def load_policy(name: str, observation_keys: str = "flat", **context: Any) -> Policy:
+    """The policy ``name`` names: a built-in (``random``, ``zeros``, ``lift``), a policy server
+    (``ws://HOST:PORT``, sent observations as ``observation_keys`` says: see
+    :class:`~gym_remote.evaluation.websocket.WebsocketPolicy`) or ``package.module:factory``,
+    called with keyword arguments ``action_space``, ``observation_space``, ``num_envs`` and
+    ``seed`` (a factory may take ``**_`` for those it does not need).
 
     Raises:
         ValueError: no such policy, or the factory's result has no ``reset`` and ``act``.
+        ServerUnavailable: no policy server answers at the ``ws://`` address.
     """
+    if name.startswith(("ws://", "wss://")):
+        from gym_remote.evaluation.websocket import WebsocketPolicy
+
+        return WebsocketPolicy(name, observation_keys)
     if name in BUILT_IN_POLICIES:
         return BUILT_IN_POLICIES[name](**context)
     module_name, separator, attribute = name.partition(":")

@@ -17,6 +17,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import concatenate, create_empty_array, iterate
 
+from gym_remote.errors import RemoteEnvError
 from gym_remote.evaluation.plan import Episode, Task, plan_episodes
 from gym_remote.evaluation.policies import Policy, load_policy
 from gym_remote.evaluation.results import EpisodeResult, ResultsLog, format_table, summarize
@@ -50,6 +51,7 @@ def evaluate(
     tasks: Sequence[Task],
     policy: Policy | str = "random",
     *,
+    observation_keys: str = "flat",
     episodes: int = 10,
     num_envs: int = 1,
     address: str | Sequence[str] | None = None,
@@ -70,6 +72,9 @@ def evaluate(
     Args:
         tasks: What to evaluate (see :func:`~gym_remote.evaluation.libero_tasks`).
         policy: A :class:`Policy`, or a name for :func:`~gym_remote.evaluation.load_policy`.
+            A policy with ``set_task(env_index, text)`` is told each env's task text (the
+            env's ``task_description``, else the task's name).
+        observation_keys: How a ``ws://`` policy server is sent observations.
         episodes: Episodes per task.
         num_envs: Sessions stepped at once (fewer where a task has fewer episodes left).
         address: A server, a list of them (sessions spread round-robin), or None (a private one).
@@ -106,6 +111,7 @@ def evaluate(
         if progress is not None:
             progress(len(evaluation.episodes), total, sum(r.success for r in evaluation.episodes))
 
+    loaded = isinstance(policy, str)  # a policy this call makes is closed by it (a server connection)
     try:
         for task in tasks:
             planned = [episode for episode in plans[task.name] if (task.name, episode.index) not in done]
@@ -124,17 +130,23 @@ def evaluate(
                 if isinstance(policy, str):
                     policy = load_policy(
                         policy,
+                        observation_keys,
                         action_space=envs.single_action_space,
                         observation_space=envs.single_observation_space,
                         num_envs=num_envs,
                         seed=seed,
                     )
+                if hasattr(policy, "set_task"):
+                    for index, text in enumerate(_task_texts(envs, task)):
+                        policy.set_task(index, text)
                 _TaskRun(envs, policy, planned, replan_steps, max_steps, record).run()
             finally:
                 envs.close()
     finally:
         if log is not None:
             log.close()
+        if loaded and hasattr(policy, "close"):
+            policy.close()
     return evaluation
 
 
@@ -276,6 +288,14 @@ class _TaskRun:
         slot = self.slots[index]
         assert slot is not None, f"env {index} has no episode"
         return slot
+
+
+def _task_texts(envs: RemoteVectorEnv, task: Task) -> list[str]:
+    """Each env's ``task_description`` (LIBERO's language instruction), else the task's name."""
+    try:
+        return [str(text) for text in envs.get_attr("task_description")]
+    except (AttributeError, RemoteEnvError):
+        return [task.name] * envs.num_envs
 
 
 def _info_value(infos: dict[str, Any], key: str, position: int) -> Any:
