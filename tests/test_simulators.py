@@ -463,3 +463,33 @@ def test_a_scripted_lift_eval_succeeds_and_its_files_table_and_parallel_run_agre
     assert successes >= 2, f"the scripted lift succeeded in {successes} of 3 episodes"
     (row,) = [line.split() for line in printed.stdout.splitlines() if line.startswith("Lift ")]
     assert row[:4] == ["Lift", "3", str(successes), f"{successes / 3:.3f}"]
+
+
+@needs_libero
+def test_an_openpi_style_policy_server_drives_a_short_libero_eval(server):
+    """openpi's LIBERO keys: both images upright, an 8-number state, the task's instruction as
+    the prompt; chunks of 10 actions, 5 run before each new request (issue 25)."""
+    from gym_remote.evaluation import evaluate, libero_tasks
+    from tests.test_policy_server import OpenpiStyleServer
+
+    still = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)
+    policy_server = OpenpiStyleServer(lambda observation: {"actions": np.stack([still] * 10)})
+    try:
+        evaluation = evaluate(
+            libero_tasks("libero_goal", [2], observation_height=128, observation_width=128),
+            policy_server.url,
+            observation_keys="openpi_libero",
+            episodes=1,
+            address=server.address,
+            replan_steps=5,
+            max_steps=10,
+        )
+    finally:
+        policy_server.close()
+    (result,) = evaluation.episodes
+    assert result.length == 10 and result.failure == "max_steps" and result.init_state == 0
+    assert len(policy_server.requests) == 2
+    first = policy_server.requests[0]
+    assert set(first) == {"observation/image", "observation/wrist_image", "observation/state", "prompt"}
+    assert first["observation/image"].shape == (128, 128, 3) and first["observation/state"].shape == (8,)
+    assert first["prompt"] == "put the wine bottle on top of the cabinet"
