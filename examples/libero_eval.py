@@ -1,7 +1,7 @@
 """Evaluate a policy on a LIBERO task through gym-remote: episodes, a video, the success rate.
 
 LIBERO runs in its own venv; this script needs only gym-remote (and tqdm, imageio for the
-progress bar and the video: ``pip install gym-remote[examples]``)::
+progress bar and the video: ``pip install '/path/to/gym-remote[examples]'``)::
 
     gym-remote setup libero                     # once: makes the LIBERO venv
     python examples/libero_eval.py --suite libero_spatial --task 0 --episodes 3 --video libero.mp4

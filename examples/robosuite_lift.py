@@ -1,12 +1,13 @@
 """Lift a cube with robosuite through gym-remote, with a scripted policy: a video and the success rate.
 
 robosuite 1.5 runs in its own venv; this script needs only gym-remote (and tqdm, imageio:
-``pip install gym-remote[examples]``)::
+``pip install '/path/to/gym-remote[examples]'``)::
 
     gym-remote setup robosuite                  # once: makes the robosuite venv
     python examples/robosuite_lift.py --episodes 3 --video lift.mp4
 
-The scripted policy reads ``gripper_to_cube_pos`` from the observation: move above the cube,
+The scripted policy (``gym-remote eval --env-name Lift --policy lift`` runs the same one over
+many sessions) reads ``gripper_to_cube_pos`` from the observation: move above the cube,
 descend, close the gripper, lift.
 """
 
@@ -20,35 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 import gym_remote  # noqa: F401  (registers remote/Robosuite-v0)
-
-
-class ScriptedLift:
-    """Approach, grasp and lift, in delta end-effector coordinates (OSC_POSE's 7 numbers)."""
-
-    def __init__(self) -> None:
-        self.phase, self.grasp_steps = "approach", 0
-
-    def __call__(self, observation: dict) -> np.ndarray:
-        to_cube = observation["gripper_to_cube_pos"]  # cube position minus gripper position
-        action = np.zeros(7, dtype=np.float32)
-        action[6] = -1.0  # open
-        if self.phase == "approach":
-            to_target = to_cube + np.array([0.0, 0.0, 0.04])  # a little above the cube
-            action[:3] = np.clip(to_target * 8, -1, 1)
-            if np.linalg.norm(to_target) < 0.01:
-                self.phase = "descend"
-        elif self.phase == "descend":
-            action[:3] = np.clip(to_cube * 8, -1, 1)
-            if abs(to_cube[2]) < 0.01:
-                self.phase = "grasp"
-        elif self.phase == "grasp":
-            action[6] = 1.0
-            self.grasp_steps += 1
-            if self.grasp_steps > 10:
-                self.phase = "lift"
-        else:
-            action[2], action[6] = 0.6, 1.0
-        return action
+from gym_remote.evaluation.policies import ScriptedLift
 
 
 def main() -> None:
@@ -75,9 +48,12 @@ def main() -> None:
     with tqdm(total=arguments.episodes * arguments.max_steps, unit="step") as progress:
         for episode in range(arguments.episodes):
             observation, info = env.reset(seed=episode)
-            policy = ScriptedLift()
+            policy = ScriptedLift()  # gym-remote eval's `--policy lift`; it acts on batches of observations
+            policy.reset(0)
             for step in range(arguments.max_steps):
-                observation, reward, terminated, truncated, info = env.step(policy(observation))
+                batch_of_one = {key: value[np.newaxis] for key, value in observation.items()}
+                action = policy.act(batch_of_one, [0])[0]
+                observation, reward, terminated, truncated, info = env.step(action)
                 if arguments.video:
                     frames.append(env.render())
                 progress.update(1)

@@ -113,7 +113,11 @@ def test_the_wheel_installs_and_serves_in_a_fresh_venv(built, tmp_path):
 def test_no_doc_or_help_tells_users_to_install_the_unrelated_pypi_project():
     installs_by_name = re.compile(r"pip install ['\"]?gym-remote(?![/\w-])")
     files = [ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("integrations/**/*.md")]
-    files += [*ROOT.glob("gym_remote/**/*.py"), *ROOT.glob("integrations/**/*.toml")]
+    files += [
+        *ROOT.glob("gym_remote/**/*.py"),
+        *ROOT.glob("examples/*.py"),
+        *ROOT.glob("integrations/**/*.toml"),
+    ]
     offending = [
         f"{path.relative_to(ROOT)}: {line.strip()}"
         for path in files
