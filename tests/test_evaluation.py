@@ -135,3 +135,36 @@ def test_results_on_disk_agree_and_a_resumed_run_skips_what_is_there(server, tmp
     assert sorted(result.episode for result in resumed.episodes) == [0, 1, 2, 3]
     assert len(policy.resets) == 2, "only the episodes not yet run are run"
     assert json.loads((tmp_path / "results.json").read_text())["overall"]["episodes"] == 4
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ([], "name what to evaluate"),
+        (["CartPole-v1", "--suite", "libero_goal"], "name what to evaluate"),
+        (["CartPole-v1", "--env-kwargs", "[1]"], "must be a JSON object"),
+        (["--suite", "libero_goal", "--tasks", "3-1"], "task ids"),
+        (["CartPole-v1", "--policy", "nonsense"], "unknown policy"),
+    ],
+)
+def test_eval_command_line_mistakes_are_one_line_errors(server, arguments, message):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gym_remote",
+            "eval",
+            *arguments,
+            "--address",
+            server.address,
+            "--episodes",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
