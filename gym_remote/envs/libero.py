@@ -11,6 +11,7 @@ restricted unpickler, and the task list is built from LIBERO's task map without 
 ``LIBERO_CONFIG_PATH`` has none. This module keeps to Python 3.8.
 """
 
+import functools
 import importlib.util
 import io
 import os
@@ -263,7 +264,8 @@ class LiberoEnv(gym.Env):
             )
         from libero.libero.envs import OffScreenRenderEnv
 
-        self._env = OffScreenRenderEnv(
+        self._make_simulator = functools.partial(
+            OffScreenRenderEnv,
             bddl_file_name=os.path.join(
                 libero_package.get_libero_path("bddl_files"), task_suite, self.task + ".bddl"
             ),
@@ -272,6 +274,11 @@ class LiberoEnv(gym.Env):
             control_freq=control_freq,
             hard_reset=hard_reset,
         )
+        self._env = self._make_simulator()
+        # Whether the simulator is as made: LIBERO's reset depends on what came before it (a
+        # kitchen's fixtures move after some steps, whatever the seed), so a seeded reset of a
+        # used simulator makes a new one, as Gymnasium's contract asks (a fresh env's reset).
+        self._untouched = True
         image_space = spaces.Box(0, 255, (observation_height, observation_width, 3), np.uint8)
         observation_spaces: Dict[str, spaces.Space] = {
             "pixels": spaces.Dict({key: image_space for key in self.camera_keys.values()})
@@ -285,6 +292,10 @@ class LiberoEnv(gym.Env):
 
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> Tuple[Any, dict]:
         super().reset(seed=seed)
+        if seed is not None and not self._untouched:
+            self._env.close()
+            self._env = self._make_simulator()
+        self._untouched = False
         if seed is not None:
             self._env.seed(seed)
             if self.seed_restarts_init_states:
