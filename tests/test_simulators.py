@@ -63,6 +63,26 @@ def test_robosuite_camera_observations_are_the_render_flipped_vertically(server)
 
 
 @needs_robosuite
+@pytest.mark.parametrize("env_name", ["Lift", "Door"])
+def test_a_seeded_robosuite_reset_equals_a_fresh_envs_whatever_came_before(server, env_name):
+    kwargs = {"env_name": env_name, "camera_names": ["agentview"], "camera_height": 64, "camera_width": 64}
+    used = gym.make("remote/Robosuite-v0", address=server.address, **kwargs)
+    fresh = gym.make("remote/Robosuite-v0", address=server.address, **kwargs)
+    try:
+        used.reset(seed=7)
+        used.action_space.seed(0)
+        for _ in range(15):
+            used.step(used.action_space.sample())
+        again, _ = used.reset(seed=7)
+        expected, _ = fresh.reset(seed=7)
+        for key in expected:
+            np.testing.assert_array_equal(again[key], expected[key], err_msg=key)
+    finally:
+        used.close()
+        fresh.close()
+
+
+@needs_robosuite
 def test_robosuite_lift_with_cameras_local_equals_remote(server):
     env = gym.make("remote/Robosuite-v0", address=server.address, **ROBOSUITE_KWARGS)
     try:
