@@ -183,11 +183,12 @@ def _add_eval_command(commands: Any) -> None:
 
 
 def _policy_serve(arguments: argparse.Namespace, options: dict) -> None:
-    from gym_remote.evaluation.policy_server import load_factory, serve_policy
+    from gym_remote.evaluation.policies import factory_named
+    from gym_remote.evaluation.policy_server import serve_policy
 
     logging.basicConfig(level="INFO", format="%(asctime)s gym-remote %(levelname)s %(message)s")
     serve_policy(
-        load_factory(arguments.factory),
+        factory_named(arguments.factory)(),
         arguments.host,
         arguments.port,
         on_ready=lambda url: print(f"gym-remote policy serving on {url}", flush=True),

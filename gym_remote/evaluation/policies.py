@@ -13,7 +13,15 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["Policy", "RandomPolicy", "ZerosPolicy", "ScriptedLift", "BUILT_IN_POLICIES", "load_policy"]
+__all__ = [
+    "Policy",
+    "RandomPolicy",
+    "ZerosPolicy",
+    "ScriptedLift",
+    "BUILT_IN_POLICIES",
+    "factory_named",
+    "load_policy",
+]
 
 
 @runtime_checkable
@@ -102,6 +110,21 @@ class ScriptedLift:
 BUILT_IN_POLICIES = {"random": RandomPolicy, "zeros": ZerosPolicy, "lift": ScriptedLift}
 
 
+def factory_named(name: str) -> Any:
+    """The callable ``package.module:factory`` names.
+
+    Raises:
+        ValueError: ``name`` is not of that form, or names nothing importable.
+    """
+    module_name, separator, attribute = name.partition(":")
+    if not separator or not module_name or not attribute:
+        raise ValueError(f"policy {name!r}: expected package.module:factory")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"policy {name!r}: {error}") from None
+
+
 def load_policy(name: str, observation_keys: str = "flat", **context: Any) -> Policy:
     """The policy ``name`` names: a built-in (``random``, ``zeros``, ``lift``), a policy server
     (``ws://HOST:PORT``, sent observations as ``observation_keys`` says: see
@@ -119,16 +142,11 @@ def load_policy(name: str, observation_keys: str = "flat", **context: Any) -> Po
         return WebsocketPolicy(name, observation_keys)
     if name in BUILT_IN_POLICIES:
         return BUILT_IN_POLICIES[name](**context)
-    module_name, separator, attribute = name.partition(":")
-    if not separator or not module_name or not attribute:
+    if ":" not in name:
         raise ValueError(
             f"unknown policy {name!r}: use {', '.join(BUILT_IN_POLICIES)} or package.module:factory"
         )
-    try:
-        factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(f"policy {name!r}: {error}") from None
-    policy = factory(**context)
+    policy = factory_named(name)(**context)
     if not isinstance(policy, Policy):
         raise ValueError(f"policy {name!r} made {policy!r}, which has no reset(env_index) and act(...)")
     return policy

@@ -5,7 +5,6 @@ simulators in theirs are both remote to the evaluation."""
 from __future__ import annotations
 
 import http
-import importlib
 import logging
 import traceback
 from typing import Any, Callable
@@ -14,25 +13,9 @@ import numpy as np
 
 from gym_remote.evaluation.websocket import MAX_FRAME_BYTES, pack, unpack
 
-__all__ = ["serve_policy", "load_factory", "inference_of"]
+__all__ = ["serve_policy", "inference_of"]
 
 logger = logging.getLogger("gym_remote.policy_server")
-
-
-def load_factory(name: str) -> Any:
-    """Calls the ``package.module:factory`` that ``name`` names and returns what it made.
-
-    Raises:
-        ValueError: ``name`` is not of that form, or names nothing importable.
-    """
-    module_name, separator, attribute = name.partition(":")
-    if not separator or not module_name or not attribute:
-        raise ValueError(f"policy {name!r}: expected package.module:factory")
-    try:
-        factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(f"policy {name!r}: {error}") from None
-    return factory()
 
 
 def inference_of(policy: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
