@@ -167,6 +167,9 @@ def _add_eval_command(commands: Any) -> None:
     command.add_argument("--seed", type=int, default=0, help="seed of episode 0; episode k uses seed + k")
     command.add_argument("--output-dir", help="where episodes.csv and results.json go")
     command.add_argument("--resume", action="store_true", help="skip the episodes --output-dir already holds")
+    command.add_argument(
+        "--videos", type=int, default=0, help="write mp4s of each task's first K episodes (needs PyAV)"
+    )
     add_arguments(command, ClientConfig, ("timeout", "token"))
     command.set_defaults(run=_eval)
 
@@ -232,6 +235,7 @@ def _eval(arguments: argparse.Namespace, options: dict) -> None:
         seed=arguments.seed,
         output_dir=arguments.output_dir,
         resume=arguments.resume,
+        videos_per_task=arguments.videos,
         progress=show_progress,
         timeout=config.timeout,
         token=config.token or None,

@@ -519,3 +519,34 @@ def test_an_openpi_style_policy_server_drives_a_short_libero_eval(server):
     assert set(first) == {"observation/image", "observation/wrist_image", "observation/state", "prompt"}
     assert first["observation/image"].shape == (128, 128, 3) and first["observation/state"].shape == (8,)
     assert first["prompt"] == "put the wine bottle on top of the cabinet"
+
+
+@needs_robosuite
+def test_an_eval_films_each_tasks_first_episodes_upright_at_the_control_rate(server, tmp_path):
+    import av
+
+    from gym_remote.evaluation import evaluate, robosuite_task
+
+    task = robosuite_task("Lift", use_camera_obs=False, control_freq=10)
+    evaluate(
+        [task],
+        "lift",
+        episodes=2,
+        address=server.address,
+        max_steps=15,
+        videos_per_task=1,
+        output_dir=tmp_path,
+    )
+    assert not (tmp_path / "videos" / "Lift" / "episode_1.mp4").exists()
+    with av.open(str(tmp_path / "videos" / "Lift" / "episode_0.mp4")) as video:
+        stream = video.streams.video[0]
+        frames = [frame.to_ndarray(format="rgb24") for frame in video.decode(stream)]
+        assert stream.average_rate == 10, "the control rate, not render_fps"
+    assert len(frames) == 16 and frames[0].shape == (256, 256, 3)  # the reset's frame and 15 steps'
+    env = gym.make("remote/Robosuite-v0", address=server.address, render_mode="rgb_array", **task.env_kwargs)
+    try:
+        env.reset(seed=0)
+        upright = env.render().astype(float)
+    finally:
+        env.close()
+    assert np.abs(frames[0].astype(float) - upright).mean() < 8, "the video's first frame is the render"

@@ -239,6 +239,7 @@ class LiberoEnv(gym.Env):
             raise ValueError(f"task_id {task_id} is outside {task_suite} (0..{len(task_names) - 1})")
 
         self.render_mode = render_mode
+        self.control_freq = control_freq  # steps per second: a video's rate, not render_fps (80)
         self.task_suite = task_suite
         self.task_id = task_id
         self.task = task_names[task_id]

@@ -104,6 +104,7 @@ class RobosuiteEnv(gym.Env):
                 controller=controller
             )
         self.render_mode = render_mode
+        self.control_freq = control_freq  # steps per second: a video's rate (render_fps may differ)
         self.env_name = env_name
         self.task = env_name
         self.task_description = env_name

@@ -11,6 +11,7 @@ import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -60,6 +61,7 @@ def evaluate(
     seed: int = 0,
     output_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
+    videos_per_task: int = 0,
     progress: ProgressCallback | None = None,
     timeout: float | None = None,
     token: str | None = None,
@@ -83,6 +85,9 @@ def evaluate(
         seed: The seed of every task's episode 0.
         output_dir: Where ``episodes.csv`` and ``results.json`` go (None: nowhere).
         resume: Go on with the results in ``output_dir``: episodes already there are skipped.
+        videos_per_task: Writes episodes ``0 .. videos_per_task - 1`` of each task as mp4 files,
+            ``output_dir/videos/TASK/episode_K.mp4``: the env's ``render()`` after its reset and
+            each step, at its control rate (``control_freq``; else ``render_fps``). Needs PyAV.
         progress: Called after each episode with (episodes ended, planned, successes).
         timeout, token: As for :class:`~gym_remote.RemoteEnv`.
 
@@ -93,6 +98,8 @@ def evaluate(
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+    if videos_per_task and output_dir is None:
+        raise ValueError("videos_per_task needs an output_dir to write the videos to")
     if replan_steps is not None and replan_steps < 1:
         raise ValueError(f"replan_steps must be at least 1, got {replan_steps}")
     names = [task.name for task in tasks]
@@ -122,6 +129,7 @@ def evaluate(
                 min(num_envs, len(planned)),
                 address=address,
                 autoreset_mode=AutoresetMode.DISABLED,
+                render_mode="rgb_array" if videos_per_task else None,
                 timeout=timeout,
                 token=token,
                 **task.env_kwargs,
@@ -139,7 +147,10 @@ def evaluate(
                 if hasattr(policy, "set_task"):
                     for index, text in enumerate(_task_texts(envs, task)):
                         policy.set_task(index, text)
-                _TaskRun(envs, policy, planned, replan_steps, max_steps, record).run()
+                videos = None
+                if videos_per_task and output_dir is not None:
+                    videos = _Videos(Path(output_dir) / "videos", videos_per_task, envs)
+                _TaskRun(envs, policy, planned, replan_steps, max_steps, record, videos).run()
             finally:
                 envs.close()
     finally:
@@ -150,11 +161,30 @@ def evaluate(
     return evaluation
 
 
-class _Slot:
-    """What one env is doing: its episode, its queued actions and its running totals."""
+class _Videos:
+    """Where the videos of a task's first episodes go, and at what rate."""
 
-    def __init__(self, episode: Episode) -> None:
+    def __init__(self, directory: Path, per_task: int, envs: RemoteVectorEnv) -> None:
+        self.directory = directory
+        self.per_task = per_task
+        try:
+            self.fps = float(envs.get_attr("control_freq")[0])
+        except (AttributeError, RemoteEnvError):
+            self.fps = float(envs.metadata.get("render_fps") or 30)
+
+    def write(self, episode: Episode, frames: list[np.ndarray]) -> None:
+        from gym_remote.evaluation.videos import write_video
+
+        write_video(self.directory / episode.task / f"episode_{episode.index}.mp4", frames, self.fps)
+
+
+class _Slot:
+    """What one env is doing: its episode, its queued actions and its running totals (and its
+    frames, when the episode is filmed)."""
+
+    def __init__(self, episode: Episode, filmed: bool) -> None:
         self.episode = episode
+        self.frames: list[np.ndarray] | None = [] if filmed else None
         self.resetting = True
         self.actions: collections.deque[np.ndarray] = collections.deque()
         self.steps = 0
@@ -173,8 +203,10 @@ class _TaskRun:
         replan_steps: int | None,
         max_steps: int | None,
         record: Callable[[EpisodeResult], None],
+        videos: _Videos | None = None,
     ) -> None:
         self.envs = envs
+        self.videos = videos
         self.policy = policy
         self.pending = collections.deque(planned)
         self.replan_steps = replan_steps
@@ -211,7 +243,9 @@ class _TaskRun:
         starting = []
         for index in env_indices:
             if self.pending:
-                self.slots[index] = _Slot(self.pending.popleft())
+                episode = self.pending.popleft()
+                filmed = self.videos is not None and episode.index < self.videos.per_task
+                self.slots[index] = _Slot(episode, filmed)
                 starting.append(index)
             else:
                 self.slots[index] = None
@@ -235,6 +269,8 @@ class _TaskRun:
         for position, index in enumerate(env_ids.tolist()):
             self.in_flight.discard(index)
             slot = self._slot(index)
+            if slot.frames is not None:  # each session hosts one env: its own render, at once
+                slot.frames.append(self.envs.sessions[index].render())
             if slot.resetting:
                 slot.resetting = False
                 self.policy.reset(index)
@@ -258,6 +294,8 @@ class _TaskRun:
                             failure=failure,
                         )
                     )
+                    if self.videos is not None and slot.frames:
+                        self.videos.write(slot.episode, slot.frames)
                     ended.append(index)
                     continue
             if slot.actions:
