@@ -163,6 +163,12 @@ def _add_eval_command(commands: Any) -> None:
         help="how a ws:// policy server is sent observations: flat or openpi_libero (default flat)",
     )
     command.add_argument("--replan-steps", type=int, help="actions of each chunk run before asking again")
+    command.add_argument(
+        "--prefetch-steps",
+        type=int,
+        default=0,
+        help="ask for an env's next chunk when it has this many actions left, to hide inference (default 0)",
+    )
     command.add_argument("--max-steps", type=int, help="end episodes after this many steps too")
     command.add_argument("--seed", type=int, default=0, help="seed of episode 0; episode k uses seed + k")
     command.add_argument("--output-dir", help="where episodes.csv and results.json go")
@@ -231,6 +237,7 @@ def _eval(arguments: argparse.Namespace, options: dict) -> None:
         num_envs=arguments.num_envs,
         address=arguments.address,
         replan_steps=arguments.replan_steps,
+        prefetch_steps=arguments.prefetch_steps,
         max_steps=arguments.max_steps,
         seed=arguments.seed,
         output_dir=arguments.output_dir,

@@ -82,8 +82,12 @@ def test_policies_by_name():
         load_policy("no_such_module:factory")
 
 
-@pytest.mark.parametrize("chunk, replan_steps", [(0, None), (4, 2)], ids=["single", "chunks"])
-def test_results_do_not_depend_on_the_number_of_sessions(server, chunk, replan_steps):
+@pytest.mark.parametrize(
+    "chunk, replan_steps, prefetch_steps",
+    [(0, None, 0), (4, 2, 0), (5, 5, 2)],
+    ids=["single", "chunks", "chunks-prefetched"],
+)
+def test_results_do_not_depend_on_the_number_of_sessions(server, chunk, replan_steps, prefetch_steps):
     runs = {}
     for num_envs in (1, 3):
         policy = BalancingPolicy(chunk)
@@ -94,6 +98,7 @@ def test_results_do_not_depend_on_the_number_of_sessions(server, chunk, replan_s
             num_envs=num_envs,
             address=server.address,
             replan_steps=replan_steps,
+            prefetch_steps=prefetch_steps,
             max_steps=60,
         )
         runs[num_envs] = sorted(
@@ -104,6 +109,20 @@ def test_results_do_not_depend_on_the_number_of_sessions(server, chunk, replan_s
     assert runs[1] == runs[3]
     assert [episode for episode, *_ in runs[1]] == [0, 1, 2, 3, 4]
     assert {failure for *_, failure in runs[1]} <= {"terminated", "max_steps"}
+
+
+def test_a_prefetched_chunk_is_asked_for_before_the_last_one_runs_out(server):
+    """With prefetch_steps=2 and chunks of 5, the policy is asked at the reset, then after steps
+    3 and 8: one call per 5 steps still, each from the observation 2 steps before its chunk."""
+    policy = BalancingPolicy(chunk=5)
+    evaluation = evaluate(
+        [CARTPOLE], policy, episodes=1, address=server.address, replan_steps=5, prefetch_steps=2, max_steps=10
+    )
+    (result,) = evaluation.episodes
+    assert result.length == 10
+    assert policy.calls == 3
+    with pytest.raises(ValueError, match="prefetch_steps"):
+        evaluate([CARTPOLE], policy, episodes=1, address=server.address, prefetch_steps=-1)
 
 
 def test_chunks_are_asked_for_once_per_replan(server):

@@ -57,6 +57,7 @@ def evaluate(
     num_envs: int = 1,
     address: str | Sequence[str] | None = None,
     replan_steps: int | None = None,
+    prefetch_steps: int = 0,
     max_steps: int | None = None,
     seed: int = 0,
     output_dir: str | os.PathLike[str] | None = None,
@@ -81,6 +82,10 @@ def evaluate(
         num_envs: Sessions stepped at once (fewer where a task has fewer episodes left).
         address: A server, a list of them (sessions spread round-robin), or None (a private one).
         replan_steps: Actions of each chunk run before the policy is asked again (None: all).
+        prefetch_steps: Ask for an env's next actions when it has this many left, from the
+            observation then, so that inference runs while they are stepped (0: when it has
+            none left). The next chunk then starts that many steps after its observation,
+            always the same number whatever the timing, so results stay deterministic.
         max_steps: Ends an episode after this many steps, besides the env's own time limit.
         seed: The seed of every task's episode 0.
         output_dir: Where ``episodes.csv`` and ``results.json`` go (None: nowhere).
@@ -102,6 +107,8 @@ def evaluate(
         raise ValueError("videos_per_task needs an output_dir to write the videos to")
     if replan_steps is not None and replan_steps < 1:
         raise ValueError(f"replan_steps must be at least 1, got {replan_steps}")
+    if prefetch_steps < 0:
+        raise ValueError(f"prefetch_steps must be at least 0, got {prefetch_steps}")
     names = [task.name for task in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"task names must differ, got {names}")
@@ -150,7 +157,7 @@ def evaluate(
                 videos = None
                 if videos_per_task and output_dir is not None:
                     videos = _Videos(Path(output_dir) / "videos", videos_per_task, envs)
-                _TaskRun(envs, policy, planned, replan_steps, max_steps, record, videos).run()
+                _TaskRun(envs, policy, planned, replan_steps, max_steps, record, videos, prefetch_steps).run()
             finally:
                 envs.close()
     finally:
@@ -186,6 +193,7 @@ class _Slot:
         self.episode = episode
         self.frames: list[np.ndarray] | None = [] if filmed else None
         self.resetting = True
+        self.requested = False  # actions asked of the policy, not yet come
         self.actions: collections.deque[np.ndarray] = collections.deque()
         self.steps = 0
         self.episode_return = 0.0
@@ -204,8 +212,10 @@ class _TaskRun:
         max_steps: int | None,
         record: Callable[[EpisodeResult], None],
         videos: _Videos | None = None,
+        prefetch_steps: int = 0,
     ) -> None:
         self.envs = envs
+        self.prefetch_steps = prefetch_steps
         self.videos = videos
         self.policy = policy
         self.pending = collections.deque(planned)
@@ -214,29 +224,32 @@ class _TaskRun:
         self.record = record
         self.slots: list[_Slot | None] = [None] * envs.num_envs
         self.in_flight: set[int] = set()
+        self.idle: set[int] = set()  # envs with nothing to do until their actions come
         self.waiting: dict[int, Any] = {}  # env -> its observation, for the next inference
         self.action_ndim = len(envs.single_action_space.shape or ())
 
     def run(self) -> None:
         self._start_episodes(list(range(self.envs.num_envs)))
         inference: Future | None = None
-        inferring: list[int] = []
+        inferring: list[tuple[int, _Slot]] = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gym-remote-policy") as pool:
             while self.in_flight or self.waiting or inference is not None:
                 if self.in_flight:
                     self._receive(None if inference is None else _POLL_SECONDS)
                 if inference is not None and (inference.done() or not self.in_flight):
                     self._queue(inferring, inference.result())
-                    self._step(inferring)
                     inference = None
-                if inference is None and self.waiting:
-                    inferring = sorted(self.waiting)
-                    batch: Any = create_empty_array(self.envs.single_observation_space, n=len(inferring))
+                # One call for every env about to ask: none that will ask at its next result
+                # is left out (a policy call costs about the same for one env as for all).
+                if inference is None and self.waiting and not any(map(self._asks_next, self.in_flight)):
+                    indices = sorted(self.waiting)
+                    inferring = [(index, self._slot(index)) for index in indices]
+                    batch: Any = create_empty_array(self.envs.single_observation_space, n=len(indices))
                     batch = concatenate(
-                        self.envs.single_observation_space, [self.waiting[i] for i in inferring], batch
+                        self.envs.single_observation_space, [self.waiting[i] for i in indices], batch
                     )
                     self.waiting.clear()
-                    inference = pool.submit(self.policy.act, batch, inferring)
+                    inference = pool.submit(self.policy.act, batch, indices)
 
     def _start_episodes(self, env_indices: list[int]) -> None:
         """Resets each env into the next planned episode (an env with none left stops)."""
@@ -298,22 +311,43 @@ class _TaskRun:
                         self.videos.write(slot.episode, slot.frames)
                     ended.append(index)
                     continue
+            if len(slot.actions) <= self.prefetch_steps and not slot.requested:
+                slot.requested = True
+                self.waiting[index] = rows[position]
             if slot.actions:
                 ready.append(index)
             else:
-                self.waiting[index] = rows[position]
+                self.idle.add(index)
         self._start_episodes(ended)
         self._step(ready)
 
-    def _queue(self, env_indices: list[int], actions: Any) -> None:
-        """Queues the policy's actions (one each, or a chunk each: its first ``replan_steps``)."""
+    def _asks_next(self, index: int) -> bool:
+        """Whether env ``index`` (in flight) will ask the policy for actions when its result comes."""
+        slot = self.slots[index]
+        return (
+            slot is not None
+            and not slot.requested
+            and (slot.resetting or len(slot.actions) <= self.prefetch_steps)
+        )
+
+    def _queue(self, requested: list[tuple[int, _Slot]], actions: Any) -> None:
+        """Queues the policy's actions (one each, or a chunk each: its first ``replan_steps``)
+        behind what each env has left, and steps the envs that waited for them. Actions for an
+        episode that ended meanwhile are dropped."""
         actions = np.asarray(actions)
-        if len(actions) != len(env_indices):
-            raise ValueError(f"the policy returned {len(actions)} actions for {len(env_indices)} envs")
+        if len(actions) != len(requested):
+            raise ValueError(f"the policy returned {len(actions)} actions for {len(requested)} envs")
         chunked = actions.ndim == self.action_ndim + 2
-        for index, chosen in zip(env_indices, actions):
-            steps = chosen[: self.replan_steps] if chunked else chosen[np.newaxis]
-            self._slot(index).actions.extend(steps)
+        ready = []
+        for (index, slot), chosen in zip(requested, actions):
+            if self.slots[index] is not slot:
+                continue
+            slot.requested = False
+            slot.actions.extend(chosen[: self.replan_steps] if chunked else chosen[np.newaxis])
+            if index in self.idle:
+                self.idle.discard(index)
+                ready.append(index)
+        self._step(ready)
 
     def _step(self, env_indices: list[int]) -> None:
         """Sends each env the next action of its queue."""
