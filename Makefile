@@ -74,6 +74,7 @@ endif
 bench: $(VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.overhead
 	GYM_REMOTE_HOME=$(abspath $(SIM_HOME)) $(VENV)/bin/python -m benchmarks.vector
+	$(VENV)/bin/python -m benchmarks.eval
 
 bench-libero: simulators
 	GYM_REMOTE_HOME=$(abspath $(SIM_HOME)) $(VENV)/bin/python -m benchmarks.libero

@@ -104,3 +104,19 @@ def test_the_machine_line_says_how_idle_vcpus_wait(
         assert "halt" not in line
     else:
         assert line.endswith(expected_words)
+
+
+def test_the_eval_benchmark_prints_every_loop_without_recording():
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.eval", "--episodes", "4", "--no-record"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [
+        line for line in result.stdout.splitlines() if line.startswith("| lockstep") or "evaluate`" in line
+    ]
+    assert len(rows) == 4 and all("episodes" not in row.split(" | ")[1] for row in rows)
+    assert [row.split(" | ")[-1].strip(" |") for row in rows][0] == "1.00x"
