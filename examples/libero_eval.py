@@ -1,80 +1,68 @@
-"""Evaluate a policy on a LIBERO task through gym-remote: episodes, a video, the success rate.
+"""Evaluate a policy on LIBERO tasks through gym-remote: success rates, a table, videos.
 
-LIBERO runs in its own venv; this script needs only gym-remote (and tqdm, imageio for the
-progress bar and the video: ``pip install '/path/to/gym-remote[examples]'``)::
+LIBERO runs in its own venv; this script needs only gym-remote (and PyAV for the videos:
+``pip install '/path/to/gym-remote[eval]'``)::
 
     gym-remote setup libero                     # once: makes the LIBERO venv
-    python examples/libero_eval.py --suite libero_spatial --task 0 --episodes 3 --video libero.mp4
+    python examples/libero_eval.py --suite libero_spatial --tasks 0-1 --episodes 3 --output-dir out
 
-Without ``--address`` a private server starts by itself and runs LIBERO in that venv. The
-policy here is random (or ``--policy still``); put yours in ``choose_action``.
+Without ``--address`` a private server starts by itself and runs LIBERO in that venv. It is
+`gym-remote eval --suite ...` in a few lines of Python: put your policy in ``StillPolicy``'s
+place (``reset(env_index)`` and ``act(observations, env_indices)``, see docs/evaluation.md).
 """
 
 from __future__ import annotations
 
 import argparse
 
-import gymnasium as gym
-import imageio
 import numpy as np
-from tqdm import tqdm
 
-import gym_remote  # noqa: F401  (registers remote/Libero-v0)
+from gym_remote.evaluation import evaluate, libero_tasks, parse_task_ids
 
 
-def choose_action(policy: str, observation: dict, action_space: gym.spaces.Box) -> np.ndarray:
-    """Your policy goes here: observation["pixels"]["image"], ["image2"] and ["robot_state"] in."""
-    if policy == "still":
-        return np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)
-    return action_space.sample()
+class StillPolicy:
+    """Keeps the arm still with the gripper open: a baseline. Yours goes here."""
+
+    def reset(self, env_index: int) -> None:
+        pass
+
+    def act(self, observations: dict, env_indices: list) -> np.ndarray:
+        # observations["pixels"]["image"], ["image2"] and ["robot_state"], one row per env
+        return np.tile(np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32), (len(env_indices), 1))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="libero_spatial", help="LIBERO task suite")
-    parser.add_argument("--task", type=int, default=0, help="task id within the suite")
-    parser.add_argument("--episodes", type=int, default=2)
+    parser.add_argument("--tasks", default="0", help="task ids within the suite, e.g. 0-4")
+    parser.add_argument("--episodes", type=int, default=2, help="episodes per task")
+    parser.add_argument("--num-envs", type=int, default=1, help="sessions stepped at once")
     parser.add_argument(
         "--max-steps", type=int, default=None, help="steps per episode (default: the suite's)"
     )
-    parser.add_argument("--policy", choices=["random", "still"], default="random")
-    parser.add_argument("--video", default="libero_eval.mp4", help="where to write the video ('' for none)")
     parser.add_argument("--size", type=int, default=256, help="camera image size in pixels")
+    parser.add_argument("--output-dir", default="libero_eval", help="results and the first episode's video")
     parser.add_argument("--address", default=None, help="a gym-remote server (default: a private one)")
     arguments = parser.parse_args()
 
-    env = gym.make(
-        "remote/Libero-v0",
-        address=arguments.address,
-        task_suite=arguments.suite,
-        task_id=arguments.task,
-        episode_length=arguments.max_steps,
+    tasks = libero_tasks(
+        arguments.suite,
+        parse_task_ids(arguments.tasks),
         observation_height=arguments.size,
         observation_width=arguments.size,
     )
-    print(f"task: {env.get_wrapper_attr('task_description')}")
-    env.action_space.seed(0)
-    frames, successes = [], 0
-    steps_per_episode = env.get_wrapper_attr("_max_episode_steps")
-    with tqdm(total=arguments.episodes * steps_per_episode, unit="step") as progress:
-        for episode in range(arguments.episodes):
-            observation, info = env.reset(seed=episode)
-            for step in range(steps_per_episode):
-                action = choose_action(arguments.policy, observation, env.action_space)
-                observation, reward, terminated, truncated, info = env.step(action)
-                if arguments.video:
-                    frames.append(env.render())
-                progress.update(1)
-                if terminated or truncated:
-                    progress.update(steps_per_episode - step - 1)
-                    break
-            successes += bool(info["is_success"])
-            progress.set_postfix(success_rate=f"{successes / (episode + 1):.2f}")
-    env.close()
-    if arguments.video and frames:
-        imageio.mimsave(arguments.video, frames, fps=20)
-        print(f"video: {arguments.video} ({len(frames)} frames)")
-    print(f"success rate: {successes}/{arguments.episodes} = {successes / arguments.episodes:.2f}")
+    evaluation = evaluate(
+        tasks,
+        StillPolicy(),
+        episodes=arguments.episodes,
+        num_envs=arguments.num_envs,
+        address=arguments.address,
+        max_steps=arguments.max_steps,
+        output_dir=arguments.output_dir,
+        videos_per_task=1,
+    )
+    print(evaluation.table())
+    print(f"episodes, results and videos in {arguments.output_dir}/")
 
 
 if __name__ == "__main__":

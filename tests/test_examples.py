@@ -45,10 +45,11 @@ def test_demo(tmp_path):
 )
 def test_robosuite_lift_example_lifts_the_cube(tmp_path):
     output = run_example(
-        "robosuite_lift.py", "--episodes", "1", "--max-steps", "100", "--video", "lift.mp4", cwd=tmp_path
+        "robosuite_lift.py", "--episodes", "1", "--max-steps", "100", "--output-dir", "lift", cwd=tmp_path
     )
     assert "success rate: 1/1" in output
-    assert (tmp_path / "lift.mp4").stat().st_size > 1000
+    assert (tmp_path / "lift" / "videos" / "Lift" / "episode_0.mp4").stat().st_size > 1000
+    assert (tmp_path / "lift" / "results.json").exists()
 
 
 @pytest.mark.skipif("libero" not in SIMULATORS, reason="run `gym-remote setup libero` (`make test` does)")
@@ -61,12 +62,13 @@ def test_libero_eval_example(tmp_path):
         "4",
         "--size",
         "64",
-        "--video",
-        "libero.mp4",
+        "--output-dir",
+        "out",
         cwd=tmp_path,
     )
-    assert "task: pick up the black bowl" in output and "success rate: 0/1" in output
-    assert (tmp_path / "libero.mp4").stat().st_size > 1000
+    (row,) = [line.split() for line in output.splitlines() if line.startswith("libero_spatial/0 ")]
+    assert row[:3] == ["libero_spatial/0", "1", "0"]
+    assert (tmp_path / "out" / "videos" / "libero_spatial" / "0" / "episode_0.mp4").stat().st_size > 1000
 
 
 def readme_blocks(language: str) -> list[str]:
