@@ -309,6 +309,7 @@ class _TaskRun:
                     )
                     if self.videos is not None and slot.frames:
                         self.videos.write(slot.episode, slot.frames)
+                    self.waiting.pop(index, None)  # a prefetch not yet sent is for this episode
                     ended.append(index)
                     continue
             if len(slot.actions) <= self.prefetch_steps and not slot.requested:
