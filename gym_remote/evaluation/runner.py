@@ -157,7 +157,13 @@ def evaluate(
                 videos = None
                 if videos_per_task and output_dir is not None:
                     videos = _Videos(Path(output_dir) / "videos", videos_per_task, envs)
-                _TaskRun(envs, policy, planned, replan_steps, max_steps, record, videos, prefetch_steps).run()
+                try:
+                    _TaskRun(
+                        envs, policy, planned, replan_steps, max_steps, record, videos, prefetch_steps
+                    ).run()
+                finally:
+                    if videos is not None:
+                        videos.finish()
             finally:
                 envs.close()
     finally:
@@ -169,7 +175,8 @@ def evaluate(
 
 
 class _Videos:
-    """Where the videos of a task's first episodes go, and at what rate."""
+    """Where the videos of a task's first episodes go, and at what rate; they are encoded in a
+    thread of their own, so that stepping goes on meanwhile."""
 
     def __init__(self, directory: Path, per_task: int, envs: RemoteVectorEnv) -> None:
         self.directory = directory
@@ -178,11 +185,20 @@ class _Videos:
             self.fps = float(envs.get_attr("control_freq")[0])
         except (AttributeError, RemoteEnvError):
             self.fps = float(envs.metadata.get("render_fps") or 30)
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gym-remote-video")
+        self._written: list[Future] = []
 
     def write(self, episode: Episode, frames: list[np.ndarray]) -> None:
         from gym_remote.evaluation.videos import write_video
 
-        write_video(self.directory / episode.task / f"episode_{episode.index}.mp4", frames, self.fps)
+        path = self.directory / episode.task / f"episode_{episode.index}.mp4"
+        self._written.append(self._encoder.submit(write_video, path, frames, self.fps))
+
+    def finish(self) -> None:
+        """Waits for every video; raises the first failure to write one."""
+        self._encoder.shutdown(wait=True)
+        for written in self._written:
+            written.result()
 
 
 class _Slot:
