@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     """Runs the ``gym-remote`` command line."""
     parser = argparse.ArgumentParser(
         prog="gym-remote",
-        description="Serve Gymnasium environments to remote clients, and query servers.",
+        description="Serve Gymnasium environments to remote clients, query servers, evaluate policies.",
         epilog="Every option can also be set with the GYM_REMOTE_* variable shown beside it.",
     )
     parser.add_argument("--version", action="version", version=f"gym-remote {__version__}")
