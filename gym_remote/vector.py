@@ -408,6 +408,11 @@ class RemoteVectorEnv(VectorEnv):
             }
         )
 
+    def awaiting(self) -> set[int]:
+        """The envs sent a step or reset whose result :meth:`recv` has not returned yet. After a
+        ``recv`` raised a sub-env's error, the envs it left out of this set are those that failed."""
+        return set(self._group.in_flight()) | set(self._undelivered)
+
     def _checked_env_ids(self, env_ids: Iterable[int] | None) -> list[int]:
         """``env_ids`` as a list (None: every env), each a distinct sub-env."""
         env_ids = list(range(self.num_envs)) if env_ids is None else [int(index) for index in env_ids]

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+import gym_remote
 from gym_remote.evaluation import (
     EpisodeResult,
     Task,
@@ -187,3 +188,59 @@ def test_eval_command_line_mistakes_are_one_line_errors(server, arguments, messa
         timeout=120,
     )
     assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
+class FaultOnce:
+    """Steps without faults, but for one env of its call number ``call`` it names ``fault``."""
+
+    def __init__(self, fault: str, call: int = 3) -> None:
+        from gym_remote.testing import FAULTS
+
+        self.fault = FAULTS.index(fault)
+        self.call = call
+        self.calls = 0
+
+    def reset(self, env_index):
+        pass
+
+    def act(self, observations, env_indices):
+        self.calls += 1
+        actions = np.full(len(env_indices), -1, dtype=np.int64)
+        if self.calls == self.call:
+            actions[0] = self.fault
+        return actions
+
+
+FAULTY = Task("faulty", "gym_remote_testing/Faulty-v0", {"allocate_bytes": 4})
+
+
+@pytest.mark.parametrize("fault, reason", [("raise", "RemoteError: "), ("exit", "WorkerCrashed: ")])
+def test_an_env_that_fails_ends_its_episode_as_a_failure_and_the_eval_goes_on(server, fault, reason):
+    evaluation = evaluate(
+        [FAULTY], FaultOnce(fault), episodes=4, num_envs=2, address=server.address, max_steps=5
+    )
+    failures = [result.failure for result in evaluation.episodes]
+    assert sorted(result.episode for result in evaluation.episodes) == [0, 1, 2, 3]
+    (failed,) = [failure for failure in failures if failure != "max_steps"]
+    assert failed.startswith(reason) and failures.count("max_steps") == 3, failures
+    if fault == "raise":
+        assert "the simulator exploded" in failed
+
+
+def test_an_eval_whose_every_session_ended_raises_and_keeps_what_ended(server, tmp_path):
+    """Episode 2's worker dies: no session is left for episode 3."""
+    with pytest.raises(gym_remote.WorkerCrashed):
+        evaluate(
+            [FAULTY],
+            FaultOnce("exit", call=12),
+            episodes=4,
+            address=server.address,
+            max_steps=5,
+            output_dir=tmp_path,
+        )
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert [episode["failure"][:14] for episode in summary["episodes"]] == [
+        "max_steps",
+        "max_steps",
+        "WorkerCrashed:",
+    ]

@@ -33,7 +33,8 @@ class EpisodeResult:
         episode_return: The sum of its rewards.
         length: Its steps.
         seconds: Wall-clock time from its reset to its end.
-        failure: Why it did not succeed (``terminated``, ``truncated``, ``max_steps``), or ``""``.
+        failure: Why it did not succeed (``terminated``, ``truncated``, ``max_steps``, or the
+            error that ended it, ``RemoteError: ...``), or ``""``.
     """
 
     task: str

@@ -18,6 +18,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import concatenate, create_empty_array, iterate
 
+from gym_remote.client import SessionState
 from gym_remote.errors import RemoteEnvError
 from gym_remote.evaluation.plan import Episode, Task, plan_episodes
 from gym_remote.evaluation.policies import Policy, load_policy
@@ -28,6 +29,8 @@ __all__ = ["evaluate", "Evaluation"]
 
 # While the policy computes, how often the loop looks for finished steps (seconds).
 _POLL_SECONDS = 0.002
+# The longest failure reason an episode row keeps (an env's error message, say).
+_MAX_FAILURE_LENGTH = 300
 
 ProgressCallback = Callable[[int, int, int], None]  # (episodes ended, episodes planned, successes)
 
@@ -99,7 +102,10 @@ def evaluate(
     Raises:
         FileExistsError: ``output_dir`` holds results and ``resume`` is False.
         ValueError: a policy name names no policy, or a count is below 1.
-        RemoteEnvError: an env failed; the episodes that ended are kept in ``output_dir``.
+        RemoteEnvError: every session ended (their workers crashed, say) with episodes still
+            planned; the episodes that ended are kept in ``output_dir``. An env's error ends
+            only its episode, as a failure that names it, and the env goes on with the next
+            (or stops, if its session ended).
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be at least 1, got {num_envs}")
@@ -241,6 +247,7 @@ class _TaskRun:
         self.slots: list[_Slot | None] = [None] * envs.num_envs
         self.in_flight: set[int] = set()
         self.idle: set[int] = set()  # envs with nothing to do until their actions come
+        self.stopped: set[int] = set()  # envs whose session ended: they run no more episodes
         self.waiting: dict[int, Any] = {}  # env -> its observation, for the next inference
         self.action_ndim = len(envs.single_action_space.shape or ())
 
@@ -290,9 +297,13 @@ class _TaskRun:
     def _receive(self, wait: float | None) -> None:
         """Takes the results ready (waiting up to ``wait`` seconds; None: for one at least),
         ends the episodes that ended and steps the envs that still have actions queued."""
-        observations, rewards, terminations, truncations, infos, env_ids = self.envs.recv(
-            min_envs=1, timeout=wait
-        )
+        try:
+            observations, rewards, terminations, truncations, infos, env_ids = self.envs.recv(
+                min_envs=1, timeout=wait
+            )
+        except RemoteEnvError as error:
+            self._fail(self.in_flight - self.envs.awaiting(), error)
+            return
         rows = list(iterate(self.envs.single_observation_space, observations)) if len(env_ids) else []
         ready, ended = [], []
         for position, index in enumerate(env_ids.tolist()):
@@ -310,21 +321,7 @@ class _TaskRun:
                 if terminations[position] or truncations[position] or capped:
                     success = bool(_info_value(infos, "is_success", position))
                     failure = "" if success else _failure(terminations[position], truncations[position])
-                    self.record(
-                        EpisodeResult(
-                            task=slot.episode.task,
-                            episode=slot.episode.index,
-                            seed=slot.episode.seed,
-                            init_state=slot.episode.init_state,
-                            success=success,
-                            episode_return=slot.episode_return,
-                            length=slot.steps,
-                            seconds=time.monotonic() - slot.started,
-                            failure=failure,
-                        )
-                    )
-                    if self.videos is not None and slot.frames:
-                        self.videos.write(slot.episode, slot.frames)
+                    self._end_episode(slot, success, failure)
                     self.waiting.pop(index, None)  # a prefetch not yet sent is for this episode
                     ended.append(index)
                     continue
@@ -337,6 +334,47 @@ class _TaskRun:
                 self.idle.add(index)
         self._start_episodes(ended)
         self._step(ready)
+
+    def _fail(self, env_indices: set[int], error: RemoteEnvError) -> None:
+        """Ends the episodes of envs whose call failed, each as a failure that says why; an env
+        whose session is still there starts its next episode, one whose session ended stops.
+
+        Raises:
+            RemoteEnvError: ``error``, when no env is left to run the episodes still planned.
+        """
+        reason = f"{type(error).__name__}: {error.message}"[:_MAX_FAILURE_LENGTH]
+        restarting = []
+        for index in sorted(env_indices):
+            self.in_flight.discard(index)
+            slot = self._slot(index)
+            self._end_episode(slot, False, reason)
+            self.waiting.pop(index, None)
+            if self.envs.sessions[index].gym_remote.state is SessionState.ACTIVE:
+                restarting.append(index)
+            else:
+                self.slots[index] = None
+                self.stopped.add(index)
+        if self.pending and len(self.stopped) == self.envs.num_envs:
+            raise error
+        self._start_episodes(restarting)
+
+    def _end_episode(self, slot: _Slot, success: bool, failure: str) -> None:
+        """Records ``slot``'s episode as it ended (and writes its video, if it is filmed)."""
+        self.record(
+            EpisodeResult(
+                task=slot.episode.task,
+                episode=slot.episode.index,
+                seed=slot.episode.seed,
+                init_state=slot.episode.init_state,
+                success=success,
+                episode_return=slot.episode_return,
+                length=slot.steps,
+                seconds=time.monotonic() - slot.started,
+                failure=failure,
+            )
+        )
+        if self.videos is not None and slot.frames:
+            self.videos.write(slot.episode, slot.frames)
 
     def _asks_next(self, index: int) -> bool:
         """Whether env ``index`` (in flight) will ask the policy for actions when its result comes."""
