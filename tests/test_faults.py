@@ -667,9 +667,11 @@ def test_sessions_ended_every_way_over_and_over_leave_nothing_behind(start_serve
     for _ in range(8):
         _one_round_of_churn(server)
     wait_for(lambda: not worker_pids(server.pid), what="every churned session's worker to end")
+    # At most as many as after the first round: that count may still have held a session's
+    # socket the server closes just after its worker's exit.
     wait_for(
-        lambda: server_process.num_fds() == descriptors,
-        what=f"the server to hold {descriptors} file descriptors again",
+        lambda: server_process.num_fds() <= descriptors,
+        what=f"the server to hold at most {descriptors} file descriptors again",
     )
     assert_serves(server)
 
