@@ -164,3 +164,35 @@ def test_policy_serve_serves_a_python_policy_that_evaluates_as_it_does_in_proces
     finally:
         process.kill()
         process.wait()
+
+
+def test_policy_serve_answers_a_hostile_clients_frames_with_a_traceback_and_serves_on():
+    import websockets.sync.client
+
+    command = [
+        sys.executable,
+        "-m",
+        "gym_remote",
+        "policy-serve",
+        "tests.test_policy_server:served_balancing",
+    ]
+    process = subprocess.Popen([*command, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        url = wait_until_serving(process, 60, prefix=b"gym-remote policy serving on ")
+        nested = b"\x91" * 100_000 + b"\xc0"  # an array in an array ... 100,000 deep
+        huge_array = pack(
+            {"observation": {b"__ndarray__": True, b"data": b"", b"dtype": "<f4", b"shape": [1 << 40]}}
+        )
+        for frame in (b"\xc1", nested, huge_array, "text, not binary"):
+            with websockets.sync.client.connect(url, proxy=None, open_timeout=10) as connection:
+                unpack(connection.recv(timeout=10))  # the metadata frame
+                connection.send(frame)
+                answer = connection.recv(timeout=30)
+                assert isinstance(answer, str) and "Traceback" in answer
+        policy = WebsocketPolicy(url, timeout=10)
+        actions = policy.act({"observation": np.array([[0.0, 0.0, 0.1, 0.0]])}, [0])
+        assert actions.tolist() == [1]
+        policy.close()
+    finally:
+        process.kill()
+        process.wait()
