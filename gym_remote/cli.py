@@ -139,6 +139,31 @@ def _add_eval_command(commands: Any) -> None:
         "eval",
         help="evaluate a policy: success rates per task (`gym-remote eval --suite libero_goal --tasks 0-4`)",
     )
+    _add_episode_arguments(command)
+    command.add_argument("--record", metavar="DIR", help="record every episode into a dataset in DIR")
+    _add_dataset_arguments(command)
+    command = commands.add_parser(
+        "record",
+        help="record a policy's episodes as a dataset (`gym-remote record DIR --env-name Lift`)",
+    )
+    command.add_argument("dataset", help="the dataset's directory (with --resume, one to append to)")
+    _add_episode_arguments(command)
+    _add_dataset_arguments(command)
+    _add_policy_serve_command(commands)
+
+
+def _add_dataset_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--format",
+        choices=("lerobot", "hdf5"),
+        default="lerobot",
+        help="lerobot (LeRobotDataset v3.0) or hdf5 (robomimic, with simulator states); default lerobot",
+    )
+    command.add_argument("--only-success", action="store_true", help="keep only the episodes that succeed")
+
+
+def _add_episode_arguments(command: argparse.ArgumentParser) -> None:
+    """What ``eval`` and ``record`` share: the envs, the policy, the plan and the results."""
     command.add_argument(
         "env_id", nargs="?", help="any env id the server serves (or use --suite / --env-name)"
     )
@@ -171,7 +196,9 @@ def _add_eval_command(commands: Any) -> None:
     )
     command.add_argument("--max-steps", type=int, help="end episodes after this many steps too")
     command.add_argument("--seed", type=int, default=0, help="seed of episode 0; episode k uses seed + k")
-    command.add_argument("--output-dir", help="where episodes.csv and results.json go")
+    command.add_argument(
+        "--output-dir", help="where episodes.csv and results.json go (record: DATASET/results)"
+    )
     command.add_argument("--resume", action="store_true", help="skip the episodes --output-dir already holds")
     command.add_argument(
         "--videos", type=int, default=0, help="write mp4s of each task's first K episodes (needs PyAV)"
@@ -179,6 +206,8 @@ def _add_eval_command(commands: Any) -> None:
     add_arguments(command, ClientConfig, ("timeout", "token"))
     command.set_defaults(run=_eval)
 
+
+def _add_policy_serve_command(commands: Any) -> None:
     serve = commands.add_parser(
         "policy-serve",
         help="serve a Python policy over openpi's websocket protocol, for `eval --policy ws://...`",
@@ -220,6 +249,11 @@ def _eval(arguments: argparse.Namespace, options: dict) -> None:
     else:
         tasks = [Task(arguments.env_id, arguments.env_id, env_kwargs)]
     config = resolve(ClientConfig, timeout=options.get("timeout"), token=options.get("token"))
+    # `record DATASET` keeps its results beside the dataset, so that --resume knows what is done.
+    dataset = getattr(arguments, "dataset", None) or getattr(arguments, "record", None)
+    output_dir = arguments.output_dir
+    if output_dir is None and getattr(arguments, "dataset", None):
+        output_dir = os.path.join(arguments.dataset, "results")
 
     def show_progress(ended: int, planned: int, successes: int) -> None:
         print(
@@ -240,9 +274,12 @@ def _eval(arguments: argparse.Namespace, options: dict) -> None:
         prefetch_steps=arguments.prefetch_steps,
         max_steps=arguments.max_steps,
         seed=arguments.seed,
-        output_dir=arguments.output_dir,
+        output_dir=output_dir,
         resume=arguments.resume,
         videos_per_task=arguments.videos,
+        record=dataset,
+        record_format=arguments.format,
+        only_success=arguments.only_success,
         progress=show_progress,
         timeout=config.timeout,
         token=config.token or None,

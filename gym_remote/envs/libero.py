@@ -25,6 +25,7 @@ import numpy as np
 from gymnasium import spaces
 
 from gym_remote.envs import configure_mujoco_gl
+from gym_remote.envs.robosuite import observe_without_advancing_clocks
 
 __all__ = ["LiberoEnv", "list_tasks", "SUITE_EPISODE_LENGTHS", "SUITES"]
 
@@ -336,6 +337,18 @@ class LiberoEnv(gym.Env):
     def check_success(self) -> bool:
         """LIBERO's goal check for the current simulator state."""
         return bool(self._env.check_success())
+
+    def get_state(self) -> np.ndarray:
+        """The simulator's flattened MuJoCo state (time, qpos, qvel), as LIBERO's datasets store it."""
+        return np.array(self._env.sim.get_state().flatten())
+
+    def set_state(self, state: Sequence[float]) -> Dict[str, Any]:
+        """Puts the simulator in a :meth:`get_state` state; returns the observation there."""
+        raw = observe_without_advancing_clocks(
+            self._env.env, lambda: self._env.regenerate_obs_from_state(np.asarray(state, dtype=np.float64))
+        )
+        self._last_raw_observation = raw
+        return self._format(raw)
 
     def object_names(self) -> List[str]:
         """The task's movable objects."""

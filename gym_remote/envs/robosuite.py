@@ -7,7 +7,7 @@ This module keeps to Python 3.8.
 """
 
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import gymnasium as gym
 import numpy as np
@@ -48,6 +48,21 @@ def _space_for(value: np.ndarray) -> spaces.Box:
     if value.dtype == np.uint8:
         return spaces.Box(0, 255, value.shape, np.uint8)
     return spaces.Box(-np.inf, np.inf, value.shape, value.dtype)
+
+
+def observe_without_advancing_clocks(env: Any, observe: Callable[[], Any]) -> Any:
+    """``observe()`` (a forced observation of robosuite env ``env`` after setting its state),
+    with each observable's sampling clock kept as it was: a forced update also advances the
+    clocks by one simulator step, which would shift every later sample of a replay."""
+    clocks = {
+        name: (observable._time_since_last_sample, observable._sampled, observable._current_delay)
+        for name, observable in env._observables.items()
+    }
+    observation = observe()
+    for name, clock in clocks.items():
+        observable = env._observables[name]
+        observable._time_since_last_sample, observable._sampled, observable._current_delay = clock
+    return observation
 
 
 class RobosuiteEnv(gym.Env):
@@ -161,6 +176,19 @@ class RobosuiteEnv(gym.Env):
     def check_success(self) -> bool:
         """robosuite's success check for the current simulator state."""
         return bool(self._env._check_success())
+
+    def get_state(self) -> np.ndarray:
+        """The simulator's flattened MuJoCo state (time, qpos, qvel), as robomimic stores it."""
+        return np.array(self._env.sim.get_state().flatten())
+
+    def set_state(self, state: Sequence[float]) -> Dict[str, Any]:
+        """Puts the simulator in a :meth:`get_state` state; returns the observation there."""
+        self._env.sim.set_state_from_flattened(np.asarray(state, dtype=np.float64))
+        self._env.sim.forward()
+        observation = observe_without_advancing_clocks(
+            self._env, lambda: self._env._get_observations(force_update=True)
+        )
+        return self._format(observation)
 
     def camera_names(self) -> List[str]:
         """The cameras this model has."""

@@ -23,6 +23,8 @@ from gym_remote.errors import RemoteEnvError
 from gym_remote.evaluation.plan import Episode, Task, plan_episodes
 from gym_remote.evaluation.policies import Policy, load_policy
 from gym_remote.evaluation.results import EpisodeResult, ResultsLog, format_table, summarize
+from gym_remote.recording.recorder import Recorder, open_dataset
+from gym_remote.recording.wrappers import vector_info_value
 from gym_remote.vector import RemoteVectorEnv
 
 __all__ = ["evaluate", "Evaluation"]
@@ -66,6 +68,9 @@ def evaluate(
     output_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
     videos_per_task: int = 0,
+    record: str | os.PathLike[str] | None = None,
+    record_format: str = "lerobot",
+    only_success: bool = False,
     progress: ProgressCallback | None = None,
     timeout: float | None = None,
     token: str | None = None,
@@ -96,6 +101,13 @@ def evaluate(
         videos_per_task: Writes episodes ``0 .. videos_per_task - 1`` of each task as mp4 files,
             ``output_dir/videos/TASK/episode_K.mp4``: the env's ``render()`` after its reset and
             each step, at its control rate (``control_freq``; else ``render_fps``). Needs PyAV.
+        record: A directory to record every episode into, as one dataset for all tasks and
+            envs (in the order episodes end, each noting its env, task, seed and initial
+            state). With ``resume``, the dataset there is appended to. An episode's results
+            row is written only once the episode is in the dataset.
+        record_format: ``lerobot`` (LeRobotDataset v3.0) or ``hdf5`` (robomimic, with each
+            frame's simulator state where the env has ``get_state``).
+        only_success: Record only the episodes that succeed (data generation).
         progress: Called after each episode with (episodes ended, planned, successes).
         timeout, token: As for :class:`~gym_remote.RemoteEnv`.
 
@@ -124,14 +136,15 @@ def evaluate(
     done = {(result.task, result.episode) for result in evaluation.episodes}
     total = sum(len(plan) for plan in plans.values())
 
-    def record(result: EpisodeResult) -> None:
+    def record_result(result: EpisodeResult) -> None:
         evaluation.episodes.append(result)
-        if log is not None:
+        if log is not None and recording is None:
             log.add(result)
         if progress is not None:
             progress(len(evaluation.episodes), total, sum(r.success for r in evaluation.episodes))
 
     loaded = isinstance(policy, str)  # a policy this call makes is closed by it (a server connection)
+    recording: _Recording | None = None
     try:
         for task in tasks:
             planned = [episode for episode in plans[task.name] if (task.name, episode.index) not in done]
@@ -163,9 +176,22 @@ def evaluate(
                 videos = None
                 if videos_per_task and output_dir is not None:
                     videos = _Videos(Path(output_dir) / "videos", videos_per_task, envs)
+                if record is not None:
+                    recording = recording or _Recording.open(
+                        record, record_format, only_success, envs, resume, log
+                    )
+                    recording.check_spaces(envs, task)
                 try:
                     _TaskRun(
-                        envs, policy, planned, replan_steps, max_steps, record, videos, prefetch_steps
+                        envs,
+                        policy,
+                        planned,
+                        replan_steps,
+                        max_steps,
+                        record_result,
+                        videos,
+                        prefetch_steps,
+                        recording,
                     ).run()
                 finally:
                     if videos is not None:
@@ -173,11 +199,62 @@ def evaluate(
             finally:
                 envs.close()
     finally:
-        if log is not None:
-            log.close()
+        try:
+            if recording is not None:
+                recording.recorder.close()
+        finally:
+            if log is not None:
+                log.close()
         if loaded and hasattr(policy, "close"):
             policy.close()
     return evaluation
+
+
+class _Recording:
+    """The dataset an evaluation records into, and whether it records simulator states."""
+
+    def __init__(
+        self, recorder: Recorder, spaces: tuple[Any, Any], records_states: bool, log: ResultsLog | None
+    ) -> None:
+        self.recorder = recorder
+        self.spaces = spaces
+        self.records_states = records_states
+        self.log = log
+
+    @classmethod
+    def open(
+        cls,
+        directory: str | os.PathLike[str],
+        format: str,
+        only_success: bool,
+        envs: RemoteVectorEnv,
+        resume: bool,
+        log: ResultsLog | None,
+    ) -> _Recording:
+        spaces = (envs.single_observation_space, envs.single_action_space)
+        writer = open_dataset(
+            directory,
+            format,
+            *spaces,
+            fps=int(round(_control_rate(envs))),
+            env_args={"env_name": envs.sessions[0].gym_remote.env_id, "type": "gym_remote"},
+            resume=resume,
+        )
+        recorder = Recorder(writer, only_success=only_success)
+        records_states = format == "hdf5" and callable(_first_attribute(envs, "get_state"))
+        return cls(recorder, spaces, records_states, log)
+
+    def check_spaces(self, envs: RemoteVectorEnv, task: Task) -> None:
+        """Raises ValueError unless ``task``'s envs have the spaces of the dataset's first task."""
+        if (envs.single_observation_space, envs.single_action_space) != self.spaces:
+            raise ValueError(
+                f"task {task.name} has other observation or action spaces than the first task "
+                "recorded: one dataset holds envs of one kind; record them separately"
+            )
+
+    def state(self, envs: RemoteVectorEnv, index: int) -> np.ndarray | None:
+        """Env ``index``'s simulator state, when the dataset keeps states."""
+        return np.asarray(envs.sessions[index].get_state()) if self.records_states else None
 
 
 class _Videos:
@@ -187,10 +264,7 @@ class _Videos:
     def __init__(self, directory: Path, per_task: int, envs: RemoteVectorEnv) -> None:
         self.directory = directory
         self.per_task = per_task
-        try:
-            self.fps = float(envs.get_attr("control_freq")[0])
-        except (AttributeError, RemoteEnvError):
-            self.fps = float(envs.metadata.get("render_fps") or 30)
+        self.fps = _control_rate(envs)
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gym-remote-video")
         self._written: list[Future] = []
 
@@ -220,6 +294,7 @@ class _Slot:
         self.steps = 0
         self.episode_return = 0.0
         self.started = time.monotonic()
+        self.last_action: np.ndarray | None = None  # the action of the step in flight
 
 
 class _TaskRun:
@@ -235,8 +310,11 @@ class _TaskRun:
         record: Callable[[EpisodeResult], None],
         videos: _Videos | None = None,
         prefetch_steps: int = 0,
+        recording: _Recording | None = None,
     ) -> None:
         self.envs = envs
+        self.recording = recording
+        self.task_texts = _task_texts(envs, Task(planned[0].task, "")) if recording else []
         self.prefetch_steps = prefetch_steps
         self.videos = videos
         self.policy = policy
@@ -314,14 +392,25 @@ class _TaskRun:
             if slot.resetting:
                 slot.resetting = False
                 self.policy.reset(index)
+                self._record_start(index, slot, rows[position])
             else:
                 slot.steps += 1
                 slot.episode_return += float(rewards[position])
+                if self.recording is not None:
+                    self.recording.recorder.step(
+                        index,
+                        slot.last_action,
+                        rows[position],
+                        float(rewards[position]),
+                        bool(terminations[position]),
+                        bool(truncations[position]),
+                        self.recording.state(self.envs, index),
+                    )
                 capped = self.max_steps is not None and slot.steps >= self.max_steps
                 if terminations[position] or truncations[position] or capped:
-                    success = bool(_info_value(infos, "is_success", position))
+                    success = bool(vector_info_value(infos, "is_success", position))
                     failure = "" if success else _failure(terminations[position], truncations[position])
-                    self._end_episode(slot, success, failure)
+                    self._end_episode(index, slot, success, failure)
                     self.waiting.pop(index, None)  # a prefetch not yet sent is for this episode
                     ended.append(index)
                     continue
@@ -347,7 +436,9 @@ class _TaskRun:
         for index in sorted(env_indices):
             self.in_flight.discard(index)
             slot = self._slot(index)
-            self._end_episode(slot, False, reason)
+            if self.recording is not None:
+                self.recording.recorder.drop(index)  # an episode an error cut short is no data
+            self._end_episode(index, slot, False, reason)
             self.waiting.pop(index, None)
             if self.envs.sessions[index].gym_remote.state is SessionState.ACTIVE:
                 restarting.append(index)
@@ -358,21 +449,35 @@ class _TaskRun:
             raise error
         self._start_episodes(restarting)
 
-    def _end_episode(self, slot: _Slot, success: bool, failure: str) -> None:
-        """Records ``slot``'s episode as it ended (and writes its video, if it is filmed)."""
-        self.record(
-            EpisodeResult(
-                task=slot.episode.task,
-                episode=slot.episode.index,
+    def _record_start(self, index: int, slot: _Slot, observation: Any) -> None:
+        if self.recording is not None:
+            self.recording.recorder.start(
+                index,
+                observation,
+                self.task_texts[index],
                 seed=slot.episode.seed,
                 init_state=slot.episode.init_state,
-                success=success,
-                episode_return=slot.episode_return,
-                length=slot.steps,
-                seconds=time.monotonic() - slot.started,
-                failure=failure,
+                state=self.recording.state(self.envs, index),
             )
+
+    def _end_episode(self, index: int, slot: _Slot, success: bool, failure: str) -> None:
+        """Records env ``index``'s episode as it ended (in the results, in the dataset if one is
+        recorded, and as a video if it is filmed)."""
+        result = EpisodeResult(
+            task=slot.episode.task,
+            episode=slot.episode.index,
+            seed=slot.episode.seed,
+            init_state=slot.episode.init_state,
+            success=success,
+            episode_return=slot.episode_return,
+            length=slot.steps,
+            seconds=time.monotonic() - slot.started,
+            failure=failure,
         )
+        self.record(result)
+        if self.recording is not None:
+            log = self.recording.log
+            self.recording.recorder.end(index, success, None if log is None else lambda: log.add(result))
         if self.videos is not None and slot.frames:
             self.videos.write(slot.episode, slot.frames)
 
@@ -408,6 +513,8 @@ class _TaskRun:
         """Sends each env the next action of its queue."""
         if env_indices:
             actions = np.stack([self._slot(index).actions.popleft() for index in env_indices])
+            for index, action in zip(env_indices, actions):
+                self._slot(index).last_action = action
             self.envs.send(actions, env_ids=env_indices)
             self.in_flight.update(env_indices)
 
@@ -417,19 +524,25 @@ class _TaskRun:
         return slot
 
 
+def _first_attribute(envs: RemoteVectorEnv, name: str) -> Any:
+    """``name`` of the first env, or None where it has none."""
+    try:
+        return getattr(envs.sessions[0], name)
+    except (AttributeError, RemoteEnvError):
+        return None
+
+
+def _control_rate(envs: RemoteVectorEnv) -> float:
+    """Steps a second: the env's ``control_freq``, else its ``render_fps``, else 30."""
+    return float(_first_attribute(envs, "control_freq") or envs.metadata.get("render_fps") or 30)
+
+
 def _task_texts(envs: RemoteVectorEnv, task: Task) -> list[str]:
     """Each env's ``task_description`` (LIBERO's language instruction), else the task's name."""
     try:
         return [str(text) for text in envs.get_attr("task_description")]
     except (AttributeError, RemoteEnvError):
         return [task.name] * envs.num_envs
-
-
-def _info_value(infos: dict[str, Any], key: str, position: int) -> Any:
-    """``key`` of the info of the env at ``position`` of a vector env's batched infos, or None."""
-    if key not in infos or not infos.get(f"_{key}", np.ones(position + 1, bool))[position]:
-        return None
-    return infos[key][position]
 
 
 def _failure(terminated: bool, truncated: bool) -> str:

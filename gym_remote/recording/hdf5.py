@@ -70,8 +70,6 @@ class Hdf5Writer:
                 raise FileExistsError(f"{self.root} holds a dataset; resume it or choose another directory")
             with self._h5py.File(self.index_path, "r") as index:
                 self.demos = json.loads(index["data"].attrs["gym_remote_demos"])
-        elif self.root.exists() and any(self.root.iterdir()) and not resume:
-            raise FileExistsError(f"{self.root} is not empty; choose an empty or new directory")
         for stale in (self.root / "demos").glob("demo_*.hdf5"):
             if int(stale.stem.split("_")[1]) >= len(self.demos):
                 stale.unlink()  # a demo a kill cut off before the index named it

@@ -118,8 +118,6 @@ class LeRobotWriter:
             if not resume:
                 raise FileExistsError(f"{self.root} holds a dataset; resume it or choose another directory")
             self._resume(json.loads(info_path.read_text()))
-        elif self.root.exists() and any(self.root.iterdir()) and not resume:
-            raise FileExistsError(f"{self.root} is not empty; choose an empty or new directory")
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _features(self, action_space: gym.Space) -> Dict[str, Any]:

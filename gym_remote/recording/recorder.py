@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import gymnasium as gym
 import numpy as np
@@ -65,7 +65,10 @@ class Recorder:
         self.written = 0
         self._episodes: Dict[int, RecordedEpisode] = {}
         self._pending: Dict[int, tuple[Any, Optional[np.ndarray]]] = {}  # the next frame's observation
-        self._queue: queue.Queue[Optional[RecordedEpisode]] = queue.Queue(_MAX_WAITING_EPISODES)
+        # (an episode to write or None, what to call once it is written); None alone: stop.
+        self._queue: queue.Queue[Optional[Tuple[Optional[RecordedEpisode], Optional[Callable[[], None]]]]] = (
+            queue.Queue(_MAX_WAITING_EPISODES)
+        )
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._write_episodes, name="gym-remote-recorder", daemon=True)
         self._thread.start()
@@ -117,9 +120,11 @@ class Recorder:
             episode.states.append(np.asarray(state_then))
         self._pending[env_index] = (observation, state)
 
-    def end(self, env_index: int, success: bool) -> None:
+    def end(self, env_index: int, success: bool, then: Optional[Callable[[], None]] = None) -> None:
         """Ends env ``env_index``'s episode and queues it for writing (unless only successes
-        are kept and it failed).
+        are kept and it failed). ``then`` is called in the writer's thread once the episode is
+        on disk (or skipped), in the order episodes end: an evaluation's results row is
+        written only after its episode is.
 
         Raises:
             Exception: the error that stopped the writer, if it failed on an earlier episode.
@@ -127,15 +132,25 @@ class Recorder:
         self._raise_writer_error()
         episode = self._episodes.pop(env_index, None)
         self._pending.pop(env_index, None)
-        if episode is None or (self.only_success and not success):
-            return
-        episode.success = bool(success)
-        self._queue.put(episode)
+        if episode is not None:
+            episode.success = bool(success)
+        kept = episode is not None and (success or not self.only_success)
+        if kept or then is not None:
+            self._queue.put((episode if kept else None, then))
 
     def drop(self, env_index: int) -> None:
         """Forgets env ``env_index``'s open episode (it is not written)."""
         self._episodes.pop(env_index, None)
         self._pending.pop(env_index, None)
+
+    def flush(self) -> None:
+        """Waits until every episode ended so far is written.
+
+        Raises:
+            Exception: the error that stopped the writer, if one did.
+        """
+        self._queue.join()
+        self._raise_writer_error()
 
     def close(self) -> None:
         """Drops open episodes, waits until every ended one is written and closes the writer.
@@ -156,13 +171,18 @@ class Recorder:
 
     def _write_episodes(self) -> None:
         while True:
-            episode = self._queue.get()
-            if episode is None:
-                return
-            if self._error is not None:
-                continue  # after a failure, drain the queue so that no producer blocks
+            item = self._queue.get()
             try:
-                self.writer.write(episode)
-                self.written += 1
+                if item is None:
+                    return
+                episode, then = item
+                if self._error is None:  # after a failure, drain the queue so that no producer blocks
+                    if episode is not None:
+                        self.writer.write(episode)
+                        self.written += 1
+                    if then is not None:
+                        then()
             except BaseException as error:  # noqa: BLE001 - raised again in the caller's thread
                 self._error = error
+            finally:
+                self._queue.task_done()
