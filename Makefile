@@ -68,7 +68,7 @@ ifeq ($(LEROBOT_PYTHON),)
 else
 	$(MAKE) $(LEROBOT_VENV)/.installed
 	GYM_REMOTE_HOME=$(abspath $(SIM_HOME)) $(LEROBOT_VENV)/bin/python -m pytest \
-		tests/test_lerobot_plugin.py tests/test_sb3_shaped.py
+		tests/test_lerobot_plugin.py tests/test_sb3_shaped.py tests/test_lerobot_dataset.py
 endif
 
 bench: $(VENV)/.installed

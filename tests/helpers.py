@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -55,3 +61,45 @@ def assert_keys_in_space_order(observation: Any, space: gym.Space, path: str = "
     elif isinstance(space, gym.spaces.Tuple):
         for index, (item, subspace) in enumerate(zip(observation, space.spaces)):
             assert_keys_in_space_order(item, subspace, f"{path}[{index}]")
+
+
+CRASHING_RECORDER = textwrap.dedent(
+    """
+    import sys
+    import gym_remote.testing  # registers the image env
+    import gymnasium as gym
+    import numpy as np
+    from gym_remote.recording import RecordEpisodes
+
+    made = gym.make("gym_remote_testing/ImageEnv-v0", episode_length=6)
+    env = RecordEpisodes(made, sys.argv[1], sys.argv[2])
+    for _ in range(2):
+        env.reset(seed=0)
+        while not env.step(np.zeros(7, np.float32))[3]:
+            pass
+    env.recorder.flush()
+    print("written", flush=True)
+    env.reset(seed=0)
+    while True:  # mid-episode until killed
+        env.step(np.zeros(7, np.float32))
+        env.reset(seed=0) if env.unwrapped._steps >= 5 else None
+    """
+)
+
+
+def record_then_kill(directory: Path, format: str) -> None:
+    """Runs a recording of gym-remote's image env that ends two episodes of 6 frames, then
+    SIGKILLs it mid-episode."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_RECORDER, str(directory), format],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "written"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL

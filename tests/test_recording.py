@@ -4,11 +4,6 @@ each autoreset mode, and what a SIGKILLed recording leaves."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import gymnasium as gym
@@ -20,6 +15,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from gym_remote.recording import RecordEpisodes, RecordVectorEpisodes
 from gym_remote.recording.lerobot import LeRobotWriter
 from gym_remote.recording.recorder import Recorder, open_dataset
+from tests.helpers import record_then_kill
 
 pyarrow_parquet = pytest.importorskip("pyarrow.parquet")
 h5py = pytest.importorskip("h5py")
@@ -205,47 +201,6 @@ def test_a_writer_error_is_raised_in_the_recording_thread(tmp_path):
         recorder.flush()
     with pytest.raises(OSError, match="disk full"):
         recorder.close()
-
-
-CRASHING_RECORDER = textwrap.dedent(
-    """
-    import sys
-    import gym_remote.testing  # registers the image env
-    import gymnasium as gym
-    import numpy as np
-    from gym_remote.recording import RecordEpisodes
-
-    made = gym.make("gym_remote_testing/ImageEnv-v0", episode_length=6)
-    env = RecordEpisodes(made, sys.argv[1], sys.argv[2])
-    for _ in range(2):
-        env.reset(seed=0)
-        while not env.step(np.zeros(7, np.float32))[3]:
-            pass
-    env.recorder.flush()
-    print("written", flush=True)
-    env.reset(seed=0)
-    while True:  # mid-episode until killed
-        env.step(np.zeros(7, np.float32))
-        env.reset(seed=0) if env.unwrapped._steps >= 5 else None
-    """
-)
-
-
-def record_then_kill(directory: Path, format: str) -> None:
-    """Runs a recording that ends two episodes, then SIGKILLs it mid-episode."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_RECORDER, str(directory), format],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "written"
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        child.kill()
-        child.wait(timeout=60)
-    assert child.returncode == -signal.SIGKILL
 
 
 @pytest.mark.timeout(300)

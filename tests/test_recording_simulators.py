@@ -4,6 +4,8 @@ class (LeRobot 0.6.1, in .venv-lerobot) loads what gym-remote wrote."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -84,3 +86,32 @@ def test_a_recorded_libero_demo_replays_exactly(server, tmp_path):
         assert_replays_exactly(env, tmp_path, seed=1, init_state_id=2)
     finally:
         env.close()
+
+
+@needs_robosuite
+def test_gym_remote_record_keeps_only_the_scripted_lifts_that_succeed_and_they_replay(server, tmp_path):
+    """Data generation: `gym-remote record --only-success` with the scripted Lift policy, over 2
+    sessions; each demo is a success, and its results are beside it for --resume."""
+    kwargs = {"use_camera_obs": False, "horizon": 150}
+    dataset = tmp_path / "lifts"
+    command = [sys.executable, "-m", "gym_remote", "record", str(dataset), "--env-name", "Lift"]
+    command += ["--env-kwargs", json.dumps(kwargs), "--policy", "lift", "--episodes", "3", "--num-envs", "2"]
+    command += ["--address", server.address, "--format", "hdf5", "--only-success"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((dataset / "results" / "results.json").read_text())
+    successes = [e for e in results["episodes"] if e["success"]]
+    assert len(successes) >= 2, f"the scripted lift succeeded in {len(successes)} of 3 episodes"
+    with h5py.File(dataset / "demo.hdf5", "r") as demos:
+        recorded = [dict(demos[f"data/demo_{i}"].attrs) for i in range(int(demos["data"].attrs["num_demos"]))]
+    assert all(demo["success"] for demo in recorded)
+    assert sorted(d["seed"] for d in recorded) == sorted(e["seed"] for e in successes)
+    env = gym.make("remote/Robosuite-v0", address=server.address, env_name="Lift", **kwargs)
+    try:
+        assert_replays_exactly(env, dataset, seed=int(recorded[0]["seed"]))
+    finally:
+        env.close()
+    again = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    with h5py.File(dataset / "demo.hdf5", "r") as demos:
+        assert int(demos["data"].attrs["num_demos"]) == len(recorded), "--resume ran nothing again"
