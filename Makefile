@@ -75,6 +75,7 @@ bench: $(VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.overhead
 	GYM_REMOTE_HOME=$(abspath $(SIM_HOME)) $(VENV)/bin/python -m benchmarks.vector
 	$(VENV)/bin/python -m benchmarks.eval
+	GYM_REMOTE_HOME=$(abspath $(SIM_HOME)) $(VENV)/bin/python -m benchmarks.recording
 
 bench-libero: simulators
 	GYM_REMOTE_HOME=$(abspath $(SIM_HOME)) $(VENV)/bin/python -m benchmarks.libero

@@ -14,6 +14,7 @@ import pytest
 import gym_remote.testing  # noqa: F401  (registers the image env)
 from benchmarks import common
 from benchmarks.python_floor import MinimalPythonEnv
+from gym_remote.simulators import recorded_routes
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -120,3 +121,26 @@ def test_the_eval_benchmark_prints_every_loop_without_recording():
     ]
     assert len(rows) == 4 and all("episodes" not in row.split(" | ")[1] for row in rows)
     assert [row.split(" | ")[-1].strip(" |") for row in rows][0] == "1.00x"
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(
+    "robosuite" not in {route.name for route in recorded_routes()},
+    reason="run `gym-remote setup robosuite` (`make test` does)",
+)
+def test_the_recording_benchmark_prints_every_loop_without_recording():
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.recording", "--episodes", "4", "--rounds", "1", "--no-record"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [
+        line
+        for line in result.stdout.splitlines()
+        if line.startswith("| no recording") or "`record=`" in line
+    ]
+    assert len(rows) == 3 and rows[0].endswith("| 1.00x |")
+    assert all(float(row.split(" | ")[1]) > 0 for row in rows)
