@@ -116,7 +116,7 @@ def test_a_wrapped_env_records_every_ended_episode_as_it_was_stepped(tmp_path, f
 
 
 @pytest.mark.parametrize("format", FORMATS)
-@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP, AutoresetMode.DISABLED])
 def test_a_vector_env_records_one_dataset_of_every_sub_envs_episodes(tmp_path, format, mode):
     """Sub-env i counts episodes from 10 * i; every episode lands whole, in the order they end."""
     envs = SyncVectorEnv([lambda i=i: CountingEnv(10 * i) for i in range(3)], autoreset_mode=mode)
@@ -127,6 +127,8 @@ def test_a_vector_env_records_one_dataset_of_every_sub_envs_episodes(tmp_path, f
         actions = np.full((3, 2), step / 12, np.float32)
         _, _, terminations, truncations, _ = recording.step(actions)
         ended += [index for index in range(3) if terminations[index] or truncations[index]]
+        if mode == AutoresetMode.DISABLED and (terminations | truncations).any():
+            recording.reset(options={"reset_mask": terminations | truncations})
     recording.close()
     episodes = read_episodes(tmp_path, format)
     assert [episode["env_index"] for episode in episodes] == ended

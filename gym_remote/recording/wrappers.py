@@ -194,8 +194,8 @@ class RecordVectorEpisodes(VectorWrapper):
         return [np.asarray(state) for state in self._envs.call("get_state")]
 
     def reset(self, *, seed: Any = None, options: Optional[dict] = None) -> tuple[Any, dict]:
+        mask = (options or {}).get("reset_mask")  # read first: Gymnasium's vector envs pop it
         observations, infos = self.env.reset(seed=seed, options=options)
-        mask = (options or {}).get("reset_mask")
         rows = list(iterate(self.single_observation_space, observations))
         states = self._states()
         seeds = (
