@@ -251,3 +251,16 @@ def test_an_evaluation_records_every_episode_and_writes_its_row_after_it(tmp_pat
     )
     rows = (tmp_path / "results" / "episodes.csv").read_text().splitlines()
     assert len(rows) == 4  # a header and a row per episode
+
+
+def test_recording_and_evaluation_import_nothing_heavy_until_a_dataset_is_opened():
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, gym_remote, gym_remote.recording, gym_remote.evaluation; "
+        "print(sorted({'pyarrow', 'av', 'h5py', 'torch', 'websockets'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
