@@ -18,16 +18,9 @@ from gymnasium import spaces
 from lerobot.configs import FeatureType, PolicyFeature
 from lerobot.utils.constants import ACTION, OBS_IMAGE, OBS_IMAGES, OBS_STATE
 
+from gym_remote.recording.layout import is_image
+
 __all__ = ["LeRobotObservations", "features_of"]
-
-
-def _is_image(space: gym.Space) -> bool:
-    return (
-        isinstance(space, spaces.Box)
-        and space.dtype == np.uint8
-        and len(space.shape) == 3
-        and 1 <= space.shape[2] <= 4 < min(space.shape[:2])
-    )
 
 
 def _leaves(space: gym.Space, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], spaces.Box]]:
@@ -61,8 +54,8 @@ class LeRobotObservations(gym.ObservationWrapper):
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
         leaves = _leaves(env.observation_space)
-        images = {path: space for path, space in leaves if _is_image(space)}
-        states = {path: space for path, space in leaves if not _is_image(space)}
+        images = {path: space for path, space in leaves if is_image(space)}
+        states = {path: space for path, space in leaves if not is_image(space)}
         self.image_paths = list(images)
         self.state_paths = list(states)
         observation_spaces: dict[str, gym.Space] = {}
