@@ -264,3 +264,17 @@ def test_recording_and_evaluation_import_nothing_heavy_until_a_dataset_is_opened
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_an_evaluation_records_tasks_of_one_kind_into_one_dataset(tmp_path):
+    from gym_remote.evaluation import Task, evaluate
+
+    tasks = [Task("cartpole", "CartPole-v1"), Task("pendulum", "Pendulum-v1", {"g": 9.0})]
+    with pytest.raises(ValueError, match="task pendulum has other observation or action spaces"):
+        evaluate(tasks, "random", episodes=1, max_steps=3, record=tmp_path, record_format="hdf5")
+    with h5py.File(tmp_path / "demo.hdf5", "r") as dataset:
+        assert int(dataset["data"].attrs["num_demos"]) == 1, "the first task's episode is kept"
+        assert json.loads(dataset["data"].attrs["env_args"])["env_name"] == "CartPole-v1"
+    evaluate(tasks[1:], "random", episodes=1, max_steps=3, record=tmp_path / "p", record_format="hdf5")
+    with h5py.File(tmp_path / "p" / "demo.hdf5", "r") as dataset:
+        assert json.loads(dataset["data"].attrs["env_args"])["env_kwargs"] == {"g": 9.0}

@@ -113,7 +113,8 @@ def evaluate(
 
     Raises:
         FileExistsError: ``output_dir`` holds results and ``resume`` is False.
-        ValueError: a policy name names no policy, or a count is below 1.
+        ValueError: a policy name names no policy, a count is below 1, or a task to record
+            has other spaces than the first one recorded.
         RemoteEnvError: every session ended (their workers crashed, say) with episodes still
             planned; the episodes that ended are kept in ``output_dir``. An env's error ends
             only its episode, as a failure that names it, and the env goes on with the next
@@ -178,7 +179,7 @@ def evaluate(
                     videos = _Videos(Path(output_dir) / "videos", videos_per_task, envs)
                 if record is not None:
                     recording = recording or _Recording.open(
-                        record, record_format, only_success, envs, resume, log
+                        record, record_format, only_success, envs, task, resume, log
                     )
                     recording.check_spaces(envs, task)
                 try:
@@ -228,6 +229,7 @@ class _Recording:
         format: str,
         only_success: bool,
         envs: RemoteVectorEnv,
+        task: Task,
         resume: bool,
         log: ResultsLog | None,
     ) -> _Recording:
@@ -237,7 +239,7 @@ class _Recording:
             format,
             *spaces,
             fps=int(round(_control_rate(envs))),
-            env_args={"env_name": envs.sessions[0].gym_remote.env_id, "type": "gym_remote"},
+            env_args={"env_name": task.env_id, "type": "gym_remote", "env_kwargs": dict(task.env_kwargs)},
             resume=resume,
         )
         recorder = Recorder(writer, only_success=only_success)
