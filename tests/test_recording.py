@@ -278,3 +278,21 @@ def test_an_evaluation_records_tasks_of_one_kind_into_one_dataset(tmp_path):
     evaluate(tasks[1:], "random", episodes=1, max_steps=3, record=tmp_path / "p", record_format="hdf5")
     with h5py.File(tmp_path / "p" / "demo.hdf5", "r") as dataset:
         assert json.loads(dataset["data"].attrs["env_args"])["env_kwargs"] == {"g": 9.0}
+
+
+def test_env_args_keep_only_the_kwargs_json_can_hold(tmp_path):
+    gym.register("gym_remote_tests/Counting-v0", entry_point=CountingEnv)
+    try:
+        made = gym.make("gym_remote_tests/Counting-v0", first_episode=3)
+        made.spec.kwargs["array"] = [np.zeros(2)]  # not JSON: left out, not a failure
+        env = RecordEpisodes(made, tmp_path, "hdf5")
+        env.reset()
+        while not env.step(np.zeros(2, np.float32))[2]:
+            pass
+        env.close()
+    finally:
+        gym.registry.pop("gym_remote_tests/Counting-v0")
+    with h5py.File(tmp_path / "demo.hdf5", "r") as dataset:
+        env_args = json.loads(dataset["data"].attrs["env_args"])
+    assert env_args["env_name"] == "gym_remote_tests/Counting-v0"
+    assert env_args["env_kwargs"] == {"first_episode": 3}
