@@ -171,8 +171,9 @@ def evaluate(
                         num_envs=num_envs,
                         seed=seed,
                     )
+                task_texts = _task_texts(envs, task)
                 if hasattr(policy, "set_task"):
-                    for index, text in enumerate(_task_texts(envs, task)):
+                    for index, text in enumerate(task_texts):
                         policy.set_task(index, text)
                 videos = None
                 if videos_per_task and output_dir is not None:
@@ -193,6 +194,7 @@ def evaluate(
                         videos,
                         prefetch_steps,
                         recording,
+                        task_texts,
                     ).run()
                 finally:
                     if videos is not None:
@@ -313,10 +315,11 @@ class _TaskRun:
         videos: _Videos | None = None,
         prefetch_steps: int = 0,
         recording: _Recording | None = None,
+        task_texts: Sequence[str] = (),
     ) -> None:
         self.envs = envs
         self.recording = recording
-        self.task_texts = _task_texts(envs, Task(planned[0].task, "")) if recording else []
+        self.task_texts = task_texts  # each env's, for the dataset
         self.prefetch_steps = prefetch_steps
         self.videos = videos
         self.policy = policy
