@@ -11,6 +11,7 @@ from typing import Any
 
 from gym_remote import __version__, peers
 from gym_remote.addresses import Address, connect
+from gym_remote.error_envelope import error_from_wire
 from gym_remote.errors import (
     InvalidCall,
     MessageTooLarge,
@@ -22,7 +23,6 @@ from gym_remote.errors import (
     SessionExpired,
     VersionMismatch,
     WorkerCrashed,
-    error_from_code,
     shown,
 )
 from gym_remote.fixed import IN_THE_DATA, FixedLayout
@@ -37,7 +37,7 @@ from gym_remote.protocol import (
 )
 from gym_remote.sharedmem import MINIMUM_SHARED_BYTES, ReplyBuffers, SharedSegment
 
-__all__ = ["Connection", "error_from_wire"]
+__all__ = ["Connection"]
 
 logger = logging.getLogger("gym_remote.client")
 
@@ -485,15 +485,3 @@ def _disown_inherited_connections() -> None:
 
 
 os.register_at_fork(after_in_child=_disown_inherited_connections)
-
-
-def error_from_wire(payload: Any) -> RemoteEnvError:
-    """The typed error an ``{"error": ...}`` reply carries."""
-    if not isinstance(payload, dict):
-        return ProtocolError(f"malformed error reply {payload!r}")
-    return error_from_code(
-        str(payload.get("code")),
-        str(payload.get("message")),
-        payload.get("type"),
-        payload.get("traceback"),
-    )

@@ -37,6 +37,7 @@ from gym_remote.sharedmem import MINIMUM_SHARED_BYTES
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "WORKER_STARTED",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "PeerClosed",
     "IdleTimeout",
@@ -56,6 +57,8 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+# What a worker sends its server on the control socket once it runs, before it makes the env.
+WORKER_STARTED = b"\x01"
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 30
 MAGIC = b"GYMR"
 MAGIC_SHARED = b"GYMS"

@@ -36,6 +36,7 @@ from gym_remote import __version__, peers
 from gym_remote.addresses import Address, listen, parse_address
 from gym_remote.config import ServerConfig
 from gym_remote.envs import ADAPTER_MODULES
+from gym_remote.error_envelope import error_to_wire
 from gym_remote.errors import (
     AuthenticationFailed,
     EnvNotAllowed,
@@ -51,6 +52,7 @@ from gym_remote.errors import (
 )
 from gym_remote.protocol import (
     PROTOCOL_VERSION,
+    WORKER_STARTED,
     MessageReader,
     PeerClosed,
     encode_frame,
@@ -59,7 +61,6 @@ from gym_remote.protocol import (
     set_send_timeout,
 )
 from gym_remote.simulators import recorded_routes
-from gym_remote.worker import WORKER_STARTED, error_to_wire
 
 __all__ = ["Server"]
 

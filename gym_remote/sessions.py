@@ -17,7 +17,8 @@ from typing import Any, Sequence
 from gymnasium.envs.registration import EnvSpec
 
 from gym_remote.client import RemoteEnv
-from gym_remote.connection import Connection, error_from_wire
+from gym_remote.connection import Connection
+from gym_remote.error_envelope import error_from_wire
 from gym_remote.errors import ProtocolError, RemoteEnvError
 from gym_remote.fixed import FixedLayout
 

@@ -28,12 +28,11 @@ import numpy as np
 from gymnasium import spaces
 
 from gym_remote import peers, sharedmem
+from gym_remote.error_envelope import error_to_wire
 from gym_remote.errors import (
     EnvNotFound,
     InvalidCall,
     ProtocolError,
-    RemoteEnvError,
-    RemoteError,
     RemoteTimeout,
     SessionExpired,
     SimulatorUnavailable,
@@ -45,6 +44,7 @@ from gym_remote.protocol import (
     MAGIC_FIXED,
     MAX_SEND_BUFFERS,
     PREFIX,
+    WORKER_STARTED,
     IdleTimeout,
     MessageReader,
     PeerClosed,
@@ -57,10 +57,8 @@ from gym_remote.protocol import (
 )
 from gym_remote.spaces import encode_space
 
-__all__ = ["WorkerSession", "main", "WORKER_STARTED", "ENV_OPS"]
+__all__ = ["WorkerSession", "main", "ENV_OPS"]
 
-# Sent to the server on the control socket once the worker runs, before it makes the env.
-WORKER_STARTED = b"\x01"
 
 _ENV_NOT_FOUND_ERRORS = tuple(
     getattr(gym.error, name)
@@ -572,24 +570,6 @@ def _without_data(buffers: List[Any]) -> List[Any]:
 
 def _not_reset(op: str) -> InvalidCall:
     return InvalidCall(f"call reset() before {op}()")
-
-
-def error_to_wire(error: BaseException) -> Dict[str, Any]:
-    """The wire form of an error: gym-remote errors keep their code, others become remote_error."""
-    if isinstance(error, RemoteEnvError):
-        return {
-            "code": error.code,
-            "message": error.message,
-            "type": error.remote_type,
-            "traceback": error.remote_traceback,
-        }
-    remote_type = f"{type(error).__module__}.{type(error).__qualname__}"
-    return {
-        "code": RemoteError.code,
-        "message": f"the remote env raised {type(error).__name__}: {error}",
-        "type": remote_type,
-        "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
-    }
 
 
 def describe_env(env: gym.Env, allow_pickle: bool) -> Dict[str, Any]:
