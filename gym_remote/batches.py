@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import itertools
 import sys
-from typing import Any, Callable, cast
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 from gymnasium.vector.utils import create_empty_array
 
-from gym_remote.sharedmem import DATA_START, MINIMUM_SHARED_BYTES, SharedSegment, value_at
-from gym_remote.spaces import leaf_subspaces
+from gym_remote.sharedmem import DATA_START, MINIMUM_SHARED_BYTES, SharedSegment
+from gym_remote.space_walk import ARRAY_SPACES, build, leaf_subspaces, value_at
 
 __all__ = ["PooledBatches", "SharedBatches", "array_leaves"]
 
-_ARRAY_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 _LEAF_ALIGNMENT = 64
 
 
@@ -34,21 +32,11 @@ def array_leaves(space: gym.Space, num_envs: int) -> list[tuple[list, np.dtype, 
     """Each leaf's path, dtype and batch shape, in Gymnasium's batch order; None unless every
     leaf is a fixed-shape array (Box, Discrete, MultiDiscrete, MultiBinary in Dicts with string
     keys and Tuples)."""
-    leaves = leaf_subspaces(space, _ARRAY_SPACES)
+    leaves = leaf_subspaces(space, ARRAY_SPACES)
     if leaves is None:
         return None
     batches = [(path, _empty_batch(subspace, num_envs)) for path, subspace in leaves]
     return [(path, batch.dtype, batch.shape) for path, batch in batches]
-
-
-def _structure(space: gym.Space, make_leaf: Callable[[gym.Space], Any]) -> Any:
-    """A batch of ``space``: its Dicts and Tuples as dicts and tuples, and ``make_leaf(subspace)``
-    for every other subspace, called in Gymnasium's batch order."""
-    if isinstance(space, spaces.Dict):
-        return {key: _structure(subspace, make_leaf) for key, subspace in space.spaces.items()}
-    if isinstance(space, spaces.Tuple):
-        return tuple(_structure(subspace, make_leaf) for subspace in space.spaces)
-    return make_leaf(space)
 
 
 def _only_held_here(arrays: list[np.ndarray]) -> bool:
@@ -75,11 +63,11 @@ class PooledBatches:
         leaf_numbers = itertools.count()
 
         def make_leaf(space: gym.Space) -> Any:
-            if isinstance(space, _ARRAY_SPACES):
+            if isinstance(space, ARRAY_SPACES):
                 return self._free_array(next(leaf_numbers), space)
             return create_empty_array(space, n=self.num_envs, fn=np.empty)
 
-        return _structure(self.space, make_leaf)
+        return build(self.space, make_leaf)
 
     def _free_array(self, leaf_number: int, space: gym.Space) -> np.ndarray:
         arrays = self._arrays.setdefault(leaf_number, [])
@@ -151,7 +139,7 @@ class SharedBatches:
     def batch(self, buffer: int) -> Any:
         """The batch that lives in ``buffer``."""
         arrays = iter(self._arrays[buffer])
-        return _structure(self.space, lambda _: next(arrays))
+        return build(self.space, lambda _: next(arrays))
 
     def leaves(self, buffer: int) -> list[tuple[list, np.ndarray]]:
         """Each leaf's path with its batch array in ``buffer``."""
@@ -171,7 +159,7 @@ class SharedBatches:
         """A copy of one env's observation from ``buffer``."""
         # `[row, ...]`: a 0-d array where a leaf holds scalars, as the worker wrote only arrays.
         rows = (array[row, ...].copy() for array in self._arrays[buffer])
-        return _structure(self.space, lambda _: next(rows))
+        return build(self.space, lambda _: next(rows))
 
     def close(self) -> None:
         """Closes the segments; batches the caller still holds stay valid."""

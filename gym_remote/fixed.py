@@ -42,7 +42,7 @@ from gym_remote.protocol import (
     shape_problem,
     wire_dtype,
 )
-from gym_remote.spaces import leaf_subspaces
+from gym_remote.space_walk import leaf_subspaces
 
 __all__ = ["FixedLayout", "ACTION_HEADER", "REPLY_HEADER", "MAX_REPLY_BUFFERS", "IN_THE_DATA"]
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from gym_remote import peers
 from gym_remote.errors import InvalidCall
+from gym_remote.space_walk import value_at
 
 _Prepared = TypeVar("_Prepared")
 
@@ -44,7 +45,6 @@ __all__ = [
     "ReplyBuffers",
     "available",
     "write_row",
-    "value_at",
     "MINIMUM_SHARED_BYTES",
     "DATA_START",
 ]
@@ -320,13 +320,6 @@ def write_row(leaves: List[Tuple[list, np.ndarray]], row: int, observation: Any,
     except (LookupError, TypeError, ValueError):
         return False
     return True
-
-
-def value_at(tree: Any, path: list) -> Any:
-    """The value at ``path`` (dict keys and tuple indices) in nested dicts and tuples ``tree``."""
-    for key in path:
-        tree = tree[key]
-    return tree
 
 
 class BatchWriter:

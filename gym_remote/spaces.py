@@ -8,14 +8,14 @@ Any other space needs pickle on both ends (``allow_pickle=True``).
 This module runs inside simulator interpreters too: it keeps to Python 3.8 and gymnasium 0.29.
 """
 
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Type
 
 import numpy as np
 from gymnasium import spaces
 
 from gym_remote.errors import ProtocolError, UnsupportedValue, shown
 
-__all__ = ["encode_space", "decode_space", "leaf_subspaces"]
+__all__ = ["encode_space", "decode_space"]
 
 _Encoder = Callable[[Any, bool], Dict[str, Any]]
 _Decoder = Callable[[Dict[str, Any], bool], spaces.Space]
@@ -84,29 +84,6 @@ def decode_space(encoded: Any, allow_pickle: bool = False) -> spaces.Space:
         raise
     except Exception as error:
         raise ProtocolError(f"malformed {kind} space: {error}") from None
-
-
-def leaf_subspaces(
-    space: spaces.Space, leaf_types: Tuple[type, ...]
-) -> Optional[List[Tuple[list, spaces.Space]]]:
-    """Each subspace below ``space``'s Dicts and Tuples with its path of str keys and int
-    indices, in Gymnasium's order; None unless every one is of ``leaf_types`` and every Dict's
-    keys are strings."""
-    if isinstance(space, leaf_types):
-        return [([], space)]
-    if isinstance(space, spaces.Dict) and all(type(key) is str for key in space.spaces):
-        items: List[Tuple[Any, spaces.Space]] = list(space.spaces.items())
-    elif isinstance(space, spaces.Tuple):
-        items = list(enumerate(space.spaces))
-    else:
-        return None
-    leaves = []
-    for key, subspace in items:
-        below = leaf_subspaces(subspace, leaf_types)
-        if below is None:
-            return None
-        leaves += [([key] + path, leaf) for path, leaf in below]
-    return leaves
 
 
 @_codec(spaces.Box)

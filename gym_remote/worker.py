@@ -24,7 +24,6 @@ import traceback
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import gymnasium as gym
-import numpy as np
 from gymnasium import spaces
 
 from gym_remote import peers, sharedmem
@@ -55,6 +54,7 @@ from gym_remote.protocol import (
     send_rest,
     set_send_timeout,
 )
+from gym_remote.space_walk import describe_mismatch
 from gym_remote.spaces import encode_space
 
 __all__ = ["WorkerSession", "main", "ENV_OPS"]
@@ -603,57 +603,8 @@ def _wire_safe_items(mapping: Mapping[str, Any], allow_pickle: bool) -> Dict[str
     return safe
 
 
-_INTEGER_SCALAR_TYPES = frozenset(
-    [int, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
-)
-
-
-def describe_action_mismatch(space: spaces.Space, action: Any, where: str) -> Optional[str]:
-    """Says how ``action`` fails to have the structure of ``space`` (shape, kind) or, for
-    discrete spaces, its range; or None.
-
-    Box values are left to the env (many envs clip), as they would be locally.
-    """
-    if isinstance(space, (spaces.Box, spaces.MultiDiscrete, spaces.MultiBinary)):
-        array = np.asarray(action)
-        allowed_kinds = "biuf" if isinstance(space, spaces.Box) else "biu"
-        if array.dtype.kind not in allowed_kinds:
-            return f"{where} has dtype {array.dtype}"
-        if array.shape != space.shape:
-            return f"{where} has shape {array.shape}, expected {space.shape}"
-        if isinstance(space, spaces.MultiDiscrete):
-            if not ((array >= space.start) & (array < space.start + space.nvec)).all():
-                return f"{where} is {shown(action)}, out of range"
-        elif isinstance(space, spaces.MultiBinary) and not ((array == 0) | (array == 1)).all():
-            return f"{where} is {shown(action)}, not all 0 or 1"
-    elif isinstance(space, spaces.Discrete):
-        if type(action) not in _INTEGER_SCALAR_TYPES and (
-            np.ndim(action) != 0 or np.asarray(action).dtype.kind not in "iu"
-        ):
-            return f"{where} is {shown(action)}, expected an integer"
-        if not space.start <= action < space.start + space.n:
-            return f"{where} is {shown(action)}, out of range"
-    elif isinstance(space, spaces.Dict):
-        if not isinstance(action, Mapping):
-            return f"{where} is a {type(action).__name__}, expected a dict"
-        if set(action) != set(space.spaces):
-            return f"{where} has keys {sorted(map(str, action))}, expected {sorted(map(str, space.spaces))}"
-        for key, subspace in space.spaces.items():
-            mismatch = describe_action_mismatch(subspace, action[key], f"{where}[{shown(key)}]")
-            if mismatch is not None:
-                return mismatch
-    elif isinstance(space, spaces.Tuple):
-        if not isinstance(action, (tuple, list)) or len(action) != len(space.spaces):
-            return f"{where} is not a tuple of {len(space.spaces)} items"
-        for index, (subspace, item) in enumerate(zip(space.spaces, action)):
-            mismatch = describe_action_mismatch(subspace, item, f"{where}[{index}]")
-            if mismatch is not None:
-                return mismatch
-    return None
-
-
 def _check_action(env: gym.Env, action: Any, where: str) -> None:
-    mismatch = describe_action_mismatch(env.action_space, action, where)
+    mismatch = describe_mismatch(env.action_space, action, where)
     if mismatch is not None:
         raise InvalidCall(f"{mismatch}; the action space is {env.action_space}")
 

@@ -90,7 +90,7 @@ def test_a_discrete_action_out_of_range_is_an_invalid_call_and_the_session_goes_
 
 
 def test_multi_discrete_and_multi_binary_actions_out_of_range_are_invalid_calls():
-    from gym_remote.worker import describe_action_mismatch
+    from gym_remote.space_walk import describe_mismatch as describe_action_mismatch
 
     multi = gym.spaces.MultiDiscrete([3, 2])
     assert describe_action_mismatch(multi, np.array([2, 1]), "action") is None

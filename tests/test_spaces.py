@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gym_remote.errors import UnsupportedValue
-from gym_remote.spaces import decode_space, encode_space, leaf_subspaces
+from gym_remote.space_walk import build, children, describe_mismatch, leaf_subspaces, value_at
+from gym_remote.spaces import decode_space, encode_space
 from tests.test_protocol import round_trip
 
 
@@ -161,3 +162,29 @@ def test_leaf_subspaces_follow_gymnasium_order_and_refuse_other_leaves():
     assert leaf_subspaces(box, leaf_types) == [([], box)]
     assert leaf_subspaces(spaces.Tuple((box, spaces.Text(3))), leaf_types) is None
     assert leaf_subspaces(spaces.Dict({1: box}), leaf_types) is None  # keys must be strings
+
+
+def test_the_space_walk_builds_values_in_gymnasium_order_and_finds_their_leaves():
+    nested = spaces.Dict(
+        {"b": spaces.Tuple((spaces.Discrete(2), spaces.Box(0, 1, (2,)))), "a": spaces.Box(0, 1)}
+    )
+    made = iter(range(10))
+    value = build(nested, lambda leaf: next(made))
+    # Gymnasium sorts a dict's keys: "a" comes first and gets the first leaf's value.
+    assert value == {"a": 0, "b": (1, 2)} and list(value) == list(nested.spaces)
+    assert [value_at(value, path) for path, _ in leaf_subspaces(nested)] == [0, 1, 2]
+    assert children(spaces.Box(0, 1)) is None and [key for key, _ in children(nested)] == ["a", "b"]
+    # The Discrete leaf counts as a fixed-shape array, a Text leaf does not.
+    assert leaf_subspaces(spaces.Tuple((spaces.Discrete(3), spaces.Text(2)))) is None
+
+
+def test_mismatches_name_the_place_of_the_first_wrong_value():
+    space = spaces.Dict({"arm": spaces.Tuple((spaces.Discrete(3), spaces.MultiBinary(2)))})
+    assert describe_mismatch(space, {"arm": (2, np.array([0, 1]))}, "action") is None
+    assert (
+        describe_mismatch(space, {"arm": (3, np.array([0, 1]))}, "action")
+        == "action['arm'][0] is 3, out of range"
+    )
+    assert "action['arm'][1]" in describe_mismatch(space, {"arm": (0, np.array([0, 2]))}, "action")
+    assert "expected a dict" in describe_mismatch(space, [1], "action")
+    assert describe_mismatch(spaces.Text(3), object(), "action") is None  # no check: the env decides

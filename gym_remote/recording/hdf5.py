@@ -21,7 +21,8 @@ import numpy as np
 
 from gym_remote.recording.atomic import write_atomically
 from gym_remote.recording.episode import RecordedEpisode
-from gym_remote.recording.layout import ObservationLeaves, value_at
+from gym_remote.recording.layout import ObservationLeaves
+from gym_remote.space_walk import value_at
 
 __all__ = ["Hdf5Writer"]
 

@@ -12,17 +12,15 @@ and every other leaf is flattened and concatenated, in the space's order, into o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from gym_remote.spaces import leaf_subspaces
+from gym_remote.space_walk import ARRAY_SPACES, leaf_subspaces, value_at
 
-__all__ = ["Leaf", "ObservationLeaves", "is_image", "value_at"]
-
-_LEAF_TYPES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+__all__ = ["Leaf", "ObservationLeaves", "is_image"]
 
 
 def is_image(space: gym.Space) -> bool:
@@ -33,13 +31,6 @@ def is_image(space: gym.Space) -> bool:
         and len(space.shape) == 3
         and 1 <= space.shape[2] <= 4 < min(space.shape[:2])
     )
-
-
-def value_at(value: Any, path: Sequence[Any]) -> Any:
-    """The part of a (nested dict and tuple) value at ``path``."""
-    for key in path:
-        value = value[key]
-    return value
 
 
 @dataclass(frozen=True)
@@ -78,7 +69,7 @@ class ObservationLeaves:
     """
 
     def __init__(self, observation_space: gym.Space) -> None:
-        leaves = leaf_subspaces(observation_space, _LEAF_TYPES)
+        leaves = leaf_subspaces(observation_space, ARRAY_SPACES)
         if leaves is None:
             raise TypeError(
                 "recording needs an observation space of Box and discrete spaces below Dicts "

@@ -20,8 +20,9 @@ from gymnasium import spaces
 
 from gym_remote.recording.atomic import write_atomically
 from gym_remote.recording.episode import RecordedEpisode
-from gym_remote.recording.layout import ObservationLeaves, value_at
+from gym_remote.recording.layout import ObservationLeaves
 from gym_remote.recording.stats import Stats, feature_stats, from_json, image_stats, merge_stats, to_json
+from gym_remote.space_walk import value_at
 
 __all__ = ["CODEBASE_VERSION", "LeRobotWriter"]
 
