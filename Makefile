@@ -45,7 +45,8 @@ lint: $(VENV)/.installed
 	# Code that runs inside simulator interpreters keeps to Python 3.8.
 	$(VENV)/bin/vermin --target=3.8- --no-tips --violations --eval-annotations \
 		gym_remote/__init__.py gym_remote/errors.py gym_remote/error_envelope.py gym_remote/protocol.py gym_remote/spaces.py gym_remote/space_walk.py \
-		gym_remote/worker.py gym_remote/fixed.py gym_remote/sharedmem.py gym_remote/peers.py gym_remote/registration.py gym_remote/testing.py gym_remote/envs/*.py
+		gym_remote/worker.py gym_remote/sharedmem.py \
+		gym_remote/step/__init__.py gym_remote/step/layout.py gym_remote/step/frames.py gym_remote/step/responder.py gym_remote/step/batch_writer.py gym_remote/peers.py gym_remote/registration.py gym_remote/testing.py gym_remote/envs/*.py
 
 # MuJoCo renders without a GPU through OSMesa.
 system-deps:

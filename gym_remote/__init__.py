@@ -11,10 +11,12 @@ from typing import Any  # noqa: E402
 import gym_remote.envs  # noqa: E402,F401  (registers the simulator adapters' ids)
 from gym_remote.errors import (  # noqa: E402
     AuthenticationFailed,
+    CallInFlight,
     EnvNotAllowed,
     EnvNotFound,
     InvalidCall,
     MessageTooLarge,
+    NoCallInFlight,
     ProtocolError,
     RemoteAttributeError,
     RemoteEnvError,
@@ -43,10 +45,10 @@ def __getattr__(name: str) -> Any:
         from gym_remote.client import RemoteEnv
 
         return RemoteEnv
-    if name == "RemoteVectorEnv":
-        from gym_remote.vector import RemoteVectorEnv
+    if name in ("RemoteVectorEnv", "CallState"):
+        from gym_remote import vector
 
-        return RemoteVectorEnv
+        return getattr(vector, name)
     if name in ("list_envs", "list_tasks", "ping"):
         from gym_remote import discovery
 
@@ -62,6 +64,7 @@ __all__ = [
     "__version__",
     "RemoteEnv",
     "RemoteVectorEnv",
+    "CallState",
     "evaluate",
     "list_envs",
     "list_tasks",
@@ -69,10 +72,12 @@ __all__ = [
     "register_remote",
     "RemoteEnvError",
     "AuthenticationFailed",
+    "CallInFlight",
     "EnvNotAllowed",
     "EnvNotFound",
     "InvalidCall",
     "MessageTooLarge",
+    "NoCallInFlight",
     "ProtocolError",
     "RemoteError",
     "RemoteAttributeError",

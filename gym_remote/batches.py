@@ -21,22 +21,10 @@ import numpy as np
 from gymnasium.vector.utils import create_empty_array
 
 from gym_remote.sharedmem import DATA_START, MINIMUM_SHARED_BYTES, SharedSegment
-from gym_remote.space_walk import ARRAY_SPACES, build, leaf_subspaces, value_at
+from gym_remote.space_walk import ARRAY_SPACES, build, value_at
+from gym_remote.step.layout import ObservationLayout
 
-__all__ = ["PooledBatches", "SharedBatches", "array_leaves"]
-
-_LEAF_ALIGNMENT = 64
-
-
-def array_leaves(space: gym.Space, num_envs: int) -> list[tuple[list, np.dtype, tuple[int, ...]]] | None:
-    """Each leaf's path, dtype and batch shape, in Gymnasium's batch order; None unless every
-    leaf is a fixed-shape array (Box, Discrete, MultiDiscrete, MultiBinary in Dicts with string
-    keys and Tuples)."""
-    leaves = leaf_subspaces(space, ARRAY_SPACES)
-    if leaves is None:
-        return None
-    batches = [(path, _empty_batch(subspace, num_envs)) for path, subspace in leaves]
-    return [(path, batch.dtype, batch.shape) for path, batch in batches]
+__all__ = ["PooledBatches", "SharedBatches"]
 
 
 def _only_held_here(arrays: list[np.ndarray]) -> bool:
@@ -97,21 +85,11 @@ class SharedBatches:
     # observations for less work than writing them into rows takes (as for shared memory).
     MINIMUM_ROW_BYTES = MINIMUM_SHARED_BYTES
 
-    def __init__(self, space: gym.Space, leaves: list[tuple[list, np.dtype, tuple[int, ...]]]) -> None:
-        self.space = space
-        self.paths = [path for path, _, _ in leaves]
-        self.layout: list[dict[str, Any]] = []
-        offset = DATA_START
-        for path, dtype, shape in leaves:
-            self.layout.append({"path": path, "offset": offset, "dtype": dtype.str, "shape": list(shape)})
-            nbytes = int(np.prod(shape)) * dtype.itemsize
-            offset += nbytes + (-nbytes % _LEAF_ALIGNMENT)
-        self.segments = SharedSegment.create_many(self.COUNT, offset)
+    def __init__(self, layout: ObservationLayout) -> None:
+        self.layout = layout
+        self.segments = SharedSegment.create_many(self.COUNT, layout.nbytes)
         self._arrays = [
-            [
-                segment.array(dtype, shape, entry["offset"])
-                for entry, (_, dtype, shape) in zip(self.layout, leaves)
-            ]
+            [segment.array(leaf.dtype, leaf.shape, leaf.offset) for leaf in layout.leaves]
             for segment in self.segments
         ]
 
@@ -119,15 +97,14 @@ class SharedBatches:
     def for_space(cls, space: gym.Space, num_envs: int) -> SharedBatches | None:
         """Shared batches for ``space``, or None when its batches are not plain arrays or one
         env's observation holds fewer than :attr:`MINIMUM_ROW_BYTES` bytes."""
-        leaves = array_leaves(space, num_envs)
-        if leaves is None:
+        layout = ObservationLayout.for_space(space, num_envs, start=DATA_START)
+        if layout is None or sum(leaf.nbytes for leaf in layout.leaves) < cls.MINIMUM_ROW_BYTES * num_envs:
             return None
-        row_bytes = sum(int(np.prod(shape[1:])) * dtype.itemsize for _, dtype, shape in leaves)
-        return cls(space, leaves) if row_bytes >= cls.MINIMUM_ROW_BYTES else None
+        return cls(layout)
 
     def offer(self) -> dict[str, Any]:
         """The fields of ``use_shared_batches``: the buffers and where each leaf lies in them."""
-        return {"buffers": [segment.offer() for segment in self.segments], "layout": self.layout}
+        return {"buffers": [segment.offer() for segment in self.segments], "layout": self.layout.to_wire()}
 
     def take(self) -> int | None:
         """A buffer the caller holds nothing of (to be written now), or None."""
@@ -138,28 +115,26 @@ class SharedBatches:
 
     def batch(self, buffer: int) -> Any:
         """The batch that lives in ``buffer``."""
-        arrays = iter(self._arrays[buffer])
-        return build(self.space, lambda _: next(arrays))
+        return self.layout.assembled(self._arrays[buffer])
 
-    def leaves(self, buffer: int) -> list[tuple[list, np.ndarray]]:
-        """Each leaf's path with its batch array in ``buffer``."""
-        return list(zip(self.paths, self._arrays[buffer]))
+    def arrays(self, buffer: int) -> list[np.ndarray]:
+        """Each leaf's batch array in ``buffer``, in layout order."""
+        return self._arrays[buffer]
 
-    def leaves_of(self, batch: Any) -> list[tuple[list, np.ndarray]]:
-        """Each leaf's path with its array in ``batch``, a batch of this space (of any size)."""
-        return [(path, value_at(batch, path)) for path in self.paths]
+    def arrays_of(self, batch: Any) -> list[np.ndarray]:
+        """Each leaf's array in ``batch``, a batch of this space (of any size), in layout order."""
+        return [value_at(batch, leaf.path) for leaf in self.layout.leaves]
 
-    def copy_row(self, buffer: int, row: int, leaves: list[tuple[list, np.ndarray]], position: int) -> None:
+    def copy_row(self, buffer: int, row: int, arrays: list[np.ndarray], position: int) -> None:
         """Copies one env's observation from row ``row`` of ``buffer`` into row ``position`` of
-        another batch's ``leaves`` (:meth:`leaves_of`)."""
-        for array, (_, destination) in zip(self._arrays[buffer], leaves):
+        another batch's ``arrays`` (:meth:`arrays_of`)."""
+        for array, destination in zip(self._arrays[buffer], arrays):
             destination[position, ...] = array[row, ...]
 
     def row_copy(self, buffer: int, row: int) -> Any:
         """A copy of one env's observation from ``buffer``."""
         # `[row, ...]`: a 0-d array where a leaf holds scalars, as the worker wrote only arrays.
-        rows = (array[row, ...].copy() for array in self._arrays[buffer])
-        return build(self.space, lambda _: next(rows))
+        return self.layout.assembled([array[row, ...].copy() for array in self._arrays[buffer]])
 
     def close(self) -> None:
         """Closes the segments; batches the caller still holds stay valid."""

@@ -17,9 +17,10 @@ from gym_remote.config import ClientConfig, resolve
 from gym_remote.connection import Connection
 from gym_remote.embedded import EmbeddedServer
 from gym_remote.errors import RemoteEnvError, SessionClosed, VersionMismatch
-from gym_remote.fixed import FixedLayout
 from gym_remote.registration import REMOTE_ENTRY_POINT
 from gym_remote.spaces import decode_space
+from gym_remote.step.frames import FixedLayout
+from gym_remote.step.sender import StepSender
 
 __all__ = ["RemoteEnv", "SessionState", "SessionView", "ChunkResult", "without_secrets"]
 
@@ -38,7 +39,7 @@ _LOCAL_ATTRIBUTES = frozenset(
         "_config",
         "_arguments",
         "_state",
-        "_connection",
+        "_steps",
         "_embedded",
         "_remote",
         "_local_spec",
@@ -150,7 +151,7 @@ class RemoteEnv(gym.Env):
         if self._config.address:
             parse_address(self._config.address)  # a malformed one is a ValueError here, not at connect
         self._state = SessionState.NOT_CONNECTED
-        self._connection: Connection | None = None  # set exactly while the session is active
+        self._steps: StepSender | None = None  # set exactly while the session is active
         self._embedded: EmbeddedServer | None = None
         self._remote: _RemoteDescription | None = None
         self._local_spec: EnvSpec | None = None
@@ -163,21 +164,11 @@ class RemoteEnv(gym.Env):
     ) -> tuple[Any, dict[str, Any]]:
         """Resets the remote env; ``seed`` also seeds this env's ``np_random``, as locally."""
         self._seed_locally(seed)
-        connection = self._connection or self._connect()  # set while the session is active
-        try:
-            return connection.reset(seed, options)
-        except RemoteEnvError as error:
-            self._note_failure(error)
-            raise
+        return (self._steps or self._connect()).reset(seed, options)  # set while the session is active
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         """Steps the remote env with ``action``."""
-        connection = self._connection or self._connect()  # set while the session is active
-        try:
-            return connection.step(action)
-        except RemoteEnvError as error:
-            self._note_failure(error)
-            raise
+        return (self._steps or self._connect()).step(action)  # set while the session is active
 
     def step_chunk(self, actions: Any, all_observations: bool = False) -> ChunkResult:
         """Runs a chunk of actions in one round trip, stopping where the episode ends.
@@ -202,9 +193,9 @@ class RemoteEnv(gym.Env):
         spaces, metadata and spec stay readable, later calls raise SessionClosed."""
         # A connection left owing the reply of an interrupted call just closes (the worker then
         # ends the session) rather than wait for that reply first.
-        if self._state is SessionState.ACTIVE and self._connection is not None and self._connection.settled:
+        if self._state is SessionState.ACTIVE and self._steps is not None and self._steps.connection.settled:
             try:
-                self._connection.request("close")
+                self._steps.request("close")
             except RemoteEnvError:
                 pass  # the session is gone either way
         self._release()
@@ -305,16 +296,11 @@ class RemoteEnv(gym.Env):
         return {**arguments, **self._env_kwargs}
 
     def _request(self, op: str, **fields: Any) -> Any:
-        connection = self._connect()
-        try:
-            return connection.request(op, **fields)
-        except RemoteEnvError as error:
-            self._note_failure(error)
-            raise
+        return self._connect().request(op, **fields)
 
     def _note_failure(self, error: RemoteEnvError) -> None:
         """Records a failed call: an error that closed the connection ends the session."""
-        if self._connection is not None and self._connection.closed:
+        if self._steps is not None and self._steps.connection.closed:
             self._end_reason = error
             self._state = SessionState.BROKEN
             self._release()
@@ -331,10 +317,11 @@ class RemoteEnv(gym.Env):
         assert self._remote is not None
         return self._remote
 
-    def _connect(self) -> Connection:
+    def _connect(self) -> StepSender:
+        """The session's step sender: connects first if no session has yet."""
         if self._state is SessionState.ACTIVE:
-            assert self._connection is not None
-            return self._connection
+            assert self._steps is not None
+            return self._steps
         if self._state is SessionState.CLOSED:
             raise SessionClosed(f"{self!r} is closed; make a new env")
         if self._state is SessionState.BROKEN:
@@ -345,8 +332,8 @@ class RemoteEnv(gym.Env):
             self._release()
             raise
         self._state = SessionState.ACTIVE
-        assert self._connection is not None
-        return self._connection
+        assert self._steps is not None
+        return self._steps
 
     def _open_session(self) -> None:
         config = self._config
@@ -355,10 +342,11 @@ class RemoteEnv(gym.Env):
             self._embedded = EmbeddedServer.start(config.timeout, config.allow_pickle)
             address = self._embedded.address
         parsed = parse_address(address)
-        self._connection = self._connected(parsed)
-        self._connection.in_session = True
+        connection = self._connected(parsed)
+        self._steps = StepSender(connection, self._note_failure)
+        connection.in_session = True
         fields = self._make_fields()
-        description = self._connection.request(
+        description = connection.request(
             "make",
             **fields,
             shared_memory=config.shared_memory and parsed.is_loopback and sharedmem.available(),
@@ -371,10 +359,8 @@ class RemoteEnv(gym.Env):
                 "gym-remote is older than envs_per_worker; upgrade it there, or use envs_per_worker=1"
             )
         if "shared_memory" in description:
-            self._connection.use_shared_memory(description["shared_memory"])
-        if "fixed_steps" in description:
-            self._connection.use_fixed_layout(FixedLayout.from_wire(description["fixed_steps"]))
-        allow_pickle = self._connection.allow_pickle
+            connection.use_shared_memory(description["shared_memory"])
+        allow_pickle = connection.allow_pickle
         self._remote = _RemoteDescription(
             observation_space=decode_space(description["observation_space"], allow_pickle),
             action_space=decode_space(description["action_space"], allow_pickle),
@@ -382,6 +368,10 @@ class RemoteEnv(gym.Env):
             render_mode=description["render_mode"],
             spec=description["spec"],
         )
+        if "fixed_steps" in description:
+            self._steps.use_layout(
+                FixedLayout.from_wire(description["fixed_steps"], self._remote.observation_space)
+            )
         self.render_mode = self._remote.render_mode
 
     def _connected(self, address: Address) -> Connection:
@@ -423,9 +413,9 @@ class RemoteEnv(gym.Env):
         return {"env_id": self._env_id, "kwargs": self._env_kwargs, "render_mode": self.render_mode}
 
     def _release(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        if self._steps is not None:
+            self._steps.close()
+            self._steps = None
         if self._embedded is not None:
             self._embedded.stop()
             self._embedded = None
@@ -470,7 +460,13 @@ class SessionView:
     @property
     def uses_shared_memory(self) -> bool:
         """Whether large replies come through shared memory (same host; connects if need be)."""
-        return self._env._connect().uses_shared_memory
+        return self._env._connect().connection.uses_shared_memory
+
+    @property
+    def steps(self) -> StepSender:
+        """The session's step sender (connects if need be): a remote vector env sends through
+        it to many sessions first and receives after."""
+        return self._env._connect()
 
     def __repr__(self) -> str:
         return f"<session of {self._env!r}>"

@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 from gym_remote import __version__, peers
 from gym_remote.addresses import Address, connect
@@ -25,7 +25,6 @@ from gym_remote.errors import (
     WorkerCrashed,
     shown,
 )
-from gym_remote.fixed import IN_THE_DATA, FixedLayout
 from gym_remote.protocol import (
     PROTOCOL_VERSION,
     MessageReader,
@@ -35,7 +34,7 @@ from gym_remote.protocol import (
     send_buffers,
     set_send_timeout,
 )
-from gym_remote.sharedmem import MINIMUM_SHARED_BYTES, ReplyBuffers, SharedSegment
+from gym_remote.sharedmem import SharedSegment
 
 __all__ = ["Connection"]
 
@@ -90,11 +89,6 @@ class Connection:
         # Held from a request's send until its reply is read (or left to be dropped), so that a
         # call from another thread meanwhile is refused instead of taking that reply.
         self._in_flight = threading.Lock()
-        # The layout of fixed-layout steps, once the worker offered one (see gym_remote.fixed).
-        self.fixed_layout: FixedLayout | None = None
-        # Whether steps ask for their observation in reply buffers (see use_fixed_layout).
-        self._wants_reply_buffers = False
-        self._reply_buffers: ReplyBuffers | None = None
         self._sock = connect(address, timeout)
         if same_server_as is not None and not same_server_as.is_served_by(peers.listener_pid(self._sock)):
             self._sock.close()
@@ -152,7 +146,7 @@ class Connection:
             if type(failure) is ProtocolError:  # bytes of another protocol (SSH, HTTP, ...)
                 failure = ProtocolError(f"{self.name} does not answer as a gym-remote server: {failure}")
             raise failure from None
-        return self._result("hello", frame)
+        return self.result_of("hello", frame)
 
     def request(self, op: str, **fields: Any) -> Any:
         """Sends ``{"op": op, **fields}`` and returns the reply's result, or raises its error."""
@@ -175,98 +169,26 @@ class Connection:
         dropped before the next request; one interrupted in the middle of it closes the
         connection (its session ends: the next call says so).
         """
-        waiting = True
-        try:
-            chunk = self._reader.receive_chunk(self.timeout)
-            waiting = False
-            frame = self._reader.receive_frame(self.timeout, chunk=chunk)
-        except (RemoteTimeout, ProtocolError, OSError) as error:
-            raise self._failure(op, error) from None
-        except BaseException:
-            self._interrupted(op, waiting)
-            raise
-        finally:
-            self._in_flight.release()
-        return self._result(op, frame)
+        return self.result_of(op, self.receive_frame(op)[1])
 
-    def reset(self, seed: int | None, options: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
-        """Resets the session's env: in a fixed-layout frame where the offered layout takes
-        resets, ``seed`` fits and there are no ``options``, otherwise in an ordinary ``reset``
-        request."""
-        layout = self.fixed_layout
-        request = None if layout is None or options is not None else layout.encode_reset(seed)
-        if layout is None or request is None:
-            return tuple(self.request("reset", seed=seed, options=options))
-        self.send_fixed("reset", request)
-        fixed, result = self.receive_fixed("reset", layout)
-        return (result[0], result[4]) if fixed else tuple(result)
-
-    def use_fixed_layout(self, layout: FixedLayout) -> None:
-        """Sends steps and resets in fixed-layout frames from now on (the worker offered
-        ``layout``). Where large replies come through shared memory, the first step also gives
-        the worker reply buffers: it then writes observations into memory this client hands
-        out, and no copy is made on this side."""
-        self.fixed_layout = layout
-        self._wants_reply_buffers = (
-            self.uses_shared_memory and layout.observation_nbytes >= MINIMUM_SHARED_BYTES
-        )
-
-    def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-        """Steps the session's env: in a fixed-layout frame where ``action`` fits the offered
-        layout, otherwise in an ordinary ``step`` request."""
-        layout = self.fixed_layout
-        reply_buffer = self._free_reply_buffer() if self._wants_reply_buffers else 0
-        request = None if layout is None else layout.encode_action(action, reply_buffer)
-        if layout is None or request is None:
-            return tuple(self.request("step", action=action))
-        self.send_fixed("step", request)
-        fixed, result = self.receive_fixed("step", layout, reply_buffer)
-        return result if fixed else tuple(result)
-
-    def _free_reply_buffer(self) -> int:
-        """The number of a reply buffer for this step's observation, or 0 (in the reply). The
-        first call gives the worker the buffers."""
-        if self._reply_buffers is None:
-            assert self.fixed_layout is not None
-            try:
-                buffers = ReplyBuffers(self.fixed_layout.observation_nbytes)
-            except OSError:
-                self._wants_reply_buffers = False
-                return 0
-            try:
-                self.request("use_reply_buffers", **buffers.offer())
-            except InvalidCall:  # a worker that cannot open them (or predates them)
-                buffers.close()
-                self._wants_reply_buffers = False
-                return 0
-            except BaseException:
-                buffers.close()
-                raise
-            self._reply_buffers = buffers
-        return self._reply_buffers.take()
-
-    def send_fixed(self, op: str, request: bytes) -> None:
-        """Sends a whole fixed-layout request (made by :attr:`fixed_layout`) without waiting;
-        :meth:`receive_fixed` gets its reply. Interruptions as in :meth:`receive`."""
+    def send_bytes(self, op: str, request: bytes) -> None:
+        """Sends a whole request already encoded (a fixed-layout frame) without waiting;
+        :meth:`receive_frame` gets its reply. Interruptions as in :meth:`receive`."""
         self._transmit(op, request, whole=True)
 
-    def receive_fixed(
-        self, op: str, layout: FixedLayout, reply_buffer: int = 0, into_batch_row: bool = False
-    ) -> tuple[bool, Any]:
-        """Receives the reply to the fixed-layout request sent last: whether it was fixed-layout
-        too, with its ``(observation, reward, terminated, truncated, info)``, or else the result
-        of the ordinary reply. A reply with no data section to a request that named a reply
-        buffer has its observation there; to one that named a shared batch row (``into_batch_row``),
-        its observation is None: the worker wrote it into that row. Interruptions as in
+    def receive_frame(self, op: str, whole: Callable[[Any], Any] | None = None) -> tuple[Any, Any]:
+        """Receives the reply frame to the request ``op`` sent last, undecoded: ``(taken, None)``
+        where ``whole``, given the first bytes that arrived, took the reply whole (returned
+        other than None); else ``(None, (header, data, fixed))``. Interruptions as in
         :meth:`receive`."""
         waiting = True
         try:
             chunk = self._reader.receive_chunk(self.timeout)
             waiting = False
-            result = layout.decode_whole_reply(chunk)
-            if result is not None:
-                return True, result
-            header, data, fixed = self._reader.receive_frame(self.timeout, chunk=chunk)
+            taken = None if whole is None else whole(chunk)
+            if taken is not None:
+                return taken, None
+            return None, self._reader.receive_frame(self.timeout, chunk=chunk)
         except (RemoteTimeout, ProtocolError, OSError) as error:
             raise self._failure(op, error) from None
         except BaseException:
@@ -274,19 +196,6 @@ class Connection:
             raise
         finally:
             self._in_flight.release()
-        if not fixed:
-            return False, self._result(op, (header, data, fixed))
-        placed = IN_THE_DATA
-        if reply_buffer and not len(data):
-            assert self._reply_buffers is not None
-            placed = layout.observation(self._reply_buffers.data(reply_buffer))
-        elif into_batch_row and not len(data):
-            placed = None
-        try:
-            return True, layout.decode_reply(header, data, self.allow_pickle, placed)
-        except ProtocolError:
-            self.close()
-            raise
 
     def _transmit(self, op: str, payload: Any, whole: bool) -> None:
         """Sends the request ``op``: ``payload`` is its bytes (``whole``) or a frame's buffers."""
@@ -314,7 +223,7 @@ class Connection:
             return None
         try:
             frame = self._reader.receive_frame(0.0)
-            self._result(op, frame)
+            self.result_of(op, frame)
         except RemoteEnvError as farewell:
             if isinstance(farewell, (ProtocolError, RemoteTimeout)):
                 return None  # nothing (whole) was there: the usual failure says what happened
@@ -384,9 +293,9 @@ class Connection:
             self._interrupted(op, waiting=False)
             raise
 
-    def _result(self, op: str, frame: tuple[Any, Any, bool]) -> Any:
-        """The result a MessagePack reply frame carries, or its error raised (a fixed-layout
-        frame, or one that does not decode, closes the connection)."""
+    def result_of(self, op: str, frame: tuple[Any, Any, bool]) -> Any:
+        """The result a MessagePack reply frame to ``op`` carries, or its error raised (a
+        fixed-layout frame, or one that does not decode, closes the connection)."""
         if frame[2]:
             self.close()
             raise ProtocolError(f"a fixed-layout frame in reply to {op}")
@@ -466,12 +375,7 @@ class Connection:
         if not self.closed:
             self.closed = True
             _open_connections.discard(self)
-            self.fixed_layout = None  # steps take the ordinary way, which says the connection is closed
-            self._wants_reply_buffers = False
             self._sock.close()
-            if self._reply_buffers is not None:
-                self._reply_buffers.close()
-                self._reply_buffers = None
             if self._reader.segment is not None:
                 self._reader.segment.close()
                 self._reader.segment = None

@@ -9,6 +9,8 @@ This module runs inside simulator interpreters too: it keeps to Python 3.8.
 import reprlib
 from typing import Any, Dict, Optional, Tuple, Type
 
+from gymnasium import error as gym_error
+
 __all__ = [
     "RemoteEnvError",
     "ProtocolError",
@@ -22,6 +24,8 @@ __all__ = [
     "EnvNotAllowed",
     "EnvNotFound",
     "InvalidCall",
+    "CallInFlight",
+    "NoCallInFlight",
     "WorkerCrashed",
     "SessionExpired",
     "SessionClosed",
@@ -162,6 +166,36 @@ class InvalidCall(RemoteEnvError, ValueError):
     """A call is malformed or not allowed now (wrong action shape, step before reset, ...)."""
 
     code = "invalid_call"
+
+
+class _NamedCallError(InvalidCall):
+    """An InvalidCall that names the vector env call it refused (``name``), as Gymnasium's
+    ``AlreadyPendingCallError`` and ``NoAsyncCallError`` do."""
+
+    def __init__(
+        self,
+        message: str,
+        name: str = "",
+        *,
+        remote_type: Optional[str] = None,
+        remote_traceback: Optional[str] = None,
+    ) -> None:
+        InvalidCall.__init__(self, message, remote_type=remote_type, remote_traceback=remote_traceback)
+        self.name = name or getattr(message, "name", "")
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        rebuilt = super().__reduce__()
+        state = dict(rebuilt[2]) if len(rebuilt) > 2 else {}
+        return (rebuilt[0], rebuilt[1], {**state, "name": self.name})
+
+
+class CallInFlight(_NamedCallError, gym_error.AlreadyPendingCallError):
+    """A vector env call while results of ``send()`` or ``send_reset()`` are still out
+    (``recv()`` them first): Gymnasium's ``AlreadyPendingCallError`` too."""
+
+
+class NoCallInFlight(_NamedCallError, gym_error.NoAsyncCallError):
+    """``recv()`` with nothing sent: Gymnasium's ``NoAsyncCallError`` too."""
 
 
 class WorkerCrashed(RemoteEnvError):

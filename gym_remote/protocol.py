@@ -47,7 +47,6 @@ __all__ = [
     "decode_bytes",
     "send_message",
     "send_frame",
-    "send_rest",
     "set_send_timeout",
     "MessageReader",
     "wire_dtype",
@@ -62,7 +61,7 @@ WORKER_STARTED = b"\x01"
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 30
 MAGIC = b"GYMR"
 MAGIC_SHARED = b"GYMS"
-# Fixed-layout step frames (gym_remote.fixed): data on the socket, or in shared memory.
+# Fixed-layout step frames (gym_remote.step.frames): data on the socket, or in shared memory.
 MAGIC_FIXED = b"GYMF"
 MAGIC_FIXED_SHARED = b"GYMG"
 PREFIX = struct.Struct("<4sIQ")
@@ -588,20 +587,6 @@ def _send_all(sock: socket.socket, buffers: List[Any], length: int) -> None:
         _send_remaining(sock, buffers, sent, length, started)
 
 
-def send_rest(sock: socket.socket, buffers: List[Any], sent: int, started: float) -> None:
-    """Sends what one ``sock.sendmsg(buffers)`` of a frame (its prefix first, as from
-    :func:`encode_frame` or ``FixedLayout.encode_reply``), begun at ``started``
-    (``time.monotonic()``), left after its first ``sent`` bytes (nothing when it sent them all),
-    for a loop that sends frames with no shared memory and at most ``MAX_SEND_BUFFERS`` buffers
-    by one ``sendmsg`` of its own: a blocking socket takes a small frame whole unless a timeout
-    or a signal cuts it short.
-
-    Raises:
-        RemoteTimeout: the peer did not take the bytes within the socket's send timeout.
-    """
-    _send_remaining(sock, buffers, sent, _length_on_socket(*PREFIX.unpack_from(buffers[0])), started)
-
-
 def _send_remaining(sock: socket.socket, buffers: List[Any], sent: int, length: int, started: float) -> None:
     """Sends the bytes of ``buffers`` after the first ``sent`` of their ``length``, all of them
     within the socket's send timeout of ``started``: the kernel's timeout counts one send, and a
@@ -723,7 +708,7 @@ class MessageReader:
         next (up to 64 KiB, waiting up to ``wait`` seconds for it), without parsing them.
 
         The result is valid until the next receive. A caller that looks at it (for a whole
-        fixed-layout step, see ``gym_remote.fixed``) hands it on to :meth:`receive_frame`
+        fixed-layout step, see ``gym_remote.step.frames``) hands it on to :meth:`receive_frame`
         unless it used it up.
 
         Raises:
@@ -756,7 +741,7 @@ class MessageReader:
         self, wait: Optional[float], read_timeout: Optional[float] = None, chunk: Any = None
     ) -> Tuple[memoryview, Any, bool]:
         """Receives one frame without decoding it: returns its header, its data section and
-        whether it is a fixed-layout step frame (``GYMF``/``GYMG``, see ``gym_remote.fixed``).
+        whether it is a fixed-layout step frame (``GYMF``/``GYMG``, see ``gym_remote.step.frames``).
 
         Args:
             chunk: What :meth:`receive_chunk` returned, where the caller looked first: the

@@ -17,10 +17,10 @@ from typing import Any, Sequence
 from gymnasium.envs.registration import EnvSpec
 
 from gym_remote.client import RemoteEnv
-from gym_remote.connection import Connection
 from gym_remote.error_envelope import error_from_wire
 from gym_remote.errors import ProtocolError, RemoteEnvError
-from gym_remote.fixed import FixedLayout
+from gym_remote.step.layout import IN_REPLY, in_batch_row
+from gym_remote.step.sender import StepSender
 
 __all__ = ["Requests", "SessionGroup"]
 
@@ -70,9 +70,8 @@ class SessionGroup:
         ]
         # Session number -> the (env index, op) pairs of the request in flight there.
         self.pending: dict[int, list[tuple[int, str]]] = {}
-        # Sessions whose request in flight is a fixed-layout frame: its layout, and whether it
-        # named a shared batch row.
-        self._fixed_in_flight: dict[int, tuple[FixedLayout, bool]] = {}
+        # Session number -> the step sender its request in flight went through.
+        self._senders: dict[int, StepSender] = {}
 
     def make_all(self) -> None:
         """Makes every session's env, all at once (making one can take seconds: LIBERO's, ten)."""
@@ -96,15 +95,19 @@ class SessionGroup:
         """Whether env ``index``'s session has a request in flight (its own or a worker mate's)."""
         return self.session_of(index) in self.pending
 
-    def round_trip(self, requests: Requests, replies: dict[int, Any]) -> None:
+    def round_trip(
+        self, requests: Requests, replies: dict[int, Any], batch_buffer: int | None = None
+    ) -> None:
         """Sends every request (to sessions with none in flight), then puts their replies into
-        ``replies``, per env; the first failure is raised after all replies, noting the others."""
+        ``replies``, per env; the first failure is raised after all replies, noting the others.
+        With a ``batch_buffer``, each worker writes env ``i``'s observation into row ``i`` of
+        that shared batch buffer (the reply's observation is then None)."""
         first_error: RemoteEnvError | None = None
         sent = []
         try:
             for number, items in self._by_session(requests).items():
                 try:
-                    self._send(number, items)
+                    self._send(number, items, batch_buffer)
                     sent.append(number)
                 except RemoteEnvError as error:
                     first_error = _noting(first_error, error)
@@ -117,11 +120,12 @@ class SessionGroup:
         if first_error is not None:
             raise first_error
 
-    def send(self, requests: Requests) -> None:
-        """Sends every request without waiting; :meth:`wait_ready` and :meth:`receive_each` get
-        the replies. Raises the first failure to send (the requests sent before it stay in flight)."""
+    def send(self, requests: Requests, batch_buffer: int | None = None) -> None:
+        """Sends every request without waiting (``batch_buffer`` as for :meth:`round_trip`);
+        :meth:`wait_ready` and :meth:`receive_each` get the replies. Raises the first failure
+        to send (the requests sent before it stay in flight)."""
         for number, items in self._by_session(requests).items():
-            self._send(number, items)
+            self._send(number, items, batch_buffer)
 
     def receive_each(self, numbers: list[int], replies: dict[int, Any]) -> RemoteEnvError | None:
         """Puts the replies of these sessions' requests in flight into ``replies``, per env;
@@ -140,7 +144,7 @@ class SessionGroup:
         deadline = None if timeout is None else time.monotonic() + timeout
         with selectors.DefaultSelector() as selector:
             for number in self.pending:
-                selector.register(self.sessions[number]._connect().fileno(), selectors.EVENT_READ, number)
+                selector.register(self._senders[number].fileno(), selectors.EVENT_READ, number)
             ready: list[int] = []
             while sum(len(self.pending[number]) for number in ready) < count:
                 left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
@@ -156,11 +160,10 @@ class SessionGroup:
         """Leaves the replies in flight to these sessions (default: all) unread: each session
         drops them before its next request."""
         for number in list(self.pending) if numbers is None else numbers:
-            connection = self.sessions[number]._connection
-            if connection is not None:
-                connection.abandon_reply()
+            sender = self._senders.pop(number)
+            if not sender.connection.closed:
+                sender.abandon()
             del self.pending[number]
-            self._fixed_in_flight.pop(number, None)
 
     def close(self) -> None:
         """Closes every session; those with requests in flight close without waiting for them."""
@@ -176,46 +179,40 @@ class SessionGroup:
             grouped.setdefault(self.session_of(index), []).append((index, op, fields))
         return grouped
 
-    def _send(self, number: int, items: list[tuple[int, str, dict[str, Any]]]) -> None:
+    def _send(
+        self, number: int, items: list[tuple[int, str, dict[str, Any]]], batch_buffer: int | None
+    ) -> None:
         """Sends one session its envs' requests: as they are, or as one ``batch`` for a hosting session."""
         session = self.sessions[number]
         try:
-            connection = session._connect()
+            sender = session.gym_remote.steps
             if isinstance(session, _HostingSession):
-                slots = [self.placement[index][1] for index, _, _ in items]
-                batch = [{"op": op, "env": slot, **fields} for slot, (_, op, fields) in zip(slots, items)]
-                connection.send("batch", requests=batch)
+                batch = [{"op": op, "env": self.placement[index][1], **fields} for index, op, fields in items]
+                if batch_buffer is not None:
+                    for (index, _, _), request in zip(items, batch):
+                        request["into"] = in_batch_row(batch_buffer, index).into_field()
+                sender.send("batch", {"requests": batch})
             else:
-                ((_, op, fields),) = items
-                layout = connection.fixed_layout
-                request = None if layout is None else _fixed_request(layout, op, fields)
-                if request is None:
-                    connection.send(op, **fields)
-                else:
-                    assert layout is not None
-                    connection.send_fixed(op, request)
-                    self._fixed_in_flight[number] = (layout, "into" in fields)
+                ((index, op, fields),) = items
+                sender.send(
+                    op, fields, IN_REPLY if batch_buffer is None else in_batch_row(batch_buffer, index)
+                )
         except RemoteEnvError as error:
             raise self.named([index for index, _, _ in items], error) from None
         self.pending[number] = [(index, op) for index, op, _ in items]
+        self._senders[number] = sender
 
     def _receive(self, number: int, replies: dict[int, Any]) -> None:
         """Puts the replies of a session's request in flight into ``replies``, per env; then
         raises the first env's error, if any, noting the others (a hosting session's other envs'
         replies are in)."""
         items = self.pending.pop(number)
-        fixed = self._fixed_in_flight.pop(number, None)
-        session = self.sessions[number]
-        hosting = isinstance(session, _HostingSession)
+        sender = self._senders.pop(number)
         try:
-            if fixed is None:
-                reply = session._connect().receive("batch" if hosting else items[0][1])
-            else:
-                reply = _fixed_reply(session._connect(), items[0][1], *fixed)
+            reply = sender.receive()
         except RemoteEnvError as error:
-            session._note_failure(error)
             raise self.named([index for index, _ in items], error) from None
-        if not hosting:
+        if not isinstance(self.sessions[number], _HostingSession):
             replies[items[0][0]] = reply
             return
         if not isinstance(reply, list) or len(reply) != len(items):
@@ -262,23 +259,3 @@ def _noting(first: RemoteEnvError | None, error: RemoteEnvError) -> RemoteEnvErr
         for text in [f"also {type(error).__name__}: {error.message}", *getattr(error, "__notes__", [])]:
             first.add_note(text)
     return first
-
-
-def _fixed_request(layout: FixedLayout, op: str, fields: dict[str, Any]) -> bytes | None:
-    """The fixed-layout frame of a ``step`` or ``reset`` request (with or without ``into``),
-    where its values fit ``layout``; otherwise None."""
-    into = fields.get("into")
-    if op == "step":
-        action = fields["action"]
-        return layout.encode_action(action) if into is None else layout.encode_action_into(action, into)
-    if op == "reset" and fields["options"] is None:
-        return layout.encode_reset(fields["seed"], into)
-    return None
-
-
-def _fixed_reply(connection: Connection, op: str, layout: FixedLayout, into_batch_row: bool) -> Any:
-    """The reply to a fixed-layout ``step`` or ``reset`` request, as an ordinary reply's result."""
-    fixed, result = connection.receive_fixed(op, layout, into_batch_row=into_batch_row)
-    if fixed and op == "reset":
-        return [result[0], result[4]]
-    return result

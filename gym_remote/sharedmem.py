@@ -17,8 +17,8 @@ next request, and the worker writes only in reply to a request, so the two never
 
 The other way round, a client makes segments that its workers write observations straight
 into, so that it copies nothing: a remote env's step observations (:class:`ReplyBuffers`, "reply
-buffers") and a remote vector env's whole observation batches (:class:`BatchWriter`, "shared
-batches").
+buffers") and a remote vector env's whole observation batches ("shared batches", written by
+:class:`gym_remote.step.batch_writer.BatchWriter`).
 This module runs inside simulator interpreters too: it keeps to Python 3.8.
 """
 
@@ -35,16 +35,13 @@ import numpy as np
 
 from gym_remote import peers
 from gym_remote.errors import InvalidCall
-from gym_remote.space_walk import value_at
 
 _Prepared = TypeVar("_Prepared")
 
 __all__ = [
     "SharedSegment",
-    "BatchWriter",
     "ReplyBuffers",
     "available",
-    "write_row",
     "MINIMUM_SHARED_BYTES",
     "DATA_START",
 ]
@@ -297,80 +294,3 @@ def _check_is_memfd(target: str, path: str) -> None:
     """Refuses a descriptor whose ``/proc`` link ``target`` is not a gym-remote memfd."""
     if not target.startswith(f"/memfd:{_MEMFD_NAME} "):
         raise ValueError(f"{path} is {target}, not a gym-remote shared memory segment")
-
-
-def write_row(leaves: List[Tuple[list, np.ndarray]], row: int, observation: Any, exact: bool) -> bool:
-    """Writes one env's ``observation`` into row ``row`` of a batch, leaf by leaf.
-
-    ``leaves`` pairs each leaf's path (keys and indices into the observation) with the leaf's
-    batch array (first axis: the env). With ``exact``, only numpy arrays of the batch's own
-    dtype are taken, so the row equals the observation; otherwise values are cast as
-    Gymnasium's batching casts them (``same_kind``). Returns False, having maybe written part
-    of the row, where the observation does not fit.
-    """
-    try:
-        for path, batch in leaves:
-            value = value_at(observation, path)
-            destination = batch[row, ...]
-            if np.shape(value) != destination.shape:
-                return False
-            if exact and (type(value) is not np.ndarray or value.dtype != destination.dtype):
-                return False
-            np.copyto(destination, value, casting="same_kind")
-    except (LookupError, TypeError, ValueError):
-        return False
-    return True
-
-
-class BatchWriter:
-    """Writes observations straight into a remote vector env's batch memory (same host only).
-
-    The client makes the buffers (shared memory segments, one whole observation batch each)
-    and says where each leaf of the observation lies in them: ``layout`` lists, per leaf, its
-    ``path`` of keys and indices into the observation, its ``offset`` in a buffer, and the
-    ``dtype`` and ``shape`` of the leaf's whole batch (first axis: the env).
-    """
-
-    def __init__(
-        self, segments: List[SharedSegment], leaves_by_buffer: List[List[Tuple[list, np.ndarray]]]
-    ) -> None:
-        self.segments = segments
-        self.leaves_by_buffer = leaves_by_buffer  # per buffer: each leaf's path and its batch array there
-
-    @classmethod
-    def attach(cls, buffers: Any, layout: Any, peer: socket.socket) -> "BatchWriter":
-        """Opens the buffers of the client at the other end of ``peer`` (writable) and maps each
-        leaf's batch in each of them.
-
-        Raises:
-            InvalidCall: the buffers cannot be opened from here, or the layout is malformed.
-        """
-        if not isinstance(buffers, list) or not isinstance(layout, list):
-            raise InvalidCall("use_shared_batches needs lists of buffers and of leaves")
-
-        def leaves_in(segment: SharedSegment) -> List[Tuple[list, np.ndarray]]:
-            return [
-                (
-                    list(leaf["path"]),
-                    segment.array(np.dtype(leaf["dtype"]), tuple(leaf["shape"]), leaf["offset"]),
-                )
-                for leaf in layout
-            ]
-
-        segments, leaves_by_buffer = SharedSegment.attach_offered(
-            "use_shared_batches", buffers, leaves_in, peer
-        )
-        return cls(segments, leaves_by_buffer)
-
-    def write(self, observation: Any, into: Tuple[int, int]) -> bool:
-        """Writes ``observation`` into row ``into[1]`` (not negative) of buffer ``into[0]`` (one
-        of these); False unless its leaves are arrays of the batch's dtypes and shapes and the
-        row exists (then the reply carries it instead)."""
-        buffer, row = into
-        return write_row(self.leaves_by_buffer[buffer], row, observation, exact=True)
-
-    def close(self) -> None:
-        """Closes the buffers (the client's batches stay: the client holds them too)."""
-        self.leaves_by_buffer = []
-        for segment in self.segments:
-            segment.close()

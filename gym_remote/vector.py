@@ -6,6 +6,7 @@ or several) run at the same time with no process or thread per env in the client
 
 from __future__ import annotations
 
+import enum
 import logging
 from typing import Any, Iterable, Sequence
 
@@ -19,11 +20,32 @@ from gym_remote.batches import PooledBatches, SharedBatches
 from gym_remote.client import ChunkResult, without_secrets
 from gym_remote.config import ClientConfig, resolve
 from gym_remote.embedded import EmbeddedServer
-from gym_remote.errors import InvalidCall, RemoteAttributeError, RemoteEnvError, RemoteError
+from gym_remote.errors import (
+    CallInFlight,
+    InvalidCall,
+    NoCallInFlight,
+    RemoteAttributeError,
+    RemoteEnvError,
+    RemoteError,
+)
 from gym_remote.sessions import Requests, SessionGroup
-from gym_remote.sharedmem import write_row
 
-__all__ = ["RemoteVectorEnv"]
+__all__ = ["RemoteVectorEnv", "CallState"]
+
+
+class CallState(enum.Enum):
+    """Where a :class:`RemoteVectorEnv`'s call cycle is, as Gymnasium's ``AsyncState`` says
+    where an ``AsyncVectorEnv``'s is.
+
+    ``step()``, ``reset()`` and the other whole-batch calls run only from ``DEFAULT`` (else
+    :class:`~gym_remote.CallInFlight`, Gymnasium's ``AlreadyPendingCallError``); ``recv()``
+    only from ``WAITING_RECV`` (else :class:`~gym_remote.NoCallInFlight`, Gymnasium's
+    ``NoAsyncCallError``).
+    """
+
+    DEFAULT = "default"  # nothing sent is out
+    WAITING_RECV = "waiting_recv"  # send() or send_reset() results not yet returned by recv()
+
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +199,7 @@ class RemoteVectorEnv(VectorEnv):
             index: ("reset", {"seed": seeds[index], "options": options}) if mask[index] else ("observe", {})
             for index in range(self.num_envs)
         }
-        replies = self._exchange(self._placed(requests, buffer))
+        replies = self._exchange(requests, buffer)
         infos: dict[str, Any] = {}
         for index in range(self.num_envs):
             if mask[index]:
@@ -206,7 +228,7 @@ class RemoteVectorEnv(VectorEnv):
                     raise InvalidCall(f"sub-env {index} ended its episode: reset it (autoreset is disabled)")
                 requests[index] = ("step", {"action": action})
         buffer = self._take_shared_buffer()
-        replies = self._exchange(self._placed(requests, buffer))
+        replies = self._exchange(requests, buffer)
         env_infos: list[dict[str, Any]] = []
         finals: dict[int, dict[str, Any]] = {}  # SAME_STEP: the episodes that ended, by env
         for index in range(self.num_envs):
@@ -226,7 +248,7 @@ class RemoteVectorEnv(VectorEnv):
                 finals[index] = {"final_obs": final_observation, "final_info": env_info}
         if finals:
             resets = self._exchange(
-                self._placed({index: ("reset", {"seed": None, "options": None}) for index in finals}, buffer)
+                {index: ("reset", {"seed": None, "options": None}) for index in finals}, buffer
             )
             for index in finals:
                 self._env_observations[index], env_infos[index] = resets[index]
@@ -408,6 +430,12 @@ class RemoteVectorEnv(VectorEnv):
             }
         )
 
+    @property
+    def call_state(self) -> CallState:
+        """Whether steps or resets sent with :meth:`send` or :meth:`send_reset` are out (in
+        flight, or received but not yet returned by :meth:`recv`)."""
+        return CallState.WAITING_RECV if self._group.pending or self._undelivered else CallState.DEFAULT
+
     def awaiting(self) -> set[int]:
         """The envs sent a step or reset whose result :meth:`recv` has not returned yet. After a
         ``recv`` raised a sub-env's error, the envs it left out of this set are those that failed."""
@@ -432,15 +460,16 @@ class RemoteVectorEnv(VectorEnv):
             if self._group.is_busy(index) or self._group.session_of(index) in undelivered
         ]
         if busy:
-            raise InvalidCall(
+            raise CallInFlight(
                 f"sub-envs {busy} already have a step in flight (theirs or their worker's) or a result "
-                "not yet returned: recv() it first"
+                "not yet returned: recv() it first",
+                "send",
             )
         # Rows of a buffer the caller holds nothing of; recv() copies them out, so the caller
         # never gets the buffer itself (and step() and reset() refuse to run while results are out).
         buffer = None if self._shared is None else self._shared.take()
         self._sent_rows.update((index, buffer) for index in requests if buffer is not None)
-        self._group.send(self._placed(requests, buffer))
+        self._group.send(requests, buffer)
 
     def recv(self, min_envs: int = 1, timeout: float | None = None) -> tuple[Any, ...]:
         """Returns the results of the sessions that are ready, waiting for at least ``min_envs``
@@ -456,9 +485,9 @@ class RemoteVectorEnv(VectorEnv):
             ``(observations, rewards, terminations, truncations, infos, env_ids)``, batched over
             the returned envs in the order of ``env_ids``.
         """
+        if self.call_state is CallState.DEFAULT:
+            raise NoCallInFlight("recv() without a step in flight: send() first", "recv")
         pending = self._group.pending
-        if not pending and not self._undelivered:
-            raise InvalidCall("recv() without a step in flight: send() first")
         in_flight = sum(len(items) for items in pending.values())
         waiting_for = min(min_envs, in_flight + len(self._undelivered)) - len(self._undelivered)
         ready_sessions = self._group.wait_ready(waiting_for, timeout) if waiting_for > 0 else []
@@ -526,7 +555,7 @@ class RemoteVectorEnv(VectorEnv):
             return None
         try:
             for session in self.sessions:
-                session._connect().request("use_shared_batches", **shared.offer())
+                session.gym_remote.steps.request("use_shared_batches", **shared.offer())
         except InvalidCall as error:  # a worker that cannot open them (or predates them)
             logger.debug("no shared batches (%s): observations come in the replies", error)
             shared.close()
@@ -539,22 +568,16 @@ class RemoteVectorEnv(VectorEnv):
             return None
         return self._shared.take() if self.copy else 0
 
-    def _placed(self, requests: Requests, buffer: int | None) -> Requests:
-        """The requests, asking each worker to write its env's observation into row ``index``."""
-        if buffer is None:
-            return requests
-        return {index: (op, {**fields, "into": [buffer, index]}) for index, (op, fields) in requests.items()}
-
     def _batch(self, buffer: int | None) -> Any:
         """This call's batch: the shared ``buffer`` (rows of observations that came in replies
         written in), or the observations gathered into new memory."""
         if buffer is None:
             return self._batched_observations()
         assert self._shared is not None
-        leaves = self._shared.leaves(buffer)
+        arrays = self._shared.arrays(buffer)
         for index, observation in enumerate(self._env_observations):
             if observation is not None:
-                self._write_row(leaves, index, index, observation)
+                self._write_row(arrays, index, index, observation)
         self._observations = self._shared.batch(buffer)
         return self._observations
 
@@ -611,32 +634,35 @@ class RemoteVectorEnv(VectorEnv):
             return batch
         if self._shared is None:
             return concatenate(self.single_observation_space, observations, batch)
-        leaves = self._shared.leaves_of(batch)
+        arrays = self._shared.arrays_of(batch)
         for position, (index, observation) in enumerate(zip(env_ids, observations)):
             if observation is None:
-                self._shared.copy_row(self._sent_rows[index], index, leaves, position)
+                self._shared.copy_row(self._sent_rows[index], index, arrays, position)
             else:
-                self._write_row(leaves, position, index, observation)
+                self._write_row(arrays, position, index, observation)
         return batch
 
-    def _write_row(
-        self, leaves: list[tuple[list, np.ndarray]], row: int, index: int, observation: Any
-    ) -> None:
-        """Writes sub-env ``index``'s observation (from a reply) into row ``row`` of a batch's leaves."""
-        if not write_row(leaves, row, observation, exact=False):
+    def _write_row(self, arrays: list[np.ndarray], row: int, index: int, observation: Any) -> None:
+        """Writes sub-env ``index``'s observation (from a reply) into row ``row`` of a shared
+        batch's ``arrays`` (one per leaf)."""
+        assert self._shared is not None
+        if not self._shared.layout.write_row(arrays, row, observation, exact=False):
             raise ValueError(
                 f"the observation of sub-env {index} does not fit {self.single_observation_space}"
             )
 
-    def _exchange(self, requests: Requests) -> dict[int, Any]:
-        """Sends every request, then gathers every reply; the first failure is raised after all replies."""
-        if self._group.pending or self._undelivered:
+    def _exchange(self, requests: Requests, batch_buffer: int | None = None) -> dict[int, Any]:
+        """Sends every request, then gathers every reply (observations into rows of
+        ``batch_buffer``, if given); the first failure is raised after all replies."""
+        if self.call_state is CallState.WAITING_RECV:
             pending = sorted(self._group.in_flight() + [*self._undelivered])
-            raise InvalidCall(
-                f"sub-envs {pending} have steps in flight or results not yet returned: recv() them first"
+            call = next(iter(requests.values()))[0] if requests else ""
+            raise CallInFlight(
+                f"sub-envs {pending} have steps in flight or results not yet returned: recv() them first",
+                call,
             )
         replies: dict[int, Any] = {}
-        self._group.round_trip(requests, replies)
+        self._group.round_trip(requests, replies, batch_buffer)
         return replies
 
 

@@ -20,11 +20,9 @@ import struct
 import sys
 import threading
 import time
-import traceback
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import gymnasium as gym
-from gymnasium import spaces
 
 from gym_remote import peers, sharedmem
 from gym_remote.error_envelope import error_to_wire
@@ -38,24 +36,18 @@ from gym_remote.errors import (
     UnsupportedValue,
     shown,
 )
-from gym_remote.fixed import MAX_REPLY_BUFFERS, BatchRow, FixedLayout
 from gym_remote.protocol import (
-    MAGIC_FIXED,
-    MAX_SEND_BUFFERS,
-    PREFIX,
     WORKER_STARTED,
     IdleTimeout,
     MessageReader,
     PeerClosed,
-    byte_view,
     decode_frame,
     encode_frame,
     send_frame,
-    send_rest,
     set_send_timeout,
 )
-from gym_remote.space_walk import describe_mismatch
 from gym_remote.spaces import encode_space
+from gym_remote.step.responder import FixedCall, StepResponder, check_action
 
 __all__ = ["WorkerSession", "main", "ENV_OPS"]
 
@@ -93,13 +85,10 @@ class WorkerSession:
         self.read_timeout = float(settings["read_timeout"])
         self.request = settings["request"]
         self.imports = list(settings.get("imports", []))
-        self.closed = False
         # True while the worker runs a call rather than waits for the next: a client that hangs
         # up then has given up on it (see _end_when_client_gives_up).
         self.in_call = True  # making the envs is the first call
-        self.envs: List[gym.Env] = []
-        self.reset_once: List[bool] = []  # per env: reset at least once, so it may step
-        self.last_observations: List[Any] = []  # per env: what its last reset or step returned
+        self.steps = StepResponder(self.allow_pickle)  # the envs, their steps and resets
         self.max_message_size = int(settings["max_message_size"])
         self.reader = MessageReader(sock, self.max_message_size)
         # A client that leaves its replies unread for the idle timeout is as gone as one that
@@ -108,26 +97,27 @@ class WorkerSession:
         # The same-host fast path: offered when the client asks, used once it has attached.
         self.offered_segment: Optional[sharedmem.SharedSegment] = None
         self.segment: Optional[sharedmem.SharedSegment] = None
-        self.batches: Optional[sharedmem.BatchWriter] = None  # a remote vector env's shared batches
-        # Shared memory the client made for fixed-layout step replies' observations.
-        self.reply_buffers: List[sharedmem.SharedSegment] = []
-        self.fixed_layout: Optional[FixedLayout] = None  # offered when the client asks
         self._handlers: Dict[str, Callable[[Dict[str, Any]], Any]] = {
-            "reset": self._reset,
-            "step": self._step,
+            "reset": self.steps.reset,
+            "step": self.steps.step,
             "step_chunk": self._step_chunk,
             "render": self._render,
             "getattr": self._getattr,
             "call": self._call,
             "setattr": self._setattr,
-            "observe": self._observe,
+            "observe": self.steps.observe,
             "batch": self._batch,
             "ping": lambda request: None,
             "use_shared_memory": self._use_shared_memory,
-            "use_shared_batches": self._use_shared_batches,
-            "use_reply_buffers": self._use_reply_buffers,
+            "use_shared_batches": lambda request: self.steps.use_shared_batches(request, self.sock),
+            "use_reply_buffers": lambda request: self.steps.use_reply_buffers(request, self.sock),
             "close": self._close,
         }
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session's envs are closed (the session is over)."""
+        return self.steps.closed
 
     def run(self) -> None:
         """Makes the env(s) and serves calls; returns when the session is over."""
@@ -144,49 +134,33 @@ class WorkerSession:
                 description["shared_memory"] = self.offered_segment.offer()
             except OSError as error:  # a sandbox without memfd: the socket carries everything
                 print(f"gym-remote worker: no shared memory segment ({error})", file=sys.stderr)
-        if self.request.get("fixed_steps") and len(self.envs) == 1:
-            self.fixed_layout = FixedLayout.for_env(self.envs[0])
-            if self.fixed_layout is not None:
-                description["fixed_steps"] = self.fixed_layout.to_wire()
+        layout = self.steps.offer_layout() if self.request.get("fixed_steps") else None
+        if layout is not None:
+            description["fixed_steps"] = layout
         self._reply(description)
         self._serve()
         self._close_envs()
         if self.offered_segment is not None:
             self.offered_segment.close()
-        if self.batches is not None:
-            self.batches.close()
-        for segment in self.reply_buffers:
-            segment.close()
+        self.steps.release_memory()
 
     def _serve(self) -> None:
-        """Answers calls until close, EOF or idleness. Fixed-layout resets and steps need no
-        MessagePack (:meth:`_fixed_reset`), and whole step requests take the short way
-        (:meth:`_fixed_steps`)."""
-        layout = self.fixed_layout
-        pending = None  # what a run of fixed-layout steps received and left to this loop
+        """Answers calls until close, EOF or idleness. A whole fixed-layout step request takes
+        the short way: one receive, one lookup, the env's step and one send."""
         while not self.closed:
             try:
                 self.in_call = False
-                chunk = self.reader.receive_chunk(self.idle_timeout) if pending is None else pending
+                chunk = self.reader.receive_chunk(self.idle_timeout)
                 self.in_call = True
-                pending = None
-                step_request = None if layout is None else layout.action_of_whole_request(chunk)
-                if step_request is None:
+                call = self.steps.whole_step(chunk)
+                if call is None:
                     header, data, fixed = self.reader.receive_frame(
                         self.idle_timeout, self.read_timeout, chunk
                     )
-                    if not fixed:
-                        request = decode_frame(header, data, self.allow_pickle)
-                    elif layout is None:
-                        raise InvalidCall("a fixed-layout request, but this session offered no fixed layout")
-                    elif layout.is_reset(header):
-                        self._fixed_reset(layout, *layout.decode_reset(header, data))
-                        continue
+                    if fixed:
+                        call = self.steps.fixed_call(header, data)
                     else:
-                        step_request = layout.decode_action(header, data)
-                if step_request is not None:
-                    pending = self._fixed_steps(layout, *step_request)  # type: ignore[arg-type]
-                    continue
+                        call = decode_frame(header, data, self.allow_pickle)
             except PeerClosed:
                 break
             except IdleTimeout:
@@ -204,11 +178,17 @@ class WorkerSession:
                 self._reply_error(error)
                 break
             try:
-                result = self._dispatch(request)
+                if type(call) is FixedCall:
+                    buffers, result = self.steps.answer(*call)
+                else:
+                    buffers, result = None, self._dispatch(call)
             except Exception as error:
                 self._reply_error(error)
                 continue
-            self._reply(result)
+            if buffers is None:
+                self._reply(result)
+            else:
+                self._send(buffers)
 
     def _dispatch(self, request: Any) -> Any:
         if not isinstance(request, dict):
@@ -232,178 +212,23 @@ class WorkerSession:
             kwargs["render_mode"] = self.request["render_mode"]
         for own_kwargs in _per_env_kwargs(self.request):
             try:
-                self.envs.append(gym.make(env_id, **{**kwargs, **own_kwargs}))
+                self.steps.add_env(gym.make(env_id, **{**kwargs, **own_kwargs}))
             except _ENV_NOT_FOUND_ERRORS as error:
                 raise EnvNotFound(f"{error} (env id {env_id!r})") from None
             except ImportError as error:
                 raise SimulatorUnavailable(
                     f"{env_id} cannot be made with {sys.executable}: {error}"
                 ) from None
-            self.reset_once.append(False)
-            self.last_observations.append(None)
-        description = describe_env(self.envs[0], self.allow_pickle)
-        description["num_envs"] = len(self.envs)
+        description = describe_env(self.steps.envs[0], self.allow_pickle)
+        description["num_envs"] = len(self.steps.envs)
         # A simulator's object graph is large and lives as long as the session: keep the cyclic
         # garbage collector from walking it again and again between steps.
         gc.collect()
         gc.freeze()
         return description
 
-    def _reset(self, request: Dict[str, Any]) -> Any:
-        index, env = self._env(request)
-        into = self._batch_row(request)
-        observation, info = env.reset(seed=request.get("seed"), options=request.get("options"))
-        self.reset_once[index] = True
-        self.last_observations[index] = observation
-        return [self._placed(observation, into), info]
-
-    def _step(self, request: Dict[str, Any]) -> Any:
-        index, env = self._running_env(request, "step")
-        action = request.get("action")
-        _check_action(env, action, "action")
-        into = self._batch_row(request)
-        result = list(env.step(action))
-        self.last_observations[index] = result[0]
-        result[0] = self._placed(result[0], into)
-        return result
-
-    def _fixed_reset(self, layout: FixedLayout, seed: Optional[int], into: Optional[BatchRow]) -> None:
-        """Resets the first env with ``seed`` for a fixed-layout request; replies in a
-        fixed-layout frame where the observation and info fit ``layout`` exactly (with the
-        observation in the shared batch row ``into``, if given and it fits), otherwise in an
-        ordinary one."""
-        try:
-            self._check_batch_row(into)
-            observation, info = self._reset({"seed": seed})
-            buffers = layout.encode_reset_reply(observation, info, self.allow_pickle)
-            if into is not None and buffers is not None:
-                buffers = self._in_batch_row(buffers, observation, into)
-        except Exception as error:
-            self._reply_error(error)
-            return
-        if buffers is None:
-            self._reply([observation, info])
-        else:
-            self._send(buffers)
-
-    def _fixed_steps(
-        self, layout: FixedLayout, action: Any, reply_buffer: int, into: Optional[BatchRow]
-    ) -> Any:
-        """Steps the first env with ``action`` from a fixed-layout request, then with each next
-        request while it comes whole (the short way: one receive, one lookup, the env's step
-        and one send each); returns the first bytes that are anything else (None once it
-        replied with an error). Replies in a fixed-layout frame where the step's values fit
-        ``layout`` exactly (with the observation in the reply buffer or shared batch row the
-        request names, if any, where it fits), otherwise in an ordinary one.
-
-        Raises:
-            InvalidCall: the env was never reset.
-            PeerClosed, IdleTimeout, ...: as receiving in :meth:`_serve`, which handles them.
-        """
-        if not self.reset_once[0]:
-            raise _not_reset("step")
-        env = self.envs[0]
-        step = env.step
-        # A fixed layout gives an action its shape and dtype; a discrete one's range is checked.
-        checks_range = not isinstance(env.action_space, spaces.Box)
-        sock = self.sock
-        # Replies that shared memory never carries leave with one sendmsg of this loop's own.
-        one_sendmsg = layout.most_reply_buffers <= MAX_SEND_BUFFERS and (
-            self.segment is None or layout.observation_nbytes < sharedmem.MINIMUM_SHARED_BYTES
-        )
-        while not self.closed:
-            try:
-                if reply_buffer > len(self.reply_buffers):  # checked before the env steps
-                    raise InvalidCall(
-                        f"the step asks for reply buffer {reply_buffer}; this session has "
-                        f"{len(self.reply_buffers)} (use_reply_buffers)"
-                    )
-                if into is not None:
-                    self._check_batch_row(into)
-                if checks_range:
-                    _check_action(env, action, "action")
-                result = step(action)
-                self.last_observations[0] = result[0]
-                buffers = layout.encode_reply(result, self.allow_pickle)
-                if buffers is not None:
-                    if reply_buffer:
-                        buffers = self._placed_reply(buffers, reply_buffer)
-                    elif into is not None:
-                        buffers = self._in_batch_row(buffers, result[0], into)
-            except Exception as error:
-                self._reply_error(error)
-                return None
-            if buffers is None:
-                self._reply(list(result))
-            elif not one_sendmsg:
-                self._send(buffers)
-            else:
-                try:
-                    started = time.monotonic()
-                    sent = sock.sendmsg(buffers)
-                    if sent != layout.whole_reply_length:  # a reply with an info, or cut short
-                        send_rest(sock, buffers, sent, started)
-                except (OSError, RemoteTimeout):
-                    self._close_envs()  # as in _send: the client is gone
-            self.in_call = False
-            chunk = self.reader.receive_chunk(self.idle_timeout)
-            self.in_call = True
-            step_request = layout.action_of_whole_request(chunk)
-            if step_request is None:
-                return chunk
-            action, reply_buffer, into = step_request
-        return None
-
-    def _placed_reply(self, buffers: List[Any], reply_buffer: int) -> List[Any]:
-        """The fixed-layout reply ``buffers`` with its data section written into reply buffer
-        ``reply_buffer`` (1, 2, ...; one the session has) instead, so that the frame carries none."""
-        data_length = PREFIX.unpack_from(buffers[0])[2]
-        segment = self.reply_buffers[reply_buffer - 1]
-        if not segment.write([byte_view(chunk) for chunk in buffers[2:]], data_length):
-            return buffers  # it does not fit there: the observation travels in the reply
-        return _without_data(buffers)
-
-    def _check_batch_row(self, into: Optional[BatchRow]) -> None:
-        """Raises InvalidCall, before the env runs, unless this session has the shared batch
-        buffer ``into`` names and the row is not negative (or it names none)."""
-        if into is not None and (
-            self.batches is None or not 0 <= into[0] < len(self.batches.segments) or into[1] < 0
-        ):
-            raise InvalidCall(
-                f"the request asks for row {into[1]} of shared batch buffer {into[0]}; this session has "
-                f"{0 if self.batches is None else len(self.batches.segments)} (use_shared_batches)"
-            )
-
-    def _batch_row(self, request: Dict[str, Any]) -> Optional[BatchRow]:
-        """The shared batch row an ordinary request's ``into`` names, checked before the env runs."""
-        into = request.get("into")
-        if into is None:
-            return None
-        if not isinstance(into, list) or len(into) != 2 or not all(type(item) is int for item in into):
-            raise InvalidCall(f"into must be [buffer, row], got {shown(into)}")
-        row = (into[0], into[1])
-        self._check_batch_row(row)
-        return row
-
-    def _in_batch_row(self, buffers: List[Any], observation: Any, into: BatchRow) -> List[Any]:
-        """The fixed-layout reply ``buffers`` with the observation written into shared batch row
-        ``into`` instead, so that the frame carries none (as they are where it does not fit)."""
-        return _without_data(buffers) if self._placed(observation, into) is None else buffers
-
-    def _observe(self, request: Dict[str, Any]) -> Any:
-        index, _ = self._running_env(request, "observe")
-        return self._placed(self.last_observations[index], self._batch_row(request))
-
-    def _placed(self, observation: Any, into: Optional[BatchRow]) -> Any:
-        """None when ``into`` (checked) names a shared batch row the observation now fills;
-        otherwise the observation, to travel in the reply."""
-        if into is None:
-            return observation
-        assert self.batches is not None  # checked by _check_batch_row
-        return None if self.batches.write(observation, into) else observation
-
     def _step_chunk(self, request: Dict[str, Any]) -> Any:
-        env_index, env = self._running_env(request, "step_chunk")
+        env_index, env = self.steps.running_env(request, "step_chunk")
         keep_observations = bool(request.get("all_observations"))
         result: Dict[str, Any] = {
             "observation": None,
@@ -415,10 +240,10 @@ class WorkerSession:
         }
         actions = request.get("actions")
         for index, action in enumerate(() if actions is None else actions):
-            _check_action(env, action, f"actions[{index}]")
+            check_action(env, action, f"actions[{index}]")
             observation, reward, terminated, truncated, info = env.step(action)
             result["observation"] = observation
-            self.last_observations[env_index] = observation
+            self.steps.last_observations[env_index] = observation
             result["rewards"].append(reward)
             result["terminated"].append(terminated)
             result["truncated"].append(truncated)
@@ -430,12 +255,12 @@ class WorkerSession:
         return result
 
     def _render(self, request: Dict[str, Any]) -> Any:
-        return self._env(request)[1].render()
+        return self.steps.env(request)[1].render()
 
     def _getattr(self, request: Dict[str, Any]) -> Any:
         name = _attribute_name(request)
         try:
-            value = _get_attribute(self._env(request)[1], name)
+            value = _get_attribute(self.steps.env(request)[1], name)
         except AttributeError:
             return {"found": False}
         if callable(value):
@@ -452,14 +277,14 @@ class WorkerSession:
             raise InvalidCall("call's kwargs must have string keys")
         if name in _NAME_TAKING_METHODS:  # the name it reaches is held to the same rule
             _checked_name(args[0] if args else kwargs.get("name"))
-        value = _get_attribute(self._env(request)[1], name)
+        value = _get_attribute(self.steps.env(request)[1], name)
         if not callable(value):
             return value
         return value(*args, **kwargs)
 
     def _setattr(self, request: Dict[str, Any]) -> Any:
         name = _attribute_name(request)
-        env = self._env(request)[1]
+        env = self.steps.env(request)[1]
         if hasattr(env, "set_wrapper_attr"):
             env.set_wrapper_attr(name, request.get("value"))
         else:
@@ -489,59 +314,13 @@ class WorkerSession:
             raise InvalidCall("use_shared_memory: this session offered no shared memory segment")
         self.segment = self.offered_segment
 
-    def _use_shared_batches(self, request: Dict[str, Any]) -> Any:
-        if self.batches is not None:
-            raise InvalidCall("use_shared_batches: this session already has shared batches")
-        self.batches = sharedmem.BatchWriter.attach(request.get("buffers"), request.get("layout"), self.sock)
-
-    def _use_reply_buffers(self, request: Dict[str, Any]) -> Any:
-        layout = self.fixed_layout
-        if layout is None:
-            raise InvalidCall("use_reply_buffers: this session offered no fixed layout")
-        if self.reply_buffers:
-            raise InvalidCall("use_reply_buffers: this session already has reply buffers")
-        offers = request.get("buffers")
-        if not isinstance(offers, list) or not 0 < len(offers) <= MAX_REPLY_BUFFERS:
-            raise InvalidCall(f"use_reply_buffers needs a list of 1 to {MAX_REPLY_BUFFERS} buffers")
-
-        def check_room(segment: sharedmem.SharedSegment) -> None:
-            if segment.limit < layout.observation_nbytes:
-                raise ValueError(
-                    f"a buffer holds {segment.limit} bytes, the observation has {layout.observation_nbytes}"
-                )
-
-        self.reply_buffers, _ = sharedmem.SharedSegment.attach_offered(
-            "use_reply_buffers", offers, check_room, self.sock
-        )
-
     def _close(self, request: Dict[str, Any]) -> Any:
         self.in_call = False  # a client that hangs up now has nothing left to wait for: close in peace
         self._close_envs()
         return None
 
-    def _running_env(self, request: Dict[str, Any], op: str) -> Tuple[int, gym.Env]:
-        index, env = self._env(request)
-        if not self.reset_once[index]:
-            raise _not_reset(op)
-        return index, env
-
-    def _env(self, request: Dict[str, Any]) -> Tuple[int, gym.Env]:
-        """The env a request addresses (field ``env``, default 0) and its index."""
-        if self.closed:
-            raise InvalidCall("the env of this session is closed")
-        index = request.get("env", 0)
-        if type(index) is not int or not 0 <= index < len(self.envs):
-            raise InvalidCall(f"env {shown(index)} is not one of this session's {len(self.envs)} envs")
-        return index, self.envs[index]
-
     def _close_envs(self) -> None:
-        if not self.closed:
-            self.closed = True
-            for env in self.envs:
-                try:
-                    env.close()
-                except Exception:
-                    traceback.print_exc()
+        self.steps.close()
 
     def _reply(self, result: Any) -> None:
         try:
@@ -560,16 +339,6 @@ class WorkerSession:
         except (OSError, RemoteTimeout):
             # The client is gone: nobody is left to serve.
             self._close_envs()
-
-
-def _without_data(buffers: List[Any]) -> List[Any]:
-    """A fixed-layout reply's ``buffers`` without their data section (written elsewhere)."""
-    header_length = PREFIX.unpack_from(buffers[0])[1]
-    return [PREFIX.pack(MAGIC_FIXED, header_length, 0), buffers[1]]
-
-
-def _not_reset(op: str) -> InvalidCall:
-    return InvalidCall(f"call reset() before {op}()")
 
 
 def describe_env(env: gym.Env, allow_pickle: bool) -> Dict[str, Any]:
@@ -601,12 +370,6 @@ def _wire_safe_items(mapping: Mapping[str, Any], allow_pickle: bool) -> Dict[str
             continue
         safe[key] = value
     return safe
-
-
-def _check_action(env: gym.Env, action: Any, where: str) -> None:
-    mismatch = describe_mismatch(env.action_space, action, where)
-    if mismatch is not None:
-        raise InvalidCall(f"{mismatch}; the action space is {env.action_space}")
 
 
 def _per_env_kwargs(request: Mapping[str, Any]) -> List[Dict[str, Any]]:

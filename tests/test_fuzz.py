@@ -181,7 +181,7 @@ def test_thousands_of_malformed_frames_leave_the_server_serving_and_nothing_behi
         env = gym_remote.RemoteEnv("CartPole-v1", address=server.address)
         env.reset(seed=sessions)
         sessions += 1
-        sock, reader = env._connection._sock, env._connection._reader
+        sock, reader = env._steps.connection._sock, env._steps.connection._reader
         open_ = True
         while open_ and sent < FRAMES_IN_SESSIONS:
             frame = fuzzer.frame(plain_share=0.9)

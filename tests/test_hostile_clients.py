@@ -99,8 +99,8 @@ def test_a_deeply_nested_request_after_hello_and_in_a_session_is_refused(server)
         assert error_code(reply) == "protocol_error"
     env = gym_remote.RemoteEnv("CartPole-v1", address=server.address)
     env.reset(seed=0)
-    env._connection._sock.sendall(frame(nested_tuples(200)))
-    assert "nested" in env._connection._reader.receive(10.0)["error"]["message"]
+    env._steps.connection._sock.sendall(frame(nested_tuples(200)))
+    assert "nested" in env._steps.connection._reader.receive(10.0)["error"]["message"]
     env.close()
     assert_serves(server)
 
@@ -141,8 +141,8 @@ def test_a_call_declaring_a_million_empty_rows_is_refused_in_the_worker(server):
     env = gym_remote.RemoteEnv("CartPole-v1", address=server.address)
     env.reset(seed=0)
     header = msgpack.packb({"op": "call", "name": "reset", "args": [array_value("|V0", [1 << 20])]})
-    env._connection._sock.sendall(frame(header))
-    reply = env._connection._reader.receive(10.0)
+    env._steps.connection._sock.sendall(frame(header))
+    reply = env._steps.connection._reader.receive(10.0)
     assert error_code(reply) == "protocol_error" and "has no size" in reply["error"]["message"]
     env.close()
 
@@ -343,7 +343,7 @@ def test_a_reply_read_slowly_has_one_deadline_for_all_of_it(start_server, monkey
     env = gym_remote.RemoteEnv("CartPole-v1", address=server.address)
     env.reset(seed=0)
     env.unwrapped.set_wrapper_attr("blob", np.zeros(32 << 20, np.uint8))
-    connection = env._connection
+    connection = env._steps.connection
     connection.send("getattr", name="blob")
     sock = connection._sock
     sock.settimeout(10.0)

@@ -151,7 +151,7 @@ def test_the_real_local_socket_is_still_taken(server, monkeypatch):
     env = gym_remote.RemoteEnv("CartPole-v1", address=server.address)
     try:
         env.reset(seed=0)
-        assert env._connection.address.scheme == "unix"
+        assert env._steps.connection.address.scheme == "unix"
     finally:
         env.close()
 
@@ -186,12 +186,12 @@ def test_a_worker_never_writes_into_a_file_a_client_names(server, tmp_path):
     try:
         env.reset(seed=0)
         with pytest.raises(errors.InvalidCall, match="not a gym-remote shared memory segment"):
-            env._connection.request("use_shared_batches", buffers=[offer], layout=cartpole_batch_layout())
+            env._steps.request("use_shared_batches", buffers=[offer], layout=cartpole_batch_layout())
         with pytest.raises(errors.InvalidCall, match="not a gym-remote shared memory segment"):
-            env._connection.request("use_reply_buffers", buffers=[offer])
+            env._steps.request("use_reply_buffers", buffers=[offer])
         server_log = {"pid": server.pid, "fd": 2, "token": contents[:16].hex()}
         with pytest.raises(errors.InvalidCall, match="not at the other end of this connection"):
-            env._connection.request(
+            env._steps.connection.request(
                 "use_shared_batches", buffers=[server_log], layout=cartpole_batch_layout()
             )
         env.step(0)
@@ -207,7 +207,7 @@ def test_a_worker_refuses_a_segment_that_could_shrink_under_it(server):
     try:
         env.reset(seed=0)
         with pytest.raises(errors.InvalidCall, match="not sealed"):
-            env._connection.request("use_shared_batches", buffers=[offer], layout=cartpole_batch_layout())
+            env._steps.request("use_shared_batches", buffers=[offer], layout=cartpole_batch_layout())
         env.step(0)
     finally:
         env.close()
@@ -235,7 +235,7 @@ def test_a_worker_refuses_a_segment_of_a_process_other_than_its_client(server):
         offer = json.loads(holder.stdout.readline())
         env.reset(seed=0)
         with pytest.raises(errors.InvalidCall, match=f"process {offer['pid']} is not at the other end"):
-            env._connection.request("use_reply_buffers", buffers=[offer])
+            env._steps.request("use_reply_buffers", buffers=[offer])
         env.step(0)
     finally:
         env.close()

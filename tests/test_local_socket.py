@@ -44,7 +44,7 @@ def test_a_loopback_tcp_client_moves_to_the_local_socket_with_the_same_results(s
                     steps.append(env.reset())
             results[name] = steps
         assert data_equivalence(results["remote"], results["local"])
-        assert remote.unwrapped._connection._sock.family == socket.AF_UNIX
+        assert remote.unwrapped._steps.connection._sock.family == socket.AF_UNIX
     finally:
         remote.close()
         local.close()
@@ -67,7 +67,7 @@ def test_with_the_local_socket_off_a_session_stays_on_tcp(server, start_server, 
     env = gym_remote.RemoteEnv("CartPole-v1", address=server.address)
     try:
         env.reset(seed=0)
-        assert env._connection._sock.family == socket.AF_INET
+        assert env._steps.connection._sock.family == socket.AF_INET
     finally:
         env.close()
 
@@ -77,8 +77,8 @@ def test_the_local_socket_asks_for_the_token_too(start_server):
     env = gym_remote.RemoteEnv("CartPole-v1", address=server.address, token="s3cret")
     try:
         env.reset(seed=0)
-        assert env._connection._sock.family == socket.AF_UNIX
-        local_address = env._connection.address
+        assert env._steps.connection._sock.family == socket.AF_UNIX
+        local_address = env._steps.connection.address
     finally:
         env.close()
     with pytest.raises(errors.AuthenticationFailed):
@@ -96,7 +96,7 @@ def test_a_local_socket_out_of_reach_leaves_the_session_on_tcp(server, monkeypat
     env = gym_remote.RemoteEnv("CartPole-v1", address=server.address)
     try:
         assert env.reset(seed=0)[0].shape == (4,)
-        assert env._connection._sock.family == socket.AF_INET
+        assert env._steps.connection._sock.family == socket.AF_INET
     finally:
         env.close()
 
@@ -149,7 +149,7 @@ def test_an_idle_session_on_the_local_socket_expires_as_it_does_over_tcp(start_s
     env = gym_remote.RemoteEnv("CartPole-v1", address=server.address)
     try:
         env.reset(seed=0)
-        assert env._connection.address.scheme == "unix"
+        assert env._steps.connection.address.scheme == "unix"
         wait_for(lambda: not worker_pids(server.pid), what="the idle session's worker to end")
         with pytest.raises(errors.SessionExpired, match="idle timeout"):
             env.step(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
+import threading
 from collections import OrderedDict
 
 import msgpack
@@ -27,7 +27,6 @@ from gym_remote.protocol import (
     encode_frame,
     send_frame,
     send_message,
-    send_rest,
 )
 from gym_remote.sharedmem import SharedSegment
 
@@ -308,33 +307,51 @@ def test_large_message_arrives_whole_through_a_socket():
     assert np.array_equal(decoded["image"], images["image"])
 
 
-def test_send_rest_finishes_a_frame_whose_sendmsg_was_cut_short():
-    import threading
+class _FirstSendmsgWaits(socket.socket):
+    """A socket that records what each ``sendmsg`` took and sets ``first_sent`` after the first."""
 
+    def __init__(self, fileno: int) -> None:
+        super().__init__(fileno=fileno)
+        self.taken: list[int] = []
+        self.first_sent = threading.Event()
+
+    def sendmsg(self, *args):
+        taken = super().sendmsg(*args)
+        self.taken.append(taken)
+        self.first_sent.set()
+        return taken
+
+
+def test_a_frame_whose_first_sendmsg_is_cut_short_is_sent_whole():
     value = {"image": np.arange(1 << 20, dtype=np.uint32).reshape(1024, 1024), "state": np.arange(9.0)}
-    buffers = encode_frame(value)
     left, right = socket.socketpair()
-    with left, right:
-        left.settimeout(5.0)  # Python's deadline mode: a sendmsg takes what fits and returns
-        sent = left.sendmsg(buffers)
-        assert 0 < sent < 4 << 20
+    sender = _FirstSendmsgWaits(left.detach())
+    with sender, right:
+        sender.settimeout(5.0)  # Python's deadline mode: a sendmsg takes what fits and returns
         received = []
-        receiver = threading.Thread(target=lambda: received.append(MessageReader(right).receive(5.0)))
+
+        def receive_once_the_first_sendmsg_returned() -> None:
+            sender.first_sent.wait(10)
+            received.append(MessageReader(right).receive(5.0))
+
+        receiver = threading.Thread(target=receive_once_the_first_sendmsg_returned)
         receiver.start()
-        send_rest(left, buffers, sent, time.monotonic())
+        send_frame(sender, encode_frame(value))
         receiver.join(10)
+    assert 0 < sender.taken[0] < 4 << 20 and len(sender.taken) > 1
     assert data_equivalence(received, [value], exact=True)
 
 
-def test_send_rest_after_a_whole_sendmsg_sends_nothing_more():
-    buffers = encode_frame({"state": np.arange(9.0)})
+def test_a_frame_its_first_sendmsg_takes_whole_is_sent_once():
     left, right = socket.socketpair()
-    with left, right:
-        send_rest(left, buffers, left.sendmsg(buffers), time.monotonic())
-        left.sendall(encode_bytes("next"))
+    sender = _FirstSendmsgWaits(left.detach())
+    with sender, right:
+        send_frame(sender, encode_frame({"state": np.arange(9.0)}))
+        sender.sendall(encode_bytes("next"))
         reader = MessageReader(right)
         assert data_equivalence(reader.receive(5.0), {"state": np.arange(9.0)}, exact=True)
         assert reader.receive(5.0) == "next"
+    assert len(sender.taken) == 1
 
 
 def _receive_all(reader, sender_socket, values):

@@ -16,6 +16,7 @@ import gym_remote
 from gym_remote import RemoteEnv, RemoteVectorEnv, WorkerCrashed
 from gym_remote.batches import SharedBatches
 from gym_remote.sharedmem import ReplyBuffers, available
+from gym_remote.step.layout import in_reply_buffer
 from tests.helpers import all_gone, wait_for, worker_pids
 
 pytestmark = pytest.mark.skipif(not available(), reason="shared memory needs Linux's memfd_create")
@@ -109,10 +110,9 @@ def test_bad_reply_buffers_are_refused_with_a_typed_error(server, monkeypatch, f
         with pytest.raises(gym_remote.InvalidCall, match=message):
             connection.request("use_reply_buffers", **fields)
         # A step naming a reply buffer the session does not have: refused, the session goes on.
-        request = connection.fixed_layout.encode_action(np.zeros(7, np.float32), 2)
         with pytest.raises(gym_remote.InvalidCall, match="reply buffer 2; this session has 0"):
-            connection.send_fixed("step", request)
-            connection.receive_fixed("step", connection.fixed_layout, 2)
+            connection.send("step", {"action": np.zeros(7, np.float32)}, in_reply_buffer(2))
+            connection.receive()
         assert env.step(np.zeros(7, np.float32))[0]["pixels"]["image"][0, 0, 0] == 1
     finally:
         env.close()

@@ -26,25 +26,18 @@ Python 3.8 and gymnasium 0.29.
 """
 
 import struct
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
 from gym_remote.errors import InvalidCall, ProtocolError, UnsupportedValue, shown
-from gym_remote.protocol import (
-    DATA_ALIGNMENT,
-    MAGIC_FIXED,
-    PREFIX,
-    decode_frame,
-    encode_frame,
-    shape_problem,
-    wire_dtype,
-)
+from gym_remote.protocol import MAGIC_FIXED, PREFIX, decode_frame, encode_frame, shape_problem, wire_dtype
 from gym_remote.space_walk import leaf_subspaces
+from gym_remote.step.layout import IN_REPLY, ObservationLayout, Placement, in_batch_row, in_reply_buffer
 
-__all__ = ["FixedLayout", "ACTION_HEADER", "REPLY_HEADER", "MAX_REPLY_BUFFERS", "IN_THE_DATA"]
+__all__ = ["FixedLayout", "ACTION_HEADER", "REPLY_HEADER", "MAX_REPLY_BUFFERS"]
 
 ACTION_HEADER = struct.Struct("<BBBxI")
 # Where a request header names a shared batch row: batch buffer, a zero byte, batch row.
@@ -52,8 +45,8 @@ _BATCH_ROW = struct.Struct("<BBI")
 # The most reply buffers a session can have (a request names one by 1, 2, ...; 0: none).
 MAX_REPLY_BUFFERS = 3
 REPLY_HEADER = struct.Struct("<8sBBBxI")
-# Says to FixedLayout.decode_reply that a reply's observation is in its data section.
-IN_THE_DATA: Any = object()
+# What a request's reply buffer code (0, 1, ...) places the observation in.
+_PLACEMENT_OF_CODE = [IN_REPLY] + [in_reply_buffer(number) for number in range(1, MAX_REPLY_BUFFERS + 1)]
 
 # Request kinds: a step whose action is an array of the layout's dtype and shape, or (for a
 # scalar layout) a numpy scalar of its dtype or a Python int (sent as int64); or a reset.
@@ -103,63 +96,34 @@ _STEP_KINDS = {
     for truncated_type, truncated_base in _FLAG_BASE.items()
 }
 _INT64_RANGE = range(-(1 << 63), 1 << 63)
-_FIXED_SHAPE_SPACES = (spaces.Box, spaces.MultiDiscrete, spaces.MultiBinary)
-
-# A shared batch buffer (0, 1, ...) and a row of it, where a request asks for its observation.
-BatchRow = Tuple[int, int]
-# An observation's structure: a leaf's number, or ("dict" or "tuple", [(key, structure), ...]).
-_Structure = Union[int, Tuple[str, list]]
-# One Dict or Tuple of an observation, in a list of its values that starts with the whole
-# observation and where each container's items follow the values before them: its place, whether
-# it is a dict, its keys, and where its items start and end. Containers come in the order of
-# their places.
-_Container = Tuple[int, bool, tuple, int, int]
-
-
-class _Leaf:
-    """One array of the observation: where it lies in the data section and what it is."""
-
-    __slots__ = ("path", "dtype", "shape", "offset", "nbytes")
-
-    def __init__(self, path: list, dtype: np.dtype, shape: Tuple[int, ...], offset: int) -> None:
-        self.path = path
-        self.dtype = dtype
-        self.shape = shape
-        self.offset = offset
-        self.nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-
-    def to_wire(self) -> Dict[str, Any]:
-        return {"path": self.path, "dtype": self.dtype.str, "shape": list(self.shape), "offset": self.offset}
+_FIXED_SHAPE_ACTIONS = (spaces.Box, spaces.MultiDiscrete, spaces.MultiBinary)
 
 
 class FixedLayout:
-    """What fixed-layout frames hold in one session: the action's array and the
-    observation's arrays, in order, each at an 8-byte aligned offset of the data section."""
+    """What fixed-layout frames hold in one session: the action's array, and the observation's
+    arrays laid out by an :class:`~gym_remote.step.layout.ObservationLayout`."""
 
     def __init__(
         self,
         action_dtype: np.dtype,
         action_shape: Tuple[int, ...],
-        leaves: List[_Leaf],
+        observation: ObservationLayout,
         takes_resets: bool = True,
         takes_batch_rows: bool = True,
     ) -> None:
         self.action_dtype = action_dtype
         self.action_shape = action_shape
         self.action_nbytes = int(np.prod(action_shape, dtype=np.int64)) * action_dtype.itemsize
-        self.leaves = leaves
-        self.observation_nbytes = max([leaf.offset + leaf.nbytes for leaf in leaves] + [0])
-        structure = _structure_of([leaf.path for leaf in leaves])
-        # The observation's one array, unless it is empty or in a Dict or Tuple.
-        self._single_array = leaves[0] if structure == 0 and leaves[0].nbytes else None
-        # How the observation's containers and leaves lie in a list of its values (see _Container):
-        # replies are built from it and taken apart by plain loops, without recursion.
-        self._containers, leaf_places = _flattened(structure)
-        self._value_count = len(self._containers) + len(leaves)
-        # Per leaf, in order: its place among the values, and the zeros before it in the data section.
-        ends = [0] + [leaf.offset + leaf.nbytes for leaf in leaves]
-        self._leaves_placed = [
-            (place, leaf, bytes(leaf.offset - end)) for place, leaf, end in zip(leaf_places, leaves, ends)
+        self.observation_layout = observation
+        self.observation_nbytes = observation.nbytes
+        # Whether the worker takes fixed-layout resets, and writes observations into the shared
+        # batch rows requests name (its offer says both).
+        self.takes_resets = takes_resets
+        self.takes_batch_rows = takes_batch_rows
+        # Per leaf, in order: the leaf, and the zeros before it in the data section.
+        ends = [0] + [leaf.offset + leaf.nbytes for leaf in observation.leaves]
+        self._leaves_padded = [
+            (leaf, bytes(leaf.offset - end)) for leaf, end in zip(observation.leaves, ends)
         ]
         # Per action kind, the start (prefix and header) of a step request per reply buffer code.
         action_start = _frame_start(ACTION_HEADER.size, self.action_nbytes)
@@ -172,129 +136,119 @@ class FixedLayout:
                 (int_start, ACTION_INT),
             ]
         )
-        # Whether the worker takes fixed-layout resets (it says so in its offer).
-        self.takes_resets = takes_resets
-        # Whether it writes observations into the shared batch rows requests name (it says so too).
-        self.takes_batch_rows = takes_batch_rows
-        array_request_length = _REQUEST_DATA_AT + self.action_nbytes
-        # Per action kind, what turns a request's data section into the action.
         self._action_of_kind = {
             ACTION_ARRAY: self._array_action,
             ACTION_NUMPY_SCALAR: self._numpy_scalar_action,
             ACTION_INT: _int_action,
         }
-        # The starts (prefix and header) of the requests this layout takes, with their whole
-        # length, what turns their data section into the action, and their reply buffer code.
-        self._request_starts: Dict[bytes, Tuple[int, Callable[[Any], Any], int]] = {
-            start: (array_request_length, self._array_action, code)
-            for code, start in enumerate(self._array_action_starts)
-        }
-        # The numpy scalar type of a scalar layout's actions (its dtype is the layout's).
-        self._scalar_action_type: Optional[type] = None
-        if not action_shape:
-            for code in _REPLY_BUFFER_CODES:
-                scalar_start, int_start = self._scalar_action_starts[code], self._int_action_starts[code]
-                self._request_starts[scalar_start] = (array_request_length, self._numpy_scalar_action, code)
-                self._request_starts[int_start] = (_REQUEST_DATA_AT + 8, _int_action, code)
-            if np.dtype(action_dtype.type) == action_dtype:
-                self._scalar_action_type = action_dtype.type
+        self._request_starts, self._scalar_action_type = self._whole_request_starts()
         self._reply_start = _frame_start(REPLY_HEADER.size, self.observation_nbytes)
         # The length of a reply with an empty info, and the most buffers a reply takes.
         self.whole_reply_length = _REPLY_DATA_AT + self.observation_nbytes
-        self.most_reply_buffers = 2 + 2 * len(leaves)
+        self.most_reply_buffers = 2 + 2 * len(observation.leaves)
+
+    def _whole_request_starts(
+        self,
+    ) -> Tuple[Dict[bytes, Tuple[int, Callable[[Any], Any], int]], Optional[type]]:
+        """The starts (prefix and header) of the step requests this layout takes, each with its
+        whole length, what turns its data section into the action, and its reply buffer code;
+        and the numpy scalar type of a scalar layout's actions."""
+        array_request_length = _REQUEST_DATA_AT + self.action_nbytes
+        starts: Dict[bytes, Tuple[int, Callable[[Any], Any], int]] = {
+            start: (array_request_length, self._array_action, code)
+            for code, start in enumerate(self._array_action_starts)
+        }
+        if self.action_shape:
+            return starts, None
+        for code in _REPLY_BUFFER_CODES:
+            starts[self._scalar_action_starts[code]] = (array_request_length, self._numpy_scalar_action, code)
+            starts[self._int_action_starts[code]] = (_REQUEST_DATA_AT + 8, _int_action, code)
+        scalar_type = (
+            self.action_dtype.type if np.dtype(self.action_dtype.type) == self.action_dtype else None
+        )
+        return starts, scalar_type
 
     # ------------------------------------------------------------------ agreeing on it
 
     @classmethod
     def for_env(cls, env: gym.Env) -> Optional["FixedLayout"]:
-        """The layout of ``env``'s steps, or None when its spaces are not fixed-shape arrays."""
+        """The layout of ``env``'s steps, or None when its action is not one fixed-shape array
+        or its observation not fixed-shape arrays (a Discrete observation is a numpy scalar,
+        which these frames do not carry)."""
         action_space = env.action_space
         if isinstance(action_space, spaces.Discrete):
             action_shape: Tuple[int, ...] = ()
-        elif isinstance(action_space, _FIXED_SHAPE_SPACES):
+        elif isinstance(action_space, _FIXED_SHAPE_ACTIONS):
             action_shape = tuple(action_space.shape)
         else:
             return None
-        paths = leaf_subspaces(env.observation_space, _FIXED_SHAPE_SPACES)
-        if not paths:
+        observation = ObservationLayout.for_space(env.observation_space)
+        if observation is None or any(
+            isinstance(subspace, spaces.Discrete)
+            for _, subspace in leaf_subspaces(env.observation_space) or []
+        ):
             return None
-        leaves = []
-        offset = 0
-        for path, subspace in paths:
-            assert subspace.shape is not None  # fixed-shape spaces have one
-            leaf = _Leaf(path, np.dtype(subspace.dtype), tuple(subspace.shape), offset)
-            leaves.append(leaf)
-            offset += leaf.nbytes + (-leaf.nbytes % DATA_ALIGNMENT)
-        return cls(np.dtype(action_space.dtype), action_shape, leaves)
+        return cls(np.dtype(action_space.dtype), action_shape, observation)
 
     def to_wire(self) -> Dict[str, Any]:
         """The ``fixed_steps`` field of a ``make`` reply."""
         return {
             "action": {"dtype": self.action_dtype.str, "shape": list(self.action_shape)},
-            "observation": [leaf.to_wire() for leaf in self.leaves],
+            "observation": self.observation_layout.to_wire(),
             "resets": self.takes_resets,
             "batch_rows": self.takes_batch_rows,
         }
 
     @classmethod
-    def from_wire(cls, payload: Any) -> "FixedLayout":
-        """The layout a ``make`` reply's ``fixed_steps`` field describes.
+    def from_wire(cls, payload: Any, observation_space: spaces.Space) -> "FixedLayout":
+        """The layout a ``make`` reply's ``fixed_steps`` field describes for a session whose
+        observation space is ``observation_space``.
 
         Raises:
-            ProtocolError: the field is malformed.
+            ProtocolError: the field is malformed, or does not describe that space's leaves.
         """
         try:
             action = payload["action"]
-            leaves = [
-                _Leaf(
-                    list(leaf["path"]),
-                    wire_dtype(leaf["dtype"]),
-                    _shape(leaf["shape"]),
-                    int(leaf["offset"]),
-                )
-                for leaf in payload["observation"]
-            ]
-            if not leaves or any(leaf.offset < 0 or leaf.offset % DATA_ALIGNMENT for leaf in leaves):
-                raise ValueError("observation leaves must be at 8-byte aligned offsets")
+            observation = ObservationLayout.from_wire(payload["observation"], observation_space)
             takes_resets, takes_batch_rows = (_flag(payload, name) for name in ("resets", "batch_rows"))
             return cls(
-                wire_dtype(action["dtype"]), _shape(action["shape"]), leaves, takes_resets, takes_batch_rows
+                wire_dtype(action["dtype"]),
+                _shape(action["shape"]),
+                observation,
+                takes_resets,
+                takes_batch_rows,
             )
         except (LookupError, TypeError, ValueError, ProtocolError) as error:
             raise ProtocolError(f"malformed fixed_steps layout {shown(payload)}: {error}") from None
 
     # ------------------------------------------------------------------ the client's end
 
-    def encode_action(self, action: Any, reply_buffer: int = 0) -> Optional[bytes]:
-        """The whole fixed-layout step request for ``action``, asking for the observation in
-        reply buffer ``reply_buffer`` (1, 2, ...; 0: in the reply); None if it does not fit."""
+    def encode_step(self, action: Any, placement: Placement = IN_REPLY) -> Optional[bytes]:
+        """The whole fixed-layout step request for ``action``, asking for the observation where
+        ``placement`` says; None if it does not fit (or the worker takes no batch rows)."""
+        code = placement.reply_buffer
         kind_of = type(action)
         if kind_of is np.ndarray:
             if action.shape != self.action_shape or action.dtype != self.action_dtype:
                 return None
-            return self._array_action_starts[reply_buffer] + action.tobytes()
-        if self.action_shape:
+            request = self._array_action_starts[code] + action.tobytes()
+        elif self.action_shape:
             return None
-        if kind_of is int:
+        elif kind_of is int:
             if action not in _INT64_RANGE:
                 return None
-            return self._int_action_starts[reply_buffer] + action.to_bytes(8, "little", signed=True)
-        if kind_of is self._scalar_action_type:
-            return self._scalar_action_starts[reply_buffer] + action.tobytes()
-        return None
+            request = self._int_action_starts[code] + action.to_bytes(8, "little", signed=True)
+        elif kind_of is self._scalar_action_type:
+            request = self._scalar_action_starts[code] + action.tobytes()
+        else:
+            return None
+        return request if placement.batch_buffer is None else self._into_batch_row(request, placement)
 
-    def encode_action_into(self, action: Any, into: Sequence[int]) -> Optional[bytes]:
-        """The whole fixed-layout step request for ``action``, asking for the observation in
-        row ``into[1]`` of shared batch buffer ``into[0]``; None if it does not fit or the
-        worker takes no batch rows."""
-        request = self.encode_action(action)
-        return None if request is None else self._into_batch_row(request, into)
-
-    def encode_reset(self, seed: Optional[int], into: Optional[Sequence[int]] = None) -> Optional[bytes]:
-        """The whole fixed-layout reset request for ``seed`` (asking for the observation in row
-        ``into[1]`` of shared batch buffer ``into[0]``, if given); None if the worker takes no
+    def encode_reset(self, seed: Optional[int], placement: Placement = IN_REPLY) -> Optional[bytes]:
+        """The whole fixed-layout reset request for ``seed``, asking for the observation in the
+        reply or the shared batch row ``placement`` names; None if the worker takes no
         fixed-layout resets (or batch rows), or ``seed`` is not None or an int within int64."""
-        if not self.takes_resets:
+        if not self.takes_resets or placement.reply_buffer:
             return None
         if seed is None:
             request = _UNSEEDED_RESET
@@ -302,11 +256,12 @@ class FixedLayout:
             return None
         else:
             request = _SEEDED_RESET_START + seed.to_bytes(8, "little", signed=True)
-        return request if into is None else self._into_batch_row(request, into)
+        return request if placement.batch_buffer is None else self._into_batch_row(request, placement)
 
-    def _into_batch_row(self, request: bytes, into: Sequence[int]) -> Optional[bytes]:
-        """``request`` (which names no reply buffer) naming shared batch row ``into`` instead."""
-        buffer, row = into
+    def _into_batch_row(self, request: bytes, placement: Placement) -> Optional[bytes]:
+        """``request`` (which names no reply buffer) naming the shared batch row of ``placement``."""
+        buffer, row = placement.batch_buffer, placement.row
+        assert buffer is not None
         if not self.takes_batch_rows or not (0 <= buffer < 255 and 0 <= row < 1 << 32):
             return None
         return request[:_BATCH_ROW_AT] + _BATCH_ROW.pack(buffer + 1, 0, row) + request[_REQUEST_DATA_AT:]
@@ -326,17 +281,17 @@ class FixedLayout:
         if reward_type is not float:
             reward = _INT64.unpack_from(chunk, _REWARD_AT)[0] if reward_type is int else reward_type(reward)
         data = bytearray(chunk[_REPLY_DATA_AT:])
-        leaf = self._single_array
+        leaf = self.observation_layout.single_leaf
         if leaf is None:
-            return self.observation(data), reward, terminated, truncated, {}
+            return self.observation_layout.observation(data), reward, terminated, truncated, {}
         return np.ndarray(leaf.shape, leaf.dtype, data), reward, terminated, truncated, {}
 
     def decode_reply(
-        self, header: Any, data: Any, allow_pickle: bool = False, placed: Any = IN_THE_DATA
+        self, header: Any, data: Any, allow_pickle: bool = False, elsewhere: bool = False
     ) -> Tuple[Any, Any, Any, Any, Dict[str, Any]]:
-        """A fixed-layout reply's ``(observation, reward, terminated, truncated, info)``; the
-        observation is ``placed`` where given (the reply's data section is then empty: the
-        worker wrote it into a reply buffer, or a shared batch row, for which None is given).
+        """A fixed-layout reply's ``(observation, reward, terminated, truncated, info)``; with
+        ``elsewhere`` (the worker wrote the observation into a reply buffer or a shared batch
+        row, and the data section is empty), the observation is None.
 
         Raises:
             ProtocolError: the header or data section does not fit the layout.
@@ -357,92 +312,66 @@ class FixedLayout:
         info = decode_frame(header[REPLY_HEADER.size :], b"", allow_pickle) if info_length else {}
         if type(info) is not dict:
             raise ProtocolError(f"the info of a fixed-layout reply is a {type(info).__name__}, not a map")
-        if placed is not IN_THE_DATA:
-            return placed, reward, flags[0], flags[1], info
+        if elsewhere:
+            return None, reward, flags[0], flags[1], info
         if len(data) != self.observation_nbytes:
             raise ProtocolError(
                 f"fixed-layout reply has {len(data)} bytes of observation, expected {self.observation_nbytes}"
             )
-        return self.observation(data), reward, flags[0], flags[1], info
-
-    def observation(self, data: Any) -> Any:
-        """The observation whose arrays lie in ``data`` (writable memory of their own, the
-        layout's size): each a view of its bytes, then the containers built from the innermost
-        out."""
-        leaf = self._single_array
-        if leaf is not None:
-            return np.ndarray(leaf.shape, leaf.dtype, data)
-        values: List[Any] = [None] * self._value_count
-        for place, leaf, _ in self._leaves_placed:
-            values[place] = np.ndarray(leaf.shape, leaf.dtype, data, leaf.offset)
-        for place, is_dict, keys, first, end in reversed(self._containers):
-            values[place] = dict(zip(keys, values[first:end])) if is_dict else tuple(values[first:end])
-        return values[0]
+        return self.observation_layout.observation(data), reward, flags[0], flags[1], info
 
     # ------------------------------------------------------------------ the worker's end
 
-    def action_of_whole_request(self, chunk: Any) -> Optional[Tuple[Any, int, Optional[BatchRow]]]:
-        """The action, reply buffer code and shared batch row (or None) in ``chunk`` when it is
-        exactly one well-formed fixed-layout step request (one receive, one or two lookups);
-        otherwise None, and
+    def whole_step_request(self, chunk: Any) -> Optional[Tuple[Any, Placement]]:
+        """The action and placement in ``chunk`` when it is exactly one well-formed fixed-layout
+        step request (one receive, one or two lookups); otherwise None, and
         :meth:`MessageReader.receive_frame <gym_remote.protocol.MessageReader.receive_frame>`
-        and :meth:`decode_action` take the frame (and say what is wrong with it)."""
+        and :meth:`decode_request` take the frame (and say what is wrong with it)."""
         start = bytes(chunk[:_REQUEST_DATA_AT])
         request = self._request_starts.get(start)
-        into = None
+        placement = None
         if request is None:  # one naming a batch row has a known start but for the header's end
             request = self._request_starts.get(start[:_BATCH_ROW_AT] + _NO_BATCH_ROW)
             if request is None or request[2] or len(start) != _REQUEST_DATA_AT:
                 return None
             try:
-                into = _batch_row_named(start[PREFIX.size :])
+                placement = _batch_row_named(start[PREFIX.size :])
             except InvalidCall:
                 return None
         if len(chunk) != request[0]:
             return None
-        return request[1](chunk[_REQUEST_DATA_AT:]), request[2], into
+        return request[1](chunk[_REQUEST_DATA_AT:]), placement or _PLACEMENT_OF_CODE[request[2]]
 
-    @staticmethod
-    def is_reset(header: Any) -> bool:
-        """Whether a fixed-layout request's header asks for a reset (:meth:`decode_reset` reads
-        it) rather than a step (:meth:`decode_action` reads it)."""
-        return len(header) == ACTION_HEADER.size and header[0] == RESET
-
-    @staticmethod
-    def decode_reset(header: Any, data: Any) -> Tuple[Optional[int], Optional[BatchRow]]:
-        """The seed (None for no data) and the shared batch row (or None) a fixed-layout reset
-        request carries.
-
-        Raises:
-            InvalidCall: the data section is neither empty nor 8 bytes, or the header names a
-                reply buffer or a malformed batch row.
-        """
-        if len(data) not in (0, 8):
-            raise InvalidCall(f"a fixed-layout reset has 0 or 8 bytes of seed, got {len(data)}")
-        if header[1]:
-            raise InvalidCall(f"a fixed-layout reset names reply buffer {header[1]}: only steps take one")
-        seed = int.from_bytes(data, "little", signed=True) if data else None
-        return seed, _batch_row_named(header)
-
-    def decode_action(self, header: Any, data: Any) -> Tuple[Any, int, Optional[BatchRow]]:
-        """The action, the reply buffer code and the shared batch row (or None) a fixed-layout
-        step request carries.
+    def decode_request(self, header: Any, data: Any) -> Tuple[str, Any, Placement]:
+        """A fixed-layout request's op (``"step"`` or ``"reset"``), its action or seed (None for
+        none), and where it asks for the observation.
 
         Raises:
             InvalidCall: the header or data section does not fit the layout.
         """
         if len(header) != ACTION_HEADER.size:
-            raise InvalidCall(f"a fixed-layout step header has {ACTION_HEADER.size} bytes, got {len(header)}")
+            raise InvalidCall(
+                f"a fixed-layout request header has {ACTION_HEADER.size} bytes, got {len(header)}"
+            )
         kind, reply_buffer = header[0], header[1]
+        batch_row = _batch_row_named(header)
+        if kind == RESET:
+            if len(data) not in (0, 8):
+                raise InvalidCall(f"a fixed-layout reset has 0 or 8 bytes of seed, got {len(data)}")
+            if reply_buffer:
+                raise InvalidCall(
+                    f"a fixed-layout reset names reply buffer {reply_buffer}: only steps take one"
+                )
+            seed = int.from_bytes(data, "little", signed=True) if data else None
+            return "reset", seed, batch_row or IN_REPLY
         expected = 8 if kind == ACTION_INT else self.action_nbytes
         if kind > ACTION_INT or (kind != ACTION_ARRAY and self.action_shape):
             raise InvalidCall(f"action kind {kind} does not fit the action layout {self.action_shape}")
         if len(data) != expected:
             raise InvalidCall(f"a fixed-layout action of kind {kind} has {expected} bytes, got {len(data)}")
-        into = _batch_row_named(header)
-        if into is not None and reply_buffer:
+        if batch_row is not None and reply_buffer:
             raise InvalidCall(f"a fixed-layout step names both reply buffer {reply_buffer} and a batch row")
-        return self._action_of_kind[kind](data), reply_buffer, into
+        return "step", self._action_of_kind[kind](data), batch_row or in_reply_buffer(reply_buffer)
 
     def _array_action(self, data: Any) -> np.ndarray:
         """An array action in memory of its own (``data`` may be a receive buffer's)."""
@@ -470,28 +399,28 @@ class FixedLayout:
         number, reply_header, terminated_base, truncated_base = kinds
         if number == 1 and reward not in _INT64_RANGE:
             return None
-        terminated_code, truncated_code = terminated_base + terminated, truncated_base + truncated
-        leaf = self._single_array
+        codes = (number, terminated_base + terminated, truncated_base + truncated)
+        leaf = self.observation_layout.single_leaf
         if leaf is not None and not info:  # the usual step: one array, no info
-            if not _fits(leaf, observation):
+            if not leaf.fits(observation):
                 return None
-            header = reply_header.pack(reward, number, terminated_code, truncated_code, 0)
-            return [self._reply_start, header, np.ascontiguousarray(observation)]
-        values = self._values(observation)
-        if values is None:
-            return None
+            return [
+                self._reply_start,
+                reply_header.pack(reward, *codes, 0),
+                np.ascontiguousarray(observation),
+            ]
+        values = self.observation_layout.leaf_values(observation)
         info_bytes = _encoded_info(info, allow_pickle) if info else b""
-        if info_bytes is None:
+        if values is None or info_bytes is None:
             return None
-        header = reply_header.pack(reward, number, terminated_code, truncated_code, len(info_bytes))
+        header = reply_header.pack(reward, *codes, len(info_bytes))
         if info_bytes:
             start = _frame_start(REPLY_HEADER.size + len(info_bytes), self.observation_nbytes)
             buffers: List[Any] = [start, header + info_bytes]
         else:
             buffers = [self._reply_start, header]
-        for place, leaf, padding in self._leaves_placed:
-            array = values[place]
-            if not _fits(leaf, array):
+        for (leaf, padding), array in zip(self._leaves_padded, values):
+            if not leaf.fits(array):
                 return None
             if padding:
                 buffers.append(padding)
@@ -499,30 +428,19 @@ class FixedLayout:
                 buffers.append(np.ascontiguousarray(array))
         return buffers
 
-    def _values(self, observation: Any) -> Optional[List[Any]]:
-        """The observation's containers and leaves, in the places ``_containers`` gives them;
-        None unless its dicts (exactly ``dict``, keys in the layout's order) and tuples are the
-        layout's."""
-        values = [observation]
-        for place, is_dict, keys, _, _ in self._containers:
-            value = values[place]
-            if is_dict:
-                if type(value) is not dict or tuple(value) != keys:
-                    return None
-                values.extend(value.values())
-            elif type(value) is tuple and len(value) == len(keys):
-                values.extend(value)
-            else:
-                return None
-        return values
+
+def without_data(buffers: List[Any]) -> List[Any]:
+    """A fixed-layout reply's ``buffers`` without their data section (written elsewhere)."""
+    header_length = PREFIX.unpack_from(buffers[0])[1]
+    return [PREFIX.pack(MAGIC_FIXED, header_length, 0), buffers[1]]
 
 
 def _int_action(data: Any) -> int:
     return int.from_bytes(data, "little", signed=True)
 
 
-def _batch_row_named(header: Any) -> Optional[BatchRow]:
-    """The shared batch row ``(buffer, row)`` a fixed-layout request header names, or None.
+def _batch_row_named(header: Any) -> Optional[Placement]:
+    """The shared batch row a fixed-layout request header names, or None.
 
     Raises:
         InvalidCall: its batch buffer, zero byte and batch row are malformed.
@@ -533,7 +451,7 @@ def _batch_row_named(header: Any) -> Optional[BatchRow]:
             f"a fixed-layout request header's batch row is malformed (batch buffer {buffer}, "
             f"zero byte {zero}, row {row})"
         )
-    return (buffer - 1, row) if buffer else None
+    return in_batch_row(buffer - 1, row) if buffer else None
 
 
 def _flag(payload: Dict[str, Any], name: str) -> bool:
@@ -542,61 +460,6 @@ def _flag(payload: Dict[str, Any], name: str) -> bool:
     if type(value) is not bool:
         raise ValueError(f"{name} must be a bool, got {shown(value)}")
     return value
-
-
-def _structure_of(paths: List[list]) -> _Structure:
-    """The nesting the leaves' paths describe: str keys make dicts, int indices tuples.
-
-    Raises:
-        ValueError: the paths do not describe one tree with leaves in order.
-    """
-    if paths == [[]]:
-        return 0
-    numbers = iter(range(len(paths)))
-
-    def build(prefix: list, group: List[list]) -> _Structure:
-        if group == [[]]:
-            return next(numbers)
-        if not group or [] in group:
-            raise ValueError("a leaf's path is the prefix of another's")
-        keys: list = []
-        for path in group:
-            if not keys or keys[-1] != path[0]:
-                if path[0] in keys:
-                    raise ValueError(f"the leaves under {prefix + [path[0]]} are not together")
-                keys.append(path[0])
-        kinds = {type(key) for key in keys}
-        if kinds == {int} and keys == list(range(len(keys))):
-            container = "tuple"
-        elif kinds == {str}:
-            container = "dict"
-        else:
-            raise ValueError(f"the keys under {prefix} are neither strings nor indices 0, 1, ...")
-        return (
-            container,
-            [(key, build(prefix + [key], [path[1:] for path in group if path[0] == key])) for key in keys],
-        )
-
-    return build([], paths)
-
-
-def _flattened(structure: _Structure) -> Tuple[List[_Container], List[int]]:
-    """The containers of an observation with ``structure`` (see ``_Container``), and each
-    leaf's place among its values, in leaf order."""
-    containers: List[_Container] = []
-    leaf_places: Dict[int, int] = {}
-    queue = [(0, structure)]
-    next_place = 1
-    for place, node in queue:
-        if isinstance(node, int):
-            leaf_places[node] = place
-            continue
-        container, items = node
-        keys = tuple(key for key, _ in items)
-        containers.append((place, container == "dict", keys, next_place, next_place + len(keys)))
-        queue.extend((next_place + index, below) for index, (_, below) in enumerate(items))
-        next_place += len(items)
-    return containers, [leaf_places[number] for number in range(len(leaf_places))]
 
 
 def _encoded_info(info: Dict[str, Any], allow_pickle: bool) -> Optional[bytes]:
@@ -612,10 +475,6 @@ def _encoded_info(info: Dict[str, Any], allow_pickle: bool) -> Optional[bytes]:
 def _frame_start(header_length: int, data_length: int) -> bytes:
     """The prefix of a fixed-layout frame."""
     return PREFIX.pack(MAGIC_FIXED, header_length, data_length)
-
-
-def _fits(leaf: _Leaf, value: Any) -> bool:
-    return type(value) is np.ndarray and value.dtype == leaf.dtype and value.shape == leaf.shape
 
 
 def _shape(value: Any) -> Tuple[int, ...]:

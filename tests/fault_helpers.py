@@ -1,0 +1,42 @@
+"""Helpers of the fault tests: the faulty test env, a remote env on a server, and a check that the
+server still serves.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import gym_remote
+from gym_remote.testing import FAULTS
+
+FAULTY = "gym_remote_testing/Faulty-v0"
+
+
+def fault(name: str) -> int:
+    return FAULTS.index(name)
+
+
+def remote(server, env_id=FAULTY, **kwargs):
+    return gym_remote.RemoteEnv(env_id, address=server.address, **kwargs)
+
+
+def assert_serves(server):
+    """The server still makes sessions that work."""
+    env = remote(server, "CartPole-v1")
+    try:
+        env.reset(seed=0)
+        assert env.step(1)[0].shape == (4,)
+    finally:
+        env.close()
+
+
+def client_connection(server, **options):
+    from gym_remote.addresses import parse_address
+    from gym_remote.connection import Connection
+
+    return Connection(parse_address(server.address), timeout=10.0, max_message_size=1 << 26, **options)
+
+
+def raw_socket(server) -> socket.socket:
+    host, port = server.address.removeprefix("tcp://").rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=10)
