@@ -68,6 +68,10 @@ class ObservationLayout:
         # built and taken apart by plain loops, without a walk per step.
         self._containers, self._leaf_places = _flattened(space)
         self._value_count = len(self._containers) + len(leaves)
+        # Per leaf: its place among the values, and what makes its array over memory.
+        self._placed_leaves = [
+            (place, leaf.shape, leaf.dtype, leaf.offset) for place, leaf in zip(self._leaf_places, leaves)
+        ]
         # The observation's one array, unless it is empty or in a Dict or Tuple.
         self.single_leaf = leaves[0] if not self._containers and leaves[0].nbytes else None
 
@@ -140,7 +144,13 @@ class ObservationLayout:
     def observation(self, data: Any) -> Any:
         """The observation whose arrays lie in ``data`` (writable memory of the layout's size,
         or more): each a view of its bytes, then the containers built from the innermost out."""
-        return self.assembled([np.ndarray(leaf.shape, leaf.dtype, data, leaf.offset) for leaf in self.leaves])
+        if not self._containers:
+            leaf = self.leaves[0]
+            return np.ndarray(leaf.shape, leaf.dtype, data, leaf.offset)
+        values: List[Any] = [None] * self._value_count
+        for place, shape, dtype, offset in self._placed_leaves:
+            values[place] = np.ndarray(shape, dtype, data, offset)
+        return self._contained(values)
 
     def assembled(self, leaf_values: Sequence[Any]) -> Any:
         """The value made of these leaves (in layout order) in the space's dicts and tuples."""
@@ -149,6 +159,11 @@ class ObservationLayout:
         values: List[Any] = [None] * self._value_count
         for place, value in zip(self._leaf_places, leaf_values):
             values[place] = value
+        return self._contained(values)
+
+    def _contained(self, values: List[Any]) -> Any:
+        """The whole value, from a list of its values whose leaves are in place: each container
+        built from its items, the innermost first."""
         for place, is_dict, keys, first, end in reversed(self._containers):
             values[place] = dict(zip(keys, values[first:end])) if is_dict else tuple(values[first:end])
         return values[0]
