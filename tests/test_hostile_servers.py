@@ -287,3 +287,33 @@ def test_a_hostile_reply_is_a_typed_error_in_a_default_client(reply, error):
     with FakeServer(welcome, reply) as fake:
         with pytest.raises(error):
             gym_remote.list_envs(address=fake.address, timeout=10.0, max_message_size=1 << 20)
+
+
+@pytest.mark.parametrize(
+    "observation_leaf",
+    [
+        {"path": [], "dtype": "<f8", "shape": [4], "offset": 0},  # another dtype than the space's
+        {"path": [], "dtype": "<f4", "shape": [1 << 30], "offset": 0},  # past the data it sends
+        {"path": [], "dtype": "<f4", "shape": [4], "offset": 3},  # unaligned
+    ],
+    ids=["dtype", "shape", "offset"],
+)
+def test_a_fixed_layout_offer_that_does_not_fit_the_space_is_a_protocol_error(observation_leaf):
+    import gymnasium as gym
+
+    from gym_remote.worker import describe_env
+
+    description = describe_env(gym.make("CartPole-v1"), allow_pickle=False)
+    description["fixed_steps"] = {
+        "action": {"dtype": "<i8", "shape": []},
+        "observation": [observation_leaf],
+        "resets": True,
+        "batch_rows": True,
+    }
+    welcome = {"version": 1, "server": "gym-remote hostile", "allow_pickle": False}
+    with FakeServer(welcome, {"ok": description}) as fake:
+        env = gym_remote.RemoteEnv("CartPole-v1", address=fake.address, timeout=10.0)
+        with pytest.raises(errors.ProtocolError, match="malformed fixed_steps layout"):
+            env.reset(seed=0)
+        assert env.gym_remote.state.value == "not_connected"  # nothing of the session was kept
+        env.close()
