@@ -147,20 +147,15 @@ class WorkerSession:
     def _serve(self) -> None:
         """Answers calls until close, EOF or idleness. A whole fixed-layout step request takes
         the short way: one receive, one lookup, the env's step and one send."""
-        while not self.closed:
+        steps = self.steps
+        while not steps.closed:
             try:
                 self.in_call = False
                 chunk = self.reader.receive_chunk(self.idle_timeout)
                 self.in_call = True
-                call = self.steps.whole_step(chunk)
-                if call is None:
-                    header, data, fixed = self.reader.receive_frame(
-                        self.idle_timeout, self.read_timeout, chunk
-                    )
-                    if fixed:
-                        call = self.steps.fixed_call(header, data)
-                    else:
-                        call = decode_frame(header, data, self.allow_pickle)
+                step = steps.whole_step(chunk)
+                if step is None:
+                    call = self._call_in(chunk)
             except PeerClosed:
                 break
             except IdleTimeout:
@@ -178,8 +173,10 @@ class WorkerSession:
                 self._reply_error(error)
                 break
             try:
-                if type(call) is FixedCall:
-                    buffers, result = self.steps.answer(*call)
+                if step is not None:
+                    buffers, result = steps.answer_step(*step)
+                elif type(call) is FixedCall:
+                    buffers, result = steps.answer(call)
                 else:
                     buffers, result = None, self._dispatch(call)
             except Exception as error:
@@ -189,6 +186,14 @@ class WorkerSession:
                 self._reply(result)
             else:
                 self._send(buffers)
+
+    def _call_in(self, chunk: Any) -> Any:
+        """The call of the frame that begins with ``chunk``: a :class:`FixedCall`, or an ordinary
+        request (a decoded map, checked by :meth:`_dispatch`)."""
+        header, data, fixed = self.reader.receive_frame(self.idle_timeout, self.read_timeout, chunk)
+        if fixed:
+            return self.steps.fixed_call(header, data)
+        return decode_frame(header, data, self.allow_pickle)
 
     def _dispatch(self, request: Any) -> Any:
         if not isinstance(request, dict):
@@ -240,7 +245,7 @@ class WorkerSession:
         }
         actions = request.get("actions")
         for index, action in enumerate(() if actions is None else actions):
-            check_action(env, action, f"actions[{index}]")
+            check_action(env.action_space, action, f"actions[{index}]")
             observation, reward, terminated, truncated, info = env.step(action)
             result["observation"] = observation
             self.steps.last_observations[env_index] = observation

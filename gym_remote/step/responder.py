@@ -10,7 +10,7 @@ This module runs inside simulator interpreters too: it keeps to Python 3.8 and g
 
 import socket
 import traceback
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import gymnasium as gym
 from gymnasium import spaces
@@ -21,7 +21,7 @@ from gym_remote.protocol import PREFIX, byte_view
 from gym_remote.space_walk import describe_mismatch
 from gym_remote.step.batch_writer import BatchWriter
 from gym_remote.step.frames import MAX_REPLY_BUFFERS, FixedLayout, without_data
-from gym_remote.step.layout import Placement
+from gym_remote.step.layout import IN_REPLY, Placement
 
 __all__ = ["StepResponder", "FixedCall", "not_reset", "check_action"]
 
@@ -48,8 +48,10 @@ class StepResponder:
         self.batches: Optional[BatchWriter] = None  # a remote vector env's shared batches
         # Shared memory the client made for fixed-layout step replies' observations.
         self.reply_buffers: List[sharedmem.SharedSegment] = []
-        # A fixed layout gives an action its shape and dtype; a discrete one's range is checked.
-        self._checks_action_range = True
+        # The action space whose values fixed-layout steps check: a fixed layout gives an action
+        # its shape and dtype, so only a discrete space's range is left (a Box's values are the
+        # env's to clip).
+        self._checked_action_space: Optional[spaces.Space] = None
 
     def add_env(self, env: gym.Env) -> None:
         self.envs.append(env)
@@ -63,7 +65,8 @@ class StepResponder:
             self.layout = FixedLayout.for_env(self.envs[0])
         if self.layout is None:
             return None
-        self._checks_action_range = not isinstance(self.envs[0].action_space, spaces.Box)
+        action_space = self.envs[0].action_space
+        self._checked_action_space = None if isinstance(action_space, spaces.Box) else action_space
         return self.layout.to_wire()
 
     # ------------------------------------------------------------------ ordinary requests
@@ -79,7 +82,7 @@ class StepResponder:
     def step(self, request: Dict[str, Any]) -> List[Any]:
         index, env = self.running_env(request, "step")
         action = request.get("action")
-        check_action(env, action, "action")
+        check_action(env.action_space, action, "action")
         placement = self._placement_checked(Placement.from_into_field(request.get("into")))
         result = list(env.step(action))
         self.last_observations[index] = result[0]
@@ -109,13 +112,11 @@ class StepResponder:
 
     # ------------------------------------------------------------------ fixed-layout frames
 
-    def whole_step(self, chunk: Any) -> Optional[FixedCall]:
-        """The step in ``chunk`` when it is exactly one well-formed fixed-layout step request
-        (the usual step: one receive, one lookup); otherwise None."""
-        if self.layout is None:
-            return None
-        taken = self.layout.whole_step_request(chunk)
-        return None if taken is None else FixedCall("step", taken[0], taken[1])
+    def whole_step(self, chunk: Any) -> Optional[Tuple[Any, Placement]]:
+        """The action and placement in ``chunk`` when it is exactly one well-formed fixed-layout
+        step request (the usual step: one receive, one lookup); otherwise None."""
+        layout = self.layout
+        return None if layout is None else layout.whole_step_request(chunk)
 
     def fixed_call(self, header: Any, data: Any) -> FixedCall:
         """The call a fixed-layout frame holds.
@@ -127,38 +128,53 @@ class StepResponder:
             raise InvalidCall("a fixed-layout request, but this session offered no fixed layout")
         return FixedCall(*self.layout.decode_request(header, data))
 
-    def answer(self, op: str, value: Any, placement: Placement) -> Tuple[Optional[List[Any]], Any]:
-        """Runs a fixed-layout call: the buffers of its fixed-layout reply, with the observation
-        where ``placement`` asks if it fits there; or, where a value does not fit the layout
-        exactly, None and the result for an ordinary reply (observation included).
+    def answer(self, call: FixedCall) -> Tuple[Optional[List[Any]], Any]:
+        """Runs a fixed-layout call (see :meth:`answer_step`)."""
+        if call.op == "step":
+            return self.answer_step(call.value, call.placement)
+        layout = self.layout
+        assert layout is not None
+        self._placement_checked(call.placement)
+        observation, info = self.reset({"seed": call.value})
+        buffers = layout.encode_reset_reply(observation, info, self.allow_pickle)
+        if buffers is None:
+            return None, [observation, info]
+        return self._placed_reply(buffers, observation, call.placement), None
+
+    def answer_step(self, action: Any, placement: Placement) -> Tuple[Optional[List[Any]], Any]:
+        """Steps the env for a fixed-layout request: the buffers of its fixed-layout reply, with
+        the observation where ``placement`` asks if it fits there; or, where a value does not
+        fit the layout exactly, None and the result for an ordinary reply (observation included).
 
         Raises:
             InvalidCall: the placement names memory this session lacks, the env was never reset,
                 or the action does not fit the action space (all before the env runs).
         """
+        if placement is not IN_REPLY:
+            self._placement_checked(placement)
+        if not self.reset_once[0]:
+            raise not_reset("step")
+        if self._checked_action_space is not None:
+            check_action(self._checked_action_space, action, "action")
+        result = self.envs[0].step(action)
+        self.last_observations[0] = result[0]
         layout = self.layout
         assert layout is not None
-        self._placement_checked(placement)
-        if op == "reset":
-            observation, info = self.reset({"seed": value})
-            result: Sequence[Any] = [observation, info]
-            buffers = layout.encode_reset_reply(observation, info, self.allow_pickle)
-        else:
-            if not self.reset_once[0]:
-                raise not_reset("step")
-            env = self.envs[0]
-            if self._checks_action_range:
-                check_action(env, value, "action")
-            result = env.step(value)
-            self.last_observations[0] = observation = result[0]
-            buffers = layout.encode_reply(result, self.allow_pickle)
+        buffers = layout.encode_reply(result, self.allow_pickle)
         if buffers is None:
             return None, list(result)
+        return self._placed_reply(buffers, result[0], placement), None
+
+    def _placed_reply(self, buffers: List[Any], observation: Any, placement: Placement) -> List[Any]:
+        """A fixed-layout reply's ``buffers``, without their data section where ``placement``
+        (checked) asks for the observation elsewhere and it fits there."""
+        if placement is IN_REPLY:
+            return buffers
         if placement.reply_buffer:
-            return self._in_reply_buffer(buffers, placement.reply_buffer), None
+            return self._in_reply_buffer(buffers, placement.reply_buffer)
         if placement.in_batch_row and self._placed(observation, placement) is None:
-            return without_data(buffers), None
-        return buffers, None
+            return without_data(buffers)
+        return buffers
 
     # ------------------------------------------------------------------ where observations go
 
@@ -250,8 +266,8 @@ def not_reset(op: str) -> InvalidCall:
     return InvalidCall(f"call reset() before {op}()")
 
 
-def check_action(env: gym.Env, action: Any, where: str) -> None:
-    """Raises InvalidCall, naming ``where``, unless ``action`` fits ``env``'s action space."""
-    mismatch = describe_mismatch(env.action_space, action, where)
+def check_action(space: spaces.Space, action: Any, where: str) -> None:
+    """Raises InvalidCall, naming ``where``, unless ``action`` fits the action space ``space``."""
+    mismatch = describe_mismatch(space, action, where)
     if mismatch is not None:
-        raise InvalidCall(f"{mismatch}; the action space is {env.action_space}")
+        raise InvalidCall(f"{mismatch}; the action space is {space}")

@@ -52,8 +52,19 @@ class StepSender:
     def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Steps the session's env, its observation in a free reply buffer where there is one."""
         placement = self._free_reply_buffer() if self._wants_reply_buffers else IN_REPLY
-        self.send("step", {"action": action}, placement)
-        return self.receive()
+        layout = self.layout
+        request = None if layout is None else layout.encode_step(action, placement)
+        if request is None:
+            self.send("step", {"action": action}, placement)
+            return self.receive()
+        # The usual step, without the general send's and receive's bookkeeping.
+        assert layout is not None
+        try:
+            self.connection.send_bytes("step", request)
+            return self._fixed_result(layout, "step", placement)
+        except RemoteEnvError as error:
+            self._on_failure(error)
+            raise
 
     def reset(self, seed: int | None, options: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
         """Resets the session's env."""
