@@ -54,8 +54,8 @@ class StepSender:
         placement = self._free_reply_buffer() if self._wants_reply_buffers else IN_REPLY
         layout = self.layout
         request = None if layout is None else layout.encode_step(action, placement)
-        if request is None:
-            self.send("step", {"action": action}, placement)
+        if request is None:  # it does not fit the layout: an ordinary request
+            self._send("step", {"action": action}, placement, None)
             return self.receive()
         # The usual step, without the general send's and receive's bookkeeping.
         assert layout is not None
@@ -86,14 +86,16 @@ class StepSender:
         """Sends a call without waiting for its reply (:meth:`receive` gets it), asking for its
         observation (a ``step``'s, ``reset``'s or ``observe``'s) where ``placement`` says."""
         request = None if self.layout is None else self._fixed_request(self.layout, op, fields, placement)
+        self._send(op, fields, placement, request)
+
+    def _send(self, op: str, fields: dict[str, Any], placement: Placement, request: bytes | None) -> None:
+        """Sends the fixed-layout ``request`` made for the call, or (None) an ordinary one."""
         try:
             if request is not None:
                 self.connection.send_bytes(op, request)
             else:
                 into = placement.into_field()
-                self.connection.send(op, **fields) if into is None else self.connection.send(
-                    op, **fields, into=into
-                )
+                self.connection.send(op, **fields, **({} if into is None else {"into": into}))
         except RemoteEnvError as error:
             self._on_failure(error)
             raise
