@@ -17,6 +17,7 @@ from gym_remote.config import ClientConfig, resolve
 from gym_remote.connection import Connection
 from gym_remote.embedded import EmbeddedServer
 from gym_remote.errors import RemoteEnvError, SessionClosed, VersionMismatch
+from gym_remote.recovery import RECOVERABLE, Recovery, RestartPolicy, lost_info, restart_policy
 from gym_remote.registration import REMOTE_ENTRY_POINT
 from gym_remote.spaces import decode_space
 from gym_remote.step.frames import FixedLayout
@@ -44,6 +45,8 @@ _LOCAL_ATTRIBUTES = frozenset(
         "_remote",
         "_local_spec",
         "_end_reason",
+        "_recovery",
+        "_last_observation",
     }
 )
 
@@ -115,6 +118,13 @@ class RemoteEnv(gym.Env):
         token: The server's shared secret, when it has one (default ``GYM_REMOTE_TOKEN``).
         allow_pickle: Let values the wire format cannot express travel pickled; the server must
             opt in too (default ``GYM_REMOTE_ALLOW_PICKLE`` or False).
+        restart_failed_envs: Make the env again when its worker crashes, is killed or misses its
+            deadline, reconnecting if its server restarts (True, or a
+            :class:`~gym_remote.RestartPolicy` for another budget; default
+            ``GYM_REMOTE_RESTART_FAILED_ENVS`` or False). The episode that was running ends as a
+            truncated step of the last observation, ``info["episode_lost"]`` True and
+            ``info["lost_cause"]`` saying why; a failed reset is made again. Without it, a
+            failure ends the session (later calls raise SessionClosed).
         **env_kwargs: Keyword arguments of the remote ``gym.make``.
 
     Raises:
@@ -136,18 +146,24 @@ class RemoteEnv(gym.Env):
         timeout: float | None = None,
         token: str | None = None,
         allow_pickle: bool | None = None,
+        restart_failed_envs: bool | RestartPolicy | None = None,
         **env_kwargs: Any,
     ) -> None:
         self._env_id = env_id
         self._env_kwargs = env_kwargs
         self.render_mode = render_mode
-        self._arguments = {
+        self._arguments: dict[str, Any] = {
             "address": address,
             "timeout": timeout,
             "token": token,
             "allow_pickle": allow_pickle,
         }
         self._config = resolve(ClientConfig, **self._arguments)
+        policy = restart_policy(restart_failed_envs)
+        if restart_failed_envs is not None:
+            self._arguments["restart_failed_envs"] = restart_failed_envs
+        self._recovery = None if policy is None else Recovery(policy)
+        self._last_observation: Any = None  # kept with restarts: a lost step's observation
         if self._config.address:
             parse_address(self._config.address)  # a malformed one is a ValueError here, not at connect
         self._state = SessionState.NOT_CONNECTED
@@ -164,11 +180,28 @@ class RemoteEnv(gym.Env):
     ) -> tuple[Any, dict[str, Any]]:
         """Resets the remote env; ``seed`` also seeds this env's ``np_random``, as locally."""
         self._seed_locally(seed)
-        return (self._steps or self._connect()).reset(seed, options)  # set while the session is active
+        if self._recovery is None:
+            return (self._steps or self._connect()).reset(seed, options)  # set while the session is active
+        while True:
+            try:
+                result = (self._steps or self._connect()).reset(seed, options)
+            except RECOVERABLE as error:
+                self._restart(error)
+                continue
+            self._recovery.schedule.note(seed, options)
+            self._last_observation = result[0]
+            return result
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         """Steps the remote env with ``action``."""
-        return (self._steps or self._connect()).step(action)  # set while the session is active
+        try:
+            result = (self._steps or self._connect()).step(action)  # set while the session is active
+        except RECOVERABLE as error:
+            self._restart(error)  # raises the error where there is no restart
+            return self._last_observation, 0.0, False, True, lost_info(error)
+        if self._recovery is not None:
+            self._last_observation = result[0]
+        return result
 
     def step_chunk(self, actions: Any, all_observations: bool = False) -> ChunkResult:
         """Runs a chunk of actions in one round trip, stopping where the episode ends.
@@ -181,7 +214,16 @@ class RemoteEnv(gym.Env):
             actions: A sequence of actions (for Box action spaces, an array of shape ``(K, ...)``).
             all_observations: Also return every step's observation (by default only the last).
         """
-        reply = self._request("step_chunk", actions=actions, all_observations=all_observations)
+        try:
+            reply = self._connect().request("step_chunk", actions=actions, all_observations=all_observations)
+        except RECOVERABLE as error:
+            self._restart(error)
+            last = self._last_observation
+            return ChunkResult(
+                last, [0.0], [False], [True], [lost_info(error)], [last] if all_observations else None
+            )
+        if self._recovery is not None:
+            self._last_observation = reply["observation"]
         return ChunkResult.from_reply(reply)
 
     def render(self) -> Any:
@@ -296,14 +338,35 @@ class RemoteEnv(gym.Env):
         return {**arguments, **self._env_kwargs}
 
     def _request(self, op: str, **fields: Any) -> Any:
-        return self._connect().request(op, **fields)
+        try:
+            return self._connect().request(op, **fields)
+        except RECOVERABLE as error:
+            self._restart(error)
+            raise error.renamed(f"{error.message} (the env was made again: reset it to go on)") from None
+
+    def _restart(self, error: RemoteEnvError) -> None:
+        """Makes the env again after ``error`` ended its session; raises ``error`` where the env
+        has no restarts or never had a session (a first make that fails is no crash to survive)."""
+        if self._recovery is None or self._remote is None or self._state is SessionState.CLOSED:
+            raise error
+        self._recovery.restart(self, error)
+
+    def _reopen(self) -> StepSender:
+        """Ends the session (if it is still open) and makes the env again with its arguments,
+        keeping a private server that still runs."""
+        if self._state is SessionState.CLOSED:
+            raise SessionClosed(f"{self!r} is closed; make a new env")
+        self._release(server_too=False)
+        self._state = SessionState.NOT_CONNECTED
+        self._end_reason = None
+        return self._connect()
 
     def _note_failure(self, error: RemoteEnvError) -> None:
         """Records a failed call: an error that closed the connection ends the session."""
         if self._steps is not None and self._steps.connection.closed:
             self._end_reason = error
             self._state = SessionState.BROKEN
-            self._release()
+            self._release(server_too=self._recovery is None)  # a restart may use it again
 
     def _seed_locally(self, seed: int | None) -> None:
         """Seeds this env's own ``np_random`` as :meth:`reset` does (for vector envs)."""
@@ -329,7 +392,7 @@ class RemoteEnv(gym.Env):
         try:
             self._open_session()
         except BaseException:
-            self._release()
+            self._release(server_too=self._recovery is None)
             raise
         self._state = SessionState.ACTIVE
         assert self._steps is not None
@@ -339,7 +402,10 @@ class RemoteEnv(gym.Env):
         config = self._config
         address = config.address
         if not address:
-            self._embedded = EmbeddedServer.start(config.timeout, config.allow_pickle)
+            if self._embedded is None or not self._embedded.running:
+                if self._embedded is not None:
+                    self._embedded.stop()
+                self._embedded = EmbeddedServer.start(config.timeout, config.allow_pickle)
             address = self._embedded.address
         parsed = parse_address(address)
         connection = self._connected(parsed)
@@ -412,11 +478,11 @@ class RemoteEnv(gym.Env):
         """The fields of the ``make`` request that say what to make."""
         return {"env_id": self._env_id, "kwargs": self._env_kwargs, "render_mode": self.render_mode}
 
-    def _release(self) -> None:
+    def _release(self, server_too: bool = True) -> None:
         if self._steps is not None:
             self._steps.close()
             self._steps = None
-        if self._embedded is not None:
+        if server_too and self._embedded is not None:
             self._embedded.stop()
             self._embedded = None
 
@@ -461,6 +527,11 @@ class SessionView:
     def uses_shared_memory(self) -> bool:
         """Whether large replies come through shared memory (same host; connects if need be)."""
         return self._env._connect().connection.uses_shared_memory
+
+    def reopen(self) -> StepSender:
+        """Makes the env again in a new session (a new worker), with the same arguments: the
+        restart of a failed env. Its step sender is returned."""
+        return self._env._reopen()
 
     @property
     def steps(self) -> StepSender:

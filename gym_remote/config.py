@@ -97,6 +97,11 @@ class ClientConfig:
     local_socket: bool = _option(
         True, "on one host, reach a loopback TCP server through the Unix socket it offers there"
     )
+    restart_failed_envs: bool = _option(
+        False,
+        "make an env again when its worker crashes, is killed or misses its deadline (its "
+        "episode ends as lost), and reconnect when its server restarts",
+    )
 
 
 def env_var(name: str) -> str:

@@ -310,7 +310,7 @@ class Connection:
         if "error" in reply:
             error = error_from_wire(reply["error"])
             if isinstance(error, WorkerCrashed):  # the server's word on a worker that died
-                error = WorkerCrashed(f"{error.message} [{op} at {self.name}]")
+                error = error.renamed(f"{error.message} [{op} at {self.name}]")
             if isinstance(error, _FATAL_ERRORS):
                 self.close()
             raise error

@@ -86,6 +86,11 @@ class EmbeddedServer:
         except RuntimeError as error:
             raise ServerUnavailable(f"the private gym-remote server failed: {error}") from None
 
+    @property
+    def running(self) -> bool:
+        """Whether the server process is still there (it may have been killed)."""
+        return self.process.poll() is None
+
     def stop(self) -> None:
         """Stops the server and its workers; idempotent. A forked child only lets go of it."""
         _running.discard(self)

@@ -6,8 +6,9 @@ error is picklable, so it survives the trip through ``AsyncVectorEnv``'s worker 
 This module runs inside simulator interpreters too: it keeps to Python 3.8.
 """
 
+import copy
 import reprlib
-from typing import Any, Dict, Optional, Tuple, Type
+from typing import Any, Dict, Optional, Sequence, Tuple, Type
 
 from gymnasium import error as gym_error
 
@@ -85,6 +86,13 @@ class RemoteEnvError(Exception):
         if not self.remote_traceback:
             return self.message
         return f"{self.message}\n\nRemote traceback:\n{self.remote_traceback.rstrip()}"
+
+    def renamed(self, message: str) -> "RemoteEnvError":
+        """A copy of this error (same type, remote traceback and details) saying ``message``."""
+        clone = copy.copy(self)
+        clone.message = message
+        clone.args = (message,)
+        return clone
 
     def __reduce__(self) -> Tuple[Any, ...]:
         # Exception notes (Python 3.11+, such as a vector env's other failures) travel too.
@@ -199,9 +207,37 @@ class NoCallInFlight(_NamedCallError, gym_error.NoAsyncCallError):
 
 
 class WorkerCrashed(RemoteEnvError):
-    """The worker process that owned this session ended (crash, kill, out of memory)."""
+    """The worker process that owned this session ended (crash, kill, out of memory).
+
+    Attributes:
+        exit_code: The code the worker exited with, or None (killed by a signal, or unknown:
+            its server went away too).
+        signal: The name of the signal that killed it (``"SIGSEGV"``, ``"SIGKILL"``), or None.
+        stderr_tail: The last lines the worker wrote to stderr, oldest first (empty if unknown).
+    """
 
     code = "worker_crashed"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        remote_type: Optional[str] = None,
+        remote_traceback: Optional[str] = None,
+        exit_code: Optional[int] = None,
+        signal: Optional[str] = None,
+        stderr_tail: Sequence[str] = (),
+    ) -> None:
+        super().__init__(message, remote_type=remote_type, remote_traceback=remote_traceback)
+        self.exit_code = exit_code
+        self.signal = signal
+        self.stderr_tail = tuple(stderr_tail)
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        rebuilt = super().__reduce__()
+        state = dict(rebuilt[2]) if len(rebuilt) > 2 else {}
+        details = {"exit_code": self.exit_code, "signal": self.signal, "stderr_tail": self.stderr_tail}
+        return (rebuilt[0], rebuilt[1], {**state, **details})
 
 
 class SessionExpired(RemoteEnvError):

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import secrets
+import select
 import selectors
 import signal
 import socket
@@ -36,7 +37,7 @@ from gym_remote import __version__, peers
 from gym_remote.addresses import Address, listen, parse_address
 from gym_remote.config import ServerConfig
 from gym_remote.envs import ADAPTER_MODULES
-from gym_remote.error_envelope import error_to_wire
+from gym_remote.error_envelope import STDERR_TAIL_LINES, error_to_wire
 from gym_remote.errors import (
     AuthenticationFailed,
     EnvNotAllowed,
@@ -74,7 +75,10 @@ _FAREWELL_SEND_SECONDS = 1.0
 _TASK_LIST_TIMEOUT_SECONDS = 120
 # Starting an interpreter and importing gymnasium and numpy takes a second or two on a busy machine.
 _WORKER_START_TIMEOUT_SECONDS = 60
-_STDERR_LINES_KEPT = 20
+# How long a worker whose client hung up may take to end by itself before its process group is
+# killed: a worker between calls closes its envs and exits at once, one whose call timed out is
+# ended by its own watcher thread, unless a native call holds it (then only a kill ends it).
+_HANG_UP_GRACE_SECONDS = 2.0
 # How long the server waits before accepting again when it has no file descriptors left.
 _ACCEPT_RETRY_SECONDS = 0.1
 REMOTE_NAMESPACE = "remote/"
@@ -85,20 +89,21 @@ class _StderrRelay:
 
     def __init__(self, pipe: Any) -> None:
         self._pipe = pipe
-        self._last_lines: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES_KEPT)
+        self._last_lines: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._thread = threading.Thread(target=self._relay, daemon=True)
         self._thread.start()
 
-    def last_line(self, timeout: float) -> str:
-        """The last line the worker wrote, once its stderr ended (or ``timeout`` passed)."""
+    def last_lines(self, timeout: float) -> list[str]:
+        """The last non-empty lines the worker wrote, oldest first, once its stderr ended (or
+        ``timeout`` passed)."""
         self._thread.join(timeout)
-        lines = [line for line in self._last_lines if line.strip()]
-        return lines[-1].strip() if lines else ""
+        return [line.strip() for line in list(self._last_lines) if line.strip()]
 
     def _relay(self) -> None:
         with self._pipe:
             for raw in self._pipe:
-                self._last_lines.append(raw.decode(errors="replace"))
+                if raw.strip():
+                    self._last_lines.append(raw.decode(errors="replace"))
                 sys.stderr.buffer.write(raw)
                 sys.stderr.flush()
 
@@ -454,6 +459,8 @@ class Server:
                     ),
                     pass_fds=fds,
                     stderr=subprocess.PIPE,
+                    # Its own process group: a wedged worker is killed with whatever it started.
+                    start_new_session=True,
                 )
             except OSError as error:
                 parent_control.close()
@@ -498,35 +505,63 @@ class Server:
         except subprocess.TimeoutExpired:
             worker.process.kill()
             code = worker.process.wait()
-        said = worker.stderr.last_line(_WORKER_STOP_GRACE_SECONDS) or "it wrote nothing to stderr"
-        raise WorkerCrashed(
+        lines = worker.stderr.last_lines(_WORKER_STOP_GRACE_SECONDS)
+        said = lines[-1] if lines else "it wrote nothing to stderr"
+        raise _crash(
+            code,
+            lines,
             f"the worker for {worker.env_id} could not start with {python} (exit code {code}: {said}). "
-            "If it runs in a simulator venv, `gym-remote setup NAME` repairs it."
+            "If it runs in a simulator venv, `gym-remote setup NAME` repairs it.",
         )
 
     def _watch_worker(self, worker: _Worker) -> None:
+        left = _await_exit_or_hang_up(worker.process, worker.client)
+        if left:
+            self._end_abandoned_worker(worker)
         code = worker.process.wait()
         with self._lock:
             self._workers.pop(worker.session_id, None)
         worker.control.close()
-        if code != 0 and not self._stopping.is_set():
+        if code != 0 and not self._stopping.is_set() and not left:
             logger.warning(
-                "session %d (%s): worker ended with exit code %d", worker.session_id, worker.env_id, code
+                "session %d (%s): worker %s", worker.session_id, worker.env_id, _how_it_ended(code)
             )
             if worker.client.fileno() != -1:
-                said = worker.stderr.last_line(_WORKER_STOP_GRACE_SECONDS)
+                lines = worker.stderr.last_lines(_WORKER_STOP_GRACE_SECONDS)
                 set_send_timeout(worker.client, _FAREWELL_SEND_SECONDS)
                 _try_send_error(
                     worker.client,
-                    WorkerCrashed(
+                    _crash(
+                        code,
+                        lines,
                         f"the worker serving {worker.env_id} {_how_it_ended(code)} during the session"
-                        + (f"; its last words: {said}" if said else "")
-                        + " (see the server's log)"
+                        + (f"; its last words: {' | '.join(lines[-3:])}" if lines else "")
+                        + " (see the server's log)",
                     ),
                 )
         else:
             logger.info("session %d ended", worker.session_id)
         worker.client.close()
+
+    def _end_abandoned_worker(self, worker: _Worker) -> None:
+        """After ``worker``'s client hung up: lets the worker end by itself for a moment, then
+        kills its process group (a native call that no timeout interrupts holds it), so that its
+        session slot and memory are free again."""
+        try:
+            worker.process.wait(_HANG_UP_GRACE_SECONDS)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        logger.warning(
+            "session %d (%s): its client left and worker pid %d did not end within %g s (a call that "
+            "does not return?): killing its process group",
+            worker.session_id,
+            worker.env_id,
+            worker.process.pid,
+            _HANG_UP_GRACE_SECONDS,
+        )
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(worker.process.pid, signal.SIGKILL)
 
     def _announce_route(self, route: _PythonRoute) -> None:
         """Logs which registered ids an explicit ``--python`` route runs, and warns when it
@@ -649,6 +684,45 @@ def _how_it_ended(code: int) -> str:
     except ValueError:
         name = f"signal {-code}"
     return f"was killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
+
+
+def _crash(code: int, stderr_tail: list[str], message: str) -> WorkerCrashed:
+    """The WorkerCrashed of a worker that ended with ``code`` (``Popen.returncode``)."""
+    signal_name = None
+    if code < 0:
+        try:
+            signal_name = signal.Signals(-code).name
+        except ValueError:
+            signal_name = f"signal {-code}"
+    return WorkerCrashed(
+        message,
+        exit_code=code if code >= 0 else None,
+        signal=signal_name,
+        stderr_tail=stderr_tail,
+    )
+
+
+def _await_exit_or_hang_up(process: subprocess.Popen, client: socket.socket) -> bool:
+    """Waits until ``process`` exits (False) or the client's end of ``client`` hangs up while it
+    runs (True). Where Linux's pidfd or POLLRDHUP is missing, waits for the exit alone."""
+    hang_up = getattr(select, "POLLRDHUP", 0)
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if not hang_up or pidfd_open is None:
+        process.wait()
+        return False
+    try:
+        pidfd = pidfd_open(process.pid)
+    except OSError:  # gone already, or a kernel before 5.3
+        process.wait()
+        return False
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.register(client.fileno(), hang_up)
+        descriptors = {descriptor for descriptor, _ in poller.poll()}
+        return pidfd not in descriptors and process.poll() is None
+    finally:
+        os.close(pidfd)
 
 
 def _try_send_error(connection: socket.socket, error: BaseException) -> None:

@@ -231,11 +231,7 @@ class SessionGroup:
         """The same error, saying which sub-env(s) and where."""
         which = f"sub-env {indices[0]}" if len(indices) == 1 else f"sub-envs {indices}"
         address = self.sessions[self.session_of(indices[0])].gym_remote.config.address
-        return type(error)(
-            f"{which} ({self.env_id} at {address}): {error.message}",
-            remote_type=error.remote_type,
-            remote_traceback=error.remote_traceback,
-        )
+        return error.renamed(f"{which} ({self.env_id} at {address}): {error.message}")
 
 
 class _HostingSession(RemoteEnv):

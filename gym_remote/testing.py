@@ -8,13 +8,17 @@ Serve them with ``gym-remote serve --import gym_remote.testing``. The ids:
 - ``gym_remote_testing/VaryingSteps-v0``: steps whose values change type from step to step,
   to test that fixed-layout steps fall back wherever a value does not fit;
 - ``gym_remote_testing/Faulty-v0``: misbehaves on request (``options={"fault": ...}`` on reset,
-  or the action that names the fault), to test crashes, exceptions and slow calls.
+  or the action that names the fault), to test crashes, exceptions and slow calls;
+- ``gym_remote_testing/Crashing-v0``: CartPole whose worker crashes, is killed or wedges at a
+  given step or reset (once, or every time), to test restarts.
 
 This module runs inside simulator interpreters too: it keeps to Python 3.8.
 """
 
 import ctypes
 import os
+import signal
+import sys
 import time
 from typing import Any, Dict, Optional, SupportsFloat, Tuple
 
@@ -22,7 +26,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["ImageEnv", "RichSpacesEnv", "VaryingStepsEnv", "FaultyEnv", "FAULTS"]
+__all__ = ["ImageEnv", "RichSpacesEnv", "VaryingStepsEnv", "FaultyEnv", "FAULTS", "CrashingEnv", "CRASHES"]
 
 IMAGE_SHAPE = (256, 256, 3)
 
@@ -229,6 +233,73 @@ class FaultyEnv(gym.Env):
         return f"{prefix}:{type(self).__name__}{suffix}"
 
 
+CRASHES = ("segfault", "kill", "exit", "wedge")
+
+
+class CrashingEnv(gym.Env):
+    """CartPole (the same observations for the same seeds) whose process ends badly on cue.
+
+    Args:
+        crash_at_step: Crash at this step of the process's life (1: its first step), or never.
+        crash_on_reset: Crash in every reset instead.
+        crash: How: ``segfault``, ``kill`` (SIGKILL itself), ``exit`` (code 3) or ``wedge``
+            (a native call that holds the interpreter, signals blocked, for ``wedge_seconds``).
+        once_marker: A file path: crash only while it does not exist (it is made just before the
+            crash), so that the env made again runs clean.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        crash_at_step: Optional[int] = None,
+        crash_on_reset: bool = False,
+        crash: str = "segfault",
+        once_marker: Optional[str] = None,
+        wedge_seconds: int = 120,
+    ) -> None:
+        if crash not in CRASHES:
+            raise ValueError(f"crash must be one of {CRASHES}, got {crash!r}")
+        self._cartpole = gym.make("CartPole-v1").unwrapped
+        self.observation_space = self._cartpole.observation_space
+        self.action_space = self._cartpole.action_space
+        self.crash_at_step = crash_at_step
+        self.crash_on_reset = crash_on_reset
+        self.crash = crash
+        self.once_marker = once_marker
+        self.wedge_seconds = wedge_seconds
+        self.pid = os.getpid()
+        self.steps_taken = 0
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> Tuple[Any, dict]:
+        super().reset(seed=seed)
+        if self.crash_on_reset:
+            self._crash()
+        return self._cartpole.reset(seed=seed, options=options)
+
+    def step(self, action: Any) -> Tuple[Any, SupportsFloat, bool, bool, dict]:
+        self.steps_taken += 1
+        if self.steps_taken == self.crash_at_step:
+            self._crash()
+        return self._cartpole.step(action)
+
+    def _crash(self) -> None:
+        if self.once_marker is not None:
+            if os.path.exists(self.once_marker):
+                return
+            open(self.once_marker, "w").close()
+        print(f"crashing-env: about to {self.crash} (pid {os.getpid()})", file=sys.stderr, flush=True)
+        if self.crash == "segfault":
+            ctypes.string_at(0)
+        elif self.crash == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif self.crash == "exit":
+            os._exit(3)
+        else:  # a C call that keeps the GIL: no Python thread, timeout or handled signal ends it
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+            ctypes.PyDLL(None).sleep(self.wedge_seconds)
+
+
 def _register(env_id: str, entry_point: str, **kwargs: Any) -> None:
     if env_id not in gym.registry:
         gym.register(env_id, entry_point=entry_point, **kwargs)
@@ -238,6 +309,7 @@ _register("gym_remote_testing/ImageEnv-v0", "gym_remote.testing:ImageEnv")
 _register("gym_remote_testing/RichSpaces-v0", "gym_remote.testing:RichSpacesEnv", max_episode_steps=100)
 _register("gym_remote_testing/VaryingSteps-v0", "gym_remote.testing:VaryingStepsEnv")
 _register("gym_remote_testing/Faulty-v0", "gym_remote.testing:FaultyEnv")
+_register("gym_remote_testing/Crashing-v0", "gym_remote.testing:CrashingEnv", max_episode_steps=500)
 
 
 class ServerProcess:
