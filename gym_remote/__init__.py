@@ -49,6 +49,10 @@ def __getattr__(name: str) -> Any:
         from gym_remote import vector
 
         return getattr(vector, name)
+    if name == "RestartPolicy":
+        from gym_remote.recovery import RestartPolicy
+
+        return RestartPolicy
     if name in ("list_envs", "list_tasks", "ping"):
         from gym_remote import discovery
 
@@ -65,6 +69,7 @@ __all__ = [
     "RemoteEnv",
     "RemoteVectorEnv",
     "CallState",
+    "RestartPolicy",
     "evaluate",
     "list_envs",
     "list_tasks",

@@ -19,6 +19,7 @@ from gymnasium.envs.registration import EnvSpec
 from gym_remote.client import RemoteEnv
 from gym_remote.error_envelope import error_from_wire
 from gym_remote.errors import ProtocolError, RemoteEnvError
+from gym_remote.recovery import RECOVERABLE, LostStep, Recovery, RestartPolicy
 from gym_remote.step.layout import IN_REPLY, in_batch_row
 from gym_remote.step.sender import StepSender
 
@@ -26,12 +27,16 @@ __all__ = ["Requests", "SessionGroup"]
 
 # Env index -> (op, fields) of the request for that env.
 Requests = dict[int, tuple[str, dict[str, Any]]]
+# One env's request: (env index, op, fields).
+_Request = tuple[int, str, dict[str, Any]]
 
 
 class SessionGroup:
     """``num_envs`` envs of ``env_id`` in sessions of ``envs_per_worker`` envs, spread round-robin
     over ``addresses``; ``arguments`` and ``env_kwargs`` as for :class:`~gym_remote.RemoteEnv`,
-    ``per_env_kwargs`` one dict per env over ``env_kwargs``."""
+    ``per_env_kwargs`` one dict per env over ``env_kwargs``. With a ``restart`` policy (one env
+    per session), a session whose worker fails is made again: a step in flight there comes back
+    as a :class:`~gym_remote.recovery.LostStep`, a reset is made again."""
 
     def __init__(
         self,
@@ -42,7 +47,12 @@ class SessionGroup:
         per_env_kwargs: Sequence[dict[str, Any]],
         arguments: dict[str, Any],
         env_kwargs: dict[str, Any],
+        restart: RestartPolicy | None = None,
     ) -> None:
+        if restart is not None and envs_per_worker > 1:
+            raise ValueError(
+                "restart_failed_envs needs envs_per_worker=1: a crash ends every env of its worker"
+            )
         self.env_id = env_id
         self._per_env_kwargs = list(per_env_kwargs)
         # Session number -> the indices of the envs its worker hosts, and env index -> (session, slot).
@@ -72,6 +82,11 @@ class SessionGroup:
         self.pending: dict[int, list[tuple[int, str]]] = {}
         # Session number -> the step sender its request in flight went through.
         self._senders: dict[int, StepSender] = {}
+        # With restarts: each session's, its request in flight, and the replies of requests
+        # whose session was made again as they were sent (nothing to receive from the new one).
+        self._recoveries = None if restart is None else [Recovery(restart) for _ in self.sessions]
+        self._requests: dict[int, _Request] = {}
+        self._settled: dict[int, dict[int, Any]] = {}
 
     def make_all(self) -> None:
         """Makes every session's env, all at once (making one can take seconds: LIBERO's, ten)."""
@@ -143,9 +158,10 @@ class SessionGroup:
         ``timeout`` seconds have passed (then maybe fewer, or none)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with selectors.DefaultSelector() as selector:
+            ready = [number for number in self.pending if number in self._settled]
             for number in self.pending:
-                selector.register(self._senders[number].fileno(), selectors.EVENT_READ, number)
-            ready: list[int] = []
+                if number not in self._settled:
+                    selector.register(self._senders[number].fileno(), selectors.EVENT_READ, number)
             while sum(len(self.pending[number]) for number in ready) < count:
                 left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
                 events = selector.select(left)
@@ -160,10 +176,12 @@ class SessionGroup:
         """Leaves the replies in flight to these sessions (default: all) unread: each session
         drops them before its next request."""
         for number in list(self.pending) if numbers is None else numbers:
-            sender = self._senders.pop(number)
-            if not sender.connection.closed:
+            sender = self._senders.pop(number, None)
+            if sender is not None and not sender.connection.closed:
                 sender.abandon()
             del self.pending[number]
+            self._requests.pop(number, None)
+            self._settled.pop(number, None)
 
     def close(self) -> None:
         """Closes every session; those with requests in flight close without waiting for them."""
@@ -198,21 +216,36 @@ class SessionGroup:
                     op, fields, IN_REPLY if batch_buffer is None else in_batch_row(batch_buffer, index)
                 )
         except RemoteEnvError as error:
-            raise self.named([index for index, _, _ in items], error) from None
+            if self._recoveries is None or not isinstance(error, RECOVERABLE):
+                raise self.named([index for index, _, _ in items], error) from None
+            # Gone between calls: the env is made again now, and this call's result settled.
+            self._settled[number] = {items[0][0]: self._recover(number, items[0], error)}
+        else:
+            self._senders[number] = sender
+            if self._recoveries is not None:
+                self._requests[number] = items[0]
         self.pending[number] = [(index, op) for index, op, _ in items]
-        self._senders[number] = sender
 
     def _receive(self, number: int, replies: dict[int, Any]) -> None:
         """Puts the replies of a session's request in flight into ``replies``, per env; then
         raises the first env's error, if any, noting the others (a hosting session's other envs'
         replies are in)."""
         items = self.pending.pop(number)
+        if number in self._settled:
+            replies.update(self._settled.pop(number))
+            return
         sender = self._senders.pop(number)
+        request = self._requests.pop(number, None)
         try:
             reply = sender.receive()
         except RemoteEnvError as error:
-            raise self.named([index for index, _ in items], error) from None
+            if request is None or not isinstance(error, RECOVERABLE):
+                raise self.named([index for index, _ in items], error) from None
+            replies[request[0]] = self._recover(number, request, error)
+            return
         if not isinstance(self.sessions[number], _HostingSession):
+            if request is not None and request[1] == "reset":
+                self._note_reset(number, request)
             replies[items[0][0]] = reply
             return
         if not isinstance(reply, list) or len(reply) != len(items):
@@ -226,6 +259,40 @@ class SessionGroup:
                 first_error = _noting(first_error, self.named([index], error_from_wire(failure)))
         if first_error is not None:
             raise first_error
+
+    def _recover(self, number: int, request: _Request, error: RemoteEnvError) -> Any:
+        """Makes session ``number`` again after ``error`` ended it during ``request``; returns
+        that request's reply: a :class:`LostStep` for a step, the reset made again for a reset.
+
+        Raises:
+            RemoteEnvError: the restart failed for good (named), or the request was another call
+                (its error, now that the env is made again).
+        """
+        assert self._recoveries is not None
+        index, op, fields = request
+        while True:
+            try:
+                self._recoveries[number].restart(self.sessions[number], error)
+            except RemoteEnvError as final:
+                raise self.named([index], final) from None
+            if op == "step":
+                return LostStep(error)
+            if op != "reset":
+                again = error.renamed(f"{error.message} (the env was made again: reset it to go on)")
+                raise self.named([index], again) from None
+            try:
+                reply = self.sessions[number].gym_remote.steps.reset(fields["seed"], fields["options"])
+            except RECOVERABLE as failure:
+                error = failure
+                continue
+            self._note_reset(number, request)
+            return reply
+
+    def _note_reset(self, number: int, request: _Request) -> None:
+        """Adds a reset that worked to its session's schedule, replayed after a restart."""
+        assert self._recoveries is not None
+        fields = request[2]
+        self._recoveries[number].schedule.note(fields["seed"], fields["options"])
 
     def named(self, indices: list[int], error: RemoteEnvError) -> RemoteEnvError:
         """The same error, saying which sub-env(s) and where."""

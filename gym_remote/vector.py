@@ -6,7 +6,9 @@ or several) run at the same time with no process or thread per env in the client
 
 from __future__ import annotations
 
+import copy as copying
 import enum
+import itertools
 import logging
 from typing import Any, Iterable, Sequence
 
@@ -28,6 +30,7 @@ from gym_remote.errors import (
     RemoteEnvError,
     RemoteError,
 )
+from gym_remote.recovery import LostStep, RestartPolicy, restart_policy
 from gym_remote.sessions import Requests, SessionGroup
 
 __all__ = ["RemoteVectorEnv", "CallState"]
@@ -71,6 +74,12 @@ class RemoteVectorEnv(VectorEnv):
         envs_per_worker: How many envs each session's worker process hosts (default 1). Light
             envs run much faster several to a worker: one message steps them all, and fewer
             processes share the cores. A crash ends every env of its worker.
+        restart_failed_envs: Make a sub-env again when its worker crashes, is killed or misses
+            its deadline (True, or a :class:`~gym_remote.RestartPolicy`; default
+            ``GYM_REMOTE_RESTART_FAILED_ENVS`` or False), as :class:`~gym_remote.RemoteEnv` does:
+            its episode ends as truncated with ``info["episode_lost"]`` (in ``final_info`` in
+            SAME_STEP mode) and ``info["lost_cause"]``, the other sub-envs' episodes go on
+            untouched. Needs ``envs_per_worker=1``.
         **env_kwargs: Keyword arguments of every remote ``gym.make``.
 
     Attributes:
@@ -99,6 +108,7 @@ class RemoteVectorEnv(VectorEnv):
         allow_pickle: bool | None = None,
         per_env_kwargs: Sequence[dict[str, Any]] | None = None,
         envs_per_worker: int = 1,
+        restart_failed_envs: bool | RestartPolicy | None = None,
         **env_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -139,7 +149,14 @@ class RemoteVectorEnv(VectorEnv):
             "allow_pickle": allow_pickle,
         }
         self._group = SessionGroup(
-            env_id, num_envs, addresses, envs_per_worker, per_env_kwargs, arguments, env_kwargs
+            env_id,
+            num_envs,
+            addresses,
+            envs_per_worker,
+            per_env_kwargs,
+            arguments,
+            env_kwargs,
+            restart_policy(restart_failed_envs),
         )
         self.sessions = self._group.sessions
         try:
@@ -171,6 +188,9 @@ class RemoteVectorEnv(VectorEnv):
         # Env index -> the shared batch buffer whose row the last send() asked its worker to
         # write the observation into.
         self._sent_rows: dict[int, int] = {}
+        # Env index -> (batch, row) of its observation that recv() returned last (newer than
+        # the last whole batch): where a lost step's observation is copied from.
+        self._received_rows: dict[int, tuple[Any, int]] = {}
         try:
             self._shared = self._share_batches()
         except BaseException:
@@ -498,6 +518,7 @@ class RemoteVectorEnv(VectorEnv):
         try:
             first_error = self._group.receive_each(ready_sessions, replies)
         finally:
+            self._settle_lost_steps(replies)
             self._undelivered.update((index, (ops[index], reply)) for index, reply in replies.items())
         if first_error is not None:
             raise first_error
@@ -520,8 +541,10 @@ class RemoteVectorEnv(VectorEnv):
             terminations.append(terminated)
             truncations.append(truncated)
             infos = _add_info_for(self, infos, info, position, len(ready))
+        batch = self._gathered(ready, observations)
+        self._received_rows.update((index, (batch, position)) for position, index in enumerate(ready))
         return (
-            self._gathered(ready, observations),
+            batch,
             np.array(rewards, dtype=np.float64),
             np.array(terminations, dtype=np.bool_),
             np.array(truncations, dtype=np.bool_),
@@ -571,6 +594,8 @@ class RemoteVectorEnv(VectorEnv):
     def _batch(self, buffer: int | None) -> Any:
         """This call's batch: the shared ``buffer`` (rows of observations that came in replies
         written in), or the observations gathered into new memory."""
+        if self._received_rows:
+            self._received_rows.clear()  # this batch is newer than any recv() returned
         if buffer is None:
             return self._batched_observations()
         assert self._shared is not None
@@ -662,8 +687,25 @@ class RemoteVectorEnv(VectorEnv):
                 call,
             )
         replies: dict[int, Any] = {}
-        self._group.round_trip(requests, replies, batch_buffer)
+        try:
+            self._group.round_trip(requests, replies, batch_buffer)
+        finally:
+            self._settle_lost_steps(replies)
         return replies
+
+    def _settle_lost_steps(self, replies: dict[int, Any]) -> None:
+        """Makes each lost step (its env's worker failed, the env was made again) a step that
+        truncates the episode at the env's last observation, saying why in its info."""
+        for index, reply in replies.items():
+            if type(reply) is LostStep:
+                replies[index] = (self._last_observation(index), 0.0, False, True, reply.info)
+
+    def _last_observation(self, index: int) -> Any:
+        """A copy of the last observation of sub-env ``index`` returned to the caller."""
+        batch, row = self._received_rows.get(index, (self._observations, index))
+        return copying.deepcopy(
+            next(itertools.islice(iterate(self.single_observation_space, batch), row, None))
+        )
 
 
 def _as_step_result(op: str, reply: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
