@@ -203,6 +203,13 @@ def _add_episode_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--videos", type=int, default=0, help="write mp4s of each task's first K episodes (needs PyAV)"
     )
+    command.add_argument(
+        "--no-restart",
+        dest="restart",
+        action="store_false",
+        help="end an episode whose simulator worker crashed as a failure, and stop that env, instead "
+        "of making the env again and running the episode again (lost episodes count in no rate)",
+    )
     add_arguments(command, ClientConfig, ("timeout", "token"))
     command.set_defaults(run=_eval)
 
@@ -283,6 +290,7 @@ def _eval(arguments: argparse.Namespace, options: dict) -> None:
         progress=show_progress,
         timeout=config.timeout,
         token=config.token or None,
+        restart_failed_envs=arguments.restart,
     )
     print(evaluation.table())
 

@@ -246,6 +246,9 @@ class CrashingEnv(gym.Env):
             (a native call that holds the interpreter, signals blocked, for ``wedge_seconds``).
         once_marker: A file path: crash only while it does not exist (it is made just before the
             crash), so that the env made again runs clean.
+        success_after: End each episode after this many steps (terminated), with
+            ``info["is_success"]`` True where the episode's reset seed was even, for
+            evaluations whose success count is known in advance.
     """
 
     metadata = {"render_modes": []}
@@ -257,6 +260,7 @@ class CrashingEnv(gym.Env):
         crash: str = "segfault",
         once_marker: Optional[str] = None,
         wedge_seconds: int = 120,
+        success_after: Optional[int] = None,
     ) -> None:
         if crash not in CRASHES:
             raise ValueError(f"crash must be one of {CRASHES}, got {crash!r}")
@@ -268,26 +272,37 @@ class CrashingEnv(gym.Env):
         self.crash = crash
         self.once_marker = once_marker
         self.wedge_seconds = wedge_seconds
+        self.success_after = success_after
         self.pid = os.getpid()
         self.steps_taken = 0
+        self._episode_steps = 0
+        self._episode_seed: Optional[int] = None
 
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> Tuple[Any, dict]:
         super().reset(seed=seed)
         if self.crash_on_reset:
             self._crash()
+        self._episode_steps = 0
+        self._episode_seed = seed
         return self._cartpole.reset(seed=seed, options=options)
 
     def step(self, action: Any) -> Tuple[Any, SupportsFloat, bool, bool, dict]:
         self.steps_taken += 1
+        self._episode_steps += 1
         if self.steps_taken == self.crash_at_step:
             self._crash()
-        return self._cartpole.step(action)
+        observation, reward, terminated, truncated, info = self._cartpole.step(action)
+        if self.success_after is not None and self._episode_steps >= self.success_after:
+            terminated = True
+            info = {"is_success": self._episode_seed is not None and self._episode_seed % 2 == 0}
+        return observation, reward, terminated, truncated, info
 
     def _crash(self) -> None:
         if self.once_marker is not None:
-            if os.path.exists(self.once_marker):
+            try:  # made atomically: of several envs sharing the marker, one crashes
+                os.close(os.open(self.once_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
                 return
-            open(self.once_marker, "w").close()
         print(f"crashing-env: about to {self.crash} (pid {os.getpid()})", file=sys.stderr, flush=True)
         if self.crash == "segfault":
             ctypes.string_at(0)

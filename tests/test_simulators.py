@@ -550,3 +550,52 @@ def test_an_eval_films_each_tasks_first_episodes_upright_at_the_control_rate(ser
     finally:
         env.close()
     assert np.abs(frames[0].astype(float) - upright).mean() < 8, "the video's first frame is the render"
+
+
+class _KillsItsWorker:
+    """A still robot whose policy kills the (only) LIBERO worker of ``server`` at its 3rd call."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+        self.calls = 0
+        self.killed: list[int] = []
+
+    def reset(self, env_index: int) -> None:
+        pass
+
+    def act(self, observations, env_indices):
+        import psutil
+
+        self.calls += 1
+        if self.calls == 3:
+            workers = [
+                child
+                for child in psutil.Process(self.server.pid).children()
+                if ROUTES["libero"].python in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE
+            ]
+            assert len(workers) == 1, workers
+            workers[0].kill()
+            self.killed.append(workers[0].pid)
+        return np.tile(np.array([0, 0, 0, 0, 0, 0, -1], np.float32), (len(env_indices), 1))
+
+
+@needs_libero
+def test_a_libero_worker_killed_mid_eval_loses_one_episode_and_the_eval_completes(server, tmp_path):
+    """The real simulator, killed mid-episode: the eval reports one lost episode, run again from
+    the same initial state, and every planned episode (issue 27)."""
+    from gym_remote.evaluation import evaluate, libero_tasks
+
+    policy = _KillsItsWorker(server)
+    evaluation = evaluate(
+        libero_tasks("libero_goal", [2], observation_height=64, observation_width=64),
+        policy,
+        episodes=2,
+        address=server.address,
+        max_steps=4,
+        output_dir=tmp_path,
+    )
+    assert len(policy.killed) == 1
+    (lost,) = evaluation.lost
+    assert lost.episode == 0 and lost.init_state == 0 and "SIGKILL" in lost.cause
+    assert sorted((r.episode, r.init_state, r.length) for r in evaluation.episodes) == [(0, 0, 4), (1, 1, 4)]
+    assert json.loads((tmp_path / "results.json").read_text())["lost_episodes"]["count"] == 1

@@ -1,8 +1,10 @@
-"""An evaluation's results: one row per episode, success rates with 95% Wilson intervals, and
-the files they are kept in (``episodes.csv``, appended as episodes end, and ``results.json``)."""
+"""An evaluation's results: one row per episode, success rates with 95% Wilson intervals, the
+episodes lost to crashed simulators (and run again), and the files they are kept in
+(``episodes.csv`` and ``lost.csv``, appended as episodes end, and ``results.json``)."""
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import json
@@ -12,9 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-__all__ = ["EpisodeResult", "SuccessRate", "wilson_interval", "summarize", "ResultsLog", "format_table"]
+__all__ = [
+    "EpisodeResult",
+    "LostEpisode",
+    "SuccessRate",
+    "wilson_interval",
+    "summarize",
+    "ResultsLog",
+    "format_table",
+]
 
 EPISODES_FILE = "episodes.csv"
+LOST_FILE = "lost.csv"
 RESULTS_FILE = "results.json"
 # The normal quantile of a two-sided 95% interval.
 _Z_95 = 1.959963984540054
@@ -64,6 +75,38 @@ class EpisodeResult:
 
 
 @dataclass(frozen=True)
+class LostEpisode:
+    """An episode cut short because its env's worker failed (crashed, was killed, missed its
+    deadline, or its server went away): it is run again from the same seed and initial state,
+    and counts neither as a success nor as a failure.
+
+    Attributes:
+        task, episode, seed, init_state: As in :class:`EpisodeResult`.
+        length: The steps it had taken.
+        cause: What ended it (``WorkerCrashed: ... killed by SIGSEGV ...``).
+    """
+
+    task: str
+    episode: int
+    seed: int
+    init_state: int | None
+    length: int
+    cause: str
+
+    @classmethod
+    def from_row(cls, row: dict[str, str]) -> LostEpisode:
+        """A lost episode from a row of ``lost.csv``."""
+        return cls(
+            task=row["task"],
+            episode=int(row["episode"]),
+            seed=int(row["seed"]),
+            init_state=int(row["init_state"]) if row["init_state"] else None,
+            length=int(row["length"]),
+            cause=row["cause"],
+        )
+
+
+@dataclass(frozen=True)
 class SuccessRate:
     """Successes out of episodes, with the 95% Wilson interval of the rate."""
 
@@ -102,9 +145,11 @@ def wilson_interval(successes: int, trials: int, z: float = _Z_95) -> tuple[floa
     return low, high
 
 
-def summarize(results: Iterable[EpisodeResult], tasks: Sequence[str]) -> dict[str, Any]:
-    """Per task (in ``tasks``' order) and overall success rates, and every episode, sorted by
-    task and episode number: what ``results.json`` holds."""
+def summarize(
+    results: Iterable[EpisodeResult], tasks: Sequence[str], lost: Sequence[LostEpisode] = ()
+) -> dict[str, Any]:
+    """Per task (in ``tasks``' order) and overall success rates, every episode, sorted by task
+    and episode number, and the episodes lost and run again: what ``results.json`` holds."""
     episodes = sorted(results, key=lambda result: (tasks.index(result.task), result.episode))
     per_task = {
         task: SuccessRate(
@@ -118,6 +163,10 @@ def summarize(results: Iterable[EpisodeResult], tasks: Sequence[str]) -> dict[st
         "tasks": per_task,
         "overall": overall,
         "episodes": [dataclasses.asdict(result) for result in episodes],
+        "lost_episodes": {
+            "count": len(lost),
+            "episodes": [dataclasses.asdict(episode) for episode in lost],
+        },
     }
 
 
@@ -131,13 +180,21 @@ def format_table(summary: dict[str, Any]) -> str:
             f"{name:<{width}}  {rate['episodes']:>8}  {rate['successes']:>9}  {rate['success_rate']:.3f}"
             f"  [{rate['ci95_low']:.3f}, {rate['ci95_high']:.3f}]"
         )
+    lost = summary.get("lost_episodes", {}).get("episodes", [])
+    if lost:
+        causes = collections.Counter(episode["cause"].split(":")[0] for episode in lost)
+        lines.append(
+            f"lost and run again: {len(lost)} episode(s) ("
+            + ", ".join(f"{count} {cause}" for cause, count in causes.most_common())
+            + "); they count in no rate"
+        )
     return "\n".join(lines)
 
 
 class ResultsLog:
     """The results of an evaluation in ``directory``: each episode is appended to
-    ``episodes.csv`` (flushed, so a run that dies keeps every episode that ended) and
-    ``results.json`` is rewritten with the summary."""
+    ``episodes.csv`` (each lost one to ``lost.csv``; flushed, so a run that dies keeps every
+    episode that ended) and ``results.json`` is rewritten with the summary."""
 
     def __init__(self, directory: str | os.PathLike[str], tasks: Sequence[str], resume: bool = False) -> None:
         self.directory = Path(directory)
@@ -153,12 +210,13 @@ class ResultsLog:
                 )
             with path.open(newline="") as file:
                 self.results = [EpisodeResult.from_row(row) for row in csv.DictReader(file)]
-        fields = [field.name for field in dataclasses.fields(EpisodeResult)]
-        self._file = path.open("a", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=fields)
-        if not self.results:
-            self._writer.writeheader()
-            self._file.flush()
+        lost_path = self.directory / LOST_FILE
+        self.lost: list[LostEpisode] = []
+        if lost_path.exists() and resume:
+            with lost_path.open(newline="") as file:
+                self.lost = [LostEpisode.from_row(row) for row in csv.DictReader(file)]
+        self._file, self._writer = _appender(path, EpisodeResult, fresh=not self.results)
+        self._lost_file, self._lost_writer = _appender(lost_path, LostEpisode, fresh=not self.lost)
 
     def done(self) -> set[tuple[str, int]]:
         """The ``(task, episode)`` pairs already in the log."""
@@ -169,10 +227,35 @@ class ResultsLog:
         self.results.append(result)
         self._writer.writerow(dataclasses.asdict(result))
         self._file.flush()
-        summary = summarize([r for r in self.results if r.task in self.tasks], self.tasks)
+        self._write_summary()
+
+    def add_lost(self, episode: LostEpisode) -> None:
+        """Appends one lost episode and rewrites the summary."""
+        self.lost.append(episode)
+        self._lost_writer.writerow(dataclasses.asdict(episode))
+        self._lost_file.flush()
+        self._write_summary()
+
+    def _write_summary(self) -> None:
+        summary = summarize(
+            [r for r in self.results if r.task in self.tasks],
+            self.tasks,
+            [episode for episode in self.lost if episode.task in self.tasks],
+        )
         temporary = self.directory / (RESULTS_FILE + ".tmp")
         temporary.write_text(json.dumps(summary, indent=2) + "\n")
         temporary.replace(self.directory / RESULTS_FILE)
 
     def close(self) -> None:
         self._file.close()
+        self._lost_file.close()
+
+
+def _appender(path: Path, row_type: type, fresh: bool) -> tuple[Any, csv.DictWriter]:
+    """``path`` opened to append rows of the dataclass ``row_type`` (a header first if ``fresh``)."""
+    file = path.open("w" if fresh else "a", newline="")
+    writer = csv.DictWriter(file, fieldnames=[field.name for field in dataclasses.fields(row_type)])
+    if fresh:
+        writer.writeheader()
+        file.flush()
+    return file, writer

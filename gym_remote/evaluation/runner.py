@@ -22,9 +22,10 @@ from gym_remote.client import SessionState
 from gym_remote.errors import RemoteEnvError
 from gym_remote.evaluation.plan import Episode, Task, plan_episodes
 from gym_remote.evaluation.policies import Policy, load_policy
-from gym_remote.evaluation.results import EpisodeResult, ResultsLog, format_table, summarize
+from gym_remote.evaluation.results import EpisodeResult, LostEpisode, ResultsLog, format_table, summarize
 from gym_remote.recording.recorder import Recorder, open_dataset
 from gym_remote.recording.wrappers import vector_info_value
+from gym_remote.recovery import RestartPolicy
 from gym_remote.vector import RemoteVectorEnv
 
 __all__ = ["evaluate", "Evaluation"]
@@ -33,20 +34,26 @@ __all__ = ["evaluate", "Evaluation"]
 _POLL_SECONDS = 0.002
 # The longest failure reason an episode row keeps (an env's error message, say).
 _MAX_FAILURE_LENGTH = 300
+# How often one planned episode is run again after its env's worker failed before it counts as
+# a failure (a state that crashes the simulator every time).
+_MAX_LOSSES_PER_EPISODE = 3
 
 ProgressCallback = Callable[[int, int, int], None]  # (episodes ended, episodes planned, successes)
 
 
 @dataclass
 class Evaluation:
-    """What :func:`evaluate` returns: every episode (with those of a resumed run) and the tasks."""
+    """What :func:`evaluate` returns: every episode (with those of a resumed run), the episodes
+    lost to failed workers and run again, and the tasks."""
 
     tasks: list[str]
     episodes: list[EpisodeResult] = field(default_factory=list)
+    lost: list[LostEpisode] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        """Per task and overall success rates with 95% Wilson intervals, and every episode."""
-        return summarize(self.episodes, self.tasks)
+        """Per task and overall success rates with 95% Wilson intervals, every episode, and
+        the lost ones."""
+        return summarize(self.episodes, self.tasks, self.lost)
 
     def table(self) -> str:
         """The success rates as a plain-text table."""
@@ -74,6 +81,7 @@ def evaluate(
     progress: ProgressCallback | None = None,
     timeout: float | None = None,
     token: str | None = None,
+    restart_failed_envs: bool | RestartPolicy = True,
 ) -> Evaluation:
     """Runs ``episodes`` planned episodes of each task with ``policy``, ``num_envs`` at a time.
 
@@ -110,6 +118,11 @@ def evaluate(
         only_success: Record only the episodes that succeed (data generation).
         progress: Called after each episode with (episodes ended, planned, successes).
         timeout, token: As for :class:`~gym_remote.RemoteEnv`.
+        restart_failed_envs: Make an env again when its worker crashes, is killed or misses its
+            deadline, or its server restarts (see :class:`~gym_remote.RemoteVectorEnv`): the
+            episode it ran is lost (noted in ``lost.csv`` and the summary, counted in no rate)
+            and run again from the same seed and initial state; one lost
+            three times counts as a failure.
 
     Raises:
         FileExistsError: ``output_dir`` holds results and ``resume`` is False.
@@ -118,7 +131,7 @@ def evaluate(
         RemoteEnvError: every session ended (their workers crashed, say) with episodes still
             planned; the episodes that ended are kept in ``output_dir``. An env's error ends
             only its episode, as a failure that names it, and the env goes on with the next
-            (or stops, if its session ended).
+            (or stops, if its session ended for good).
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be at least 1, got {num_envs}")
@@ -133,7 +146,11 @@ def evaluate(
         raise ValueError(f"task names must differ, got {names}")
     plans = {task.name: plan_episodes(task, episodes, seed) for task in tasks}
     log = ResultsLog(output_dir, names, resume) if output_dir is not None else None
-    evaluation = Evaluation(names, [r for r in log.results if r.task in names] if log else [])
+    evaluation = Evaluation(
+        names,
+        [r for r in log.results if r.task in names] if log else [],
+        [episode for episode in log.lost if episode.task in names] if log else [],
+    )
     done = {(result.task, result.episode) for result in evaluation.episodes}
     total = sum(len(plan) for plan in plans.values())
 
@@ -143,6 +160,11 @@ def evaluate(
             log.add(result)
         if progress is not None:
             progress(len(evaluation.episodes), total, sum(r.success for r in evaluation.episodes))
+
+    def record_lost(episode: LostEpisode) -> None:
+        evaluation.lost.append(episode)
+        if log is not None:
+            log.add_lost(episode)
 
     loaded = isinstance(policy, str)  # a policy this call makes is closed by it (a server connection)
     recording: _Recording | None = None
@@ -159,6 +181,7 @@ def evaluate(
                 render_mode="rgb_array" if videos_per_task else None,
                 timeout=timeout,
                 token=token,
+                restart_failed_envs=restart_failed_envs,
                 **task.env_kwargs,
             )
             try:
@@ -195,6 +218,7 @@ def evaluate(
                         prefetch_steps,
                         recording,
                         task_texts,
+                        record_lost,
                     ).run()
                 finally:
                     if videos is not None:
@@ -316,8 +340,11 @@ class _TaskRun:
         prefetch_steps: int = 0,
         recording: _Recording | None = None,
         task_texts: Sequence[str] = (),
+        record_lost: Callable[[LostEpisode], None] = lambda episode: None,
     ) -> None:
         self.envs = envs
+        self.record_lost = record_lost
+        self.losses: collections.Counter[int] = collections.Counter()  # episode number -> times lost
         self.recording = recording
         self.task_texts = task_texts  # each env's, for the dataset
         self.prefetch_steps = prefetch_steps
@@ -398,6 +425,10 @@ class _TaskRun:
                 slot.resetting = False
                 self.policy.reset(index)
                 self._record_start(index, slot, rows[position])
+            elif vector_info_value(infos, "episode_lost", position):
+                self._lose_episode(index, slot, str(vector_info_value(infos, "lost_cause", position)))
+                ended.append(index)
+                continue
             else:
                 slot.steps += 1
                 slot.episode_return += float(rewards[position])
@@ -453,6 +484,24 @@ class _TaskRun:
         if self.pending and len(self.stopped) == self.envs.num_envs:
             raise error
         self._start_episodes(restarting)
+
+    def _lose_episode(self, index: int, slot: _Slot, cause: str) -> None:
+        """Env ``index``'s worker failed mid-episode and the env was made again: the episode is
+        noted as lost and planned again, from the same seed and initial state (after
+        ``_MAX_LOSSES_PER_EPISODE`` losses it ends as a failure)."""
+        episode = slot.episode
+        self.record_lost(
+            LostEpisode(episode.task, episode.index, episode.seed, episode.init_state, slot.steps, cause)
+        )
+        if self.recording is not None:
+            self.recording.recorder.drop(index)
+        self.waiting.pop(index, None)
+        self.losses[episode.index] += 1
+        if self.losses[episode.index] >= _MAX_LOSSES_PER_EPISODE:
+            failure = f"lost {self.losses[episode.index]} times, last: {cause}"
+            self._end_episode(index, slot, False, failure[:_MAX_FAILURE_LENGTH])
+        else:
+            self.pending.appendleft(episode)
 
     def _record_start(self, index: int, slot: _Slot, observation: Any) -> None:
         if self.recording is not None:
