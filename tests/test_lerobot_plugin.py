@@ -173,3 +173,23 @@ def test_remote_type_maps_any_env_into_lerobots_layout(server):
 def test_remote_type_needs_an_env_id():
     with pytest.raises(ValueError, match="--env.env_id"):
         EnvConfig.get_choice_class("remote")()
+
+
+def test_remote_type_restarts_a_crashed_sub_env(server, tmp_path):
+    """``--env.restart_failed_envs=true``: the crashed sub-env's rollout ends as lost, the other
+    goes on (issue 27)."""
+    config = EnvConfig.get_choice_class("remote")(
+        env_id="gym_remote_testing/Crashing-v0",
+        env_kwargs={"crash_at_step": 2, "once_marker": str(tmp_path / "crashed")},
+        address=server.address,
+        restart_failed_envs=True,
+    )
+    envs = config.create_envs(n_envs=2, use_async_envs=False)["remote"][0]
+    try:
+        envs.reset(seed=[0, 1])
+        envs.step(np.zeros(2, dtype=np.int64))
+        _, _, _, truncations, infos = envs.step(np.zeros(2, dtype=np.int64))
+        assert sorted(truncations.tolist()) == [False, True]
+        assert infos["episode_lost"].tolist() == truncations.tolist()
+    finally:
+        envs.close()

@@ -27,10 +27,14 @@ class RemoteLiberoEnv(LiberoEnv):
             ``GYM_REMOTE_ADDRESS``, else a private local server). Its token, if any, is read from
             ``GYM_REMOTE_TOKEN``.
         timeout: Seconds every remote call may take (None: ``GYM_REMOTE_TIMEOUT`` or 60).
+        restart_failed_envs: Make a sub-env again when its simulator worker crashes, is killed
+            or times out (its rollout ends as truncated, ``info["episode_lost"]`` True), and
+            reconnect when the server restarts (None: ``GYM_REMOTE_RESTART_FAILED_ENVS``).
     """
 
     address: str | None = None
     timeout: float | None = None
+    restart_failed_envs: bool | None = None
 
     @property
     def gym_kwargs(self) -> dict[str, Any]:
@@ -84,7 +88,12 @@ class RemoteLiberoEnv(LiberoEnv):
                     for index in range(n_envs)
                 ]
                 env_fns = remote_env_fns(
-                    "remote/Libero-v0", per_env, address=self.address, timeout=self.timeout, **self.gym_kwargs
+                    "remote/Libero-v0",
+                    per_env,
+                    address=self.address,
+                    timeout=self.timeout,
+                    restart_failed_envs=self.restart_failed_envs,
+                    **self.gym_kwargs,
                 )
                 spaces = spaces or probe(env_fns[0])  # every task of a suite has the same spaces
                 envs[suite][task_id] = LazyVectorEnv(env_fns, use_async_envs, spaces)
@@ -105,6 +114,7 @@ class RemoteEnv(EnvConfig):
         env_kwargs: Keyword arguments of the remote ``gym.make``.
         address: The gym-remote server (None: ``GYM_REMOTE_ADDRESS``, else a private local server).
         timeout: Seconds every remote call may take (None: ``GYM_REMOTE_TIMEOUT`` or 60).
+        restart_failed_envs: As for ``remote_libero``.
         episode_length: Steps before truncation (None: the env's own limit).
     """
 
@@ -112,6 +122,7 @@ class RemoteEnv(EnvConfig):
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     address: str | None = None
     timeout: float | None = None
+    restart_failed_envs: bool | None = None
     episode_length: int | None = None
     render_mode: str = "rgb_array"
 
@@ -135,6 +146,7 @@ class RemoteEnv(EnvConfig):
             wrapper=LeRobotObservations,
             address=self.address,
             timeout=self.timeout,
+            restart_failed_envs=self.restart_failed_envs,
             **self.gym_kwargs,
         )
         spaces = probe(env_fns[0])
