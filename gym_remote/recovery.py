@@ -80,8 +80,16 @@ class LostStep:
 
 
 def lost_info(error: RemoteEnvError) -> dict[str, Any]:
-    """The info of a lost episode's last step."""
-    return {"episode_lost": True, "lost_cause": _cause(error)}
+    """The info of a lost episode's last step: ``episode_lost``, ``lost_cause`` (the error's
+    type and message) and, where the worker crashed, how it ended (``lost_exit_code``,
+    ``lost_signal``, each None where it does not apply) and its last stderr lines
+    (``lost_stderr``, one string)."""
+    info: dict[str, Any] = {"episode_lost": True, "lost_cause": _cause(error)}
+    if isinstance(error, WorkerCrashed):
+        info["lost_exit_code"] = error.exit_code
+        info["lost_signal"] = error.signal
+        info["lost_stderr"] = "\n".join(error.stderr_tail)
+    return info
 
 
 class ResetSchedule:

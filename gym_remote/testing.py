@@ -249,9 +249,10 @@ class CrashingEnv(gym.Env):
         success_after: End each episode after this many steps (terminated), with
             ``info["is_success"]`` True where the episode's reset seed was even, for
             evaluations whose success count is known in advance.
+        render_mode: None, or ``rgb_array`` (a small black frame).
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
 
     def __init__(
         self,
@@ -261,6 +262,7 @@ class CrashingEnv(gym.Env):
         once_marker: Optional[str] = None,
         wedge_seconds: int = 120,
         success_after: Optional[int] = None,
+        render_mode: Optional[str] = None,
     ) -> None:
         if crash not in CRASHES:
             raise ValueError(f"crash must be one of {CRASHES}, got {crash!r}")
@@ -273,6 +275,7 @@ class CrashingEnv(gym.Env):
         self.once_marker = once_marker
         self.wedge_seconds = wedge_seconds
         self.success_after = success_after
+        self.render_mode = render_mode
         self.pid = os.getpid()
         self.steps_taken = 0
         self._episode_steps = 0
@@ -296,6 +299,9 @@ class CrashingEnv(gym.Env):
             terminated = True
             info = {"is_success": self._episode_seed is not None and self._episode_seed % 2 == 0}
         return observation, reward, terminated, truncated, info
+
+    def render(self) -> np.ndarray:
+        return np.zeros((8, 8, 3), dtype=np.uint8)
 
     def _crash(self) -> None:
         if self.once_marker is not None:

@@ -19,6 +19,7 @@ from gym_remote.evaluation import (
     plan_episodes,
     wilson_interval,
 )
+from gym_remote.evaluation.results import from_row
 
 CARTPOLE = Task("cartpole", "CartPole-v1")
 
@@ -141,7 +142,7 @@ def test_results_on_disk_agree_and_a_resumed_run_skips_what_is_there(server, tmp
     )
     summary = json.loads((tmp_path / "results.json").read_text())
     with (tmp_path / "episodes.csv").open(newline="") as file:
-        rows = [EpisodeResult.from_row(row) for row in csv.DictReader(file)]
+        rows = [from_row(EpisodeResult, row) for row in csv.DictReader(file)]
     assert sorted(rows, key=lambda r: r.episode) == sorted(first.episodes, key=lambda r: r.episode)
     assert summary == first.summary()
     assert summary["tasks"]["cartpole"]["episodes"] == 2 and summary["overall"]["successes"] == 0

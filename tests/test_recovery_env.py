@@ -63,6 +63,12 @@ def test_a_crash_mid_episode_loses_the_episode_and_the_next_follows_the_schedule
         how = {"segfault": "killed by SIGSEGV", "kill": "killed by SIGKILL", "exit": "exited with code 3"}
         assert how[crash] in info["lost_cause"]
         assert "crashing-env: about to" in info["lost_cause"]  # its last words on stderr
+        assert "crashing-env: about to" in info["lost_stderr"]
+        assert (info["lost_signal"], info["lost_exit_code"]) == {
+            "segfault": ("SIGSEGV", None),
+            "kill": ("SIGKILL", None),
+            "exit": (None, 3),
+        }[crash]
         assert env.pid != first_pid and wait_gone(first_pid)
         # The env made again goes on with the seed schedule the first one had.
         observation, _ = env.reset()
@@ -294,3 +300,18 @@ def test_crash_details_from_a_hostile_peer_are_bounded():
     assert len(copy.stderr_tail) <= 10 and all(len(line) <= 500 for line in copy.stderr_tail)
     hostile["details"] = "not a map"
     assert error_from_wire(hostile).stderr_tail == ()
+
+
+def test_a_private_server_says_how_its_worker_ended_too():
+    env = gym_remote.RemoteEnv("CartPole-v1")
+    try:
+        env.reset(seed=0)
+        (private,) = [child for child in psutil.Process().children() if "--watch-stdin" in child.cmdline()]
+        (worker,) = private.children()
+        worker.kill()
+        worker.wait(30)
+        with pytest.raises(errors.WorkerCrashed, match="was killed by SIGKILL") as caught:
+            env.step(0)
+        assert (caught.value.signal, caught.value.exit_code) == ("SIGKILL", None)
+    finally:
+        env.close()

@@ -125,3 +125,16 @@ def test_a_server_killed_and_restarted_mid_eval_still_gives_every_planned_episod
         restarted.wait(60)
         for server in servers:
             server.__exit__(None, None, None)
+
+
+def test_a_resumed_eval_keeps_the_lost_episodes_of_the_run_before(server, tmp_path):
+    output = tmp_path / "results"
+    task = crash_task(tmp_path, crash_at_step=3)
+    first = evaluate([task], "random", episodes=3, address=server.address, output_dir=output)
+    assert len(first.lost) == 1
+    resumed = evaluate(
+        [task], "random", episodes=EPISODES, address=server.address, output_dir=output, resume=True
+    )
+    assert_complete(resumed)
+    assert resumed.lost == first.lost  # no crash this time (its marker is there): the old one kept
+    assert json.loads((output / "results.json").read_text())["lost_episodes"]["count"] == 1

@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 __all__ = [
     "EpisodeResult",
@@ -22,6 +22,7 @@ __all__ = [
     "summarize",
     "ResultsLog",
     "format_table",
+    "from_row",
 ]
 
 EPISODES_FILE = "episodes.csv"
@@ -58,21 +59,6 @@ class EpisodeResult:
     seconds: float
     failure: str = ""
 
-    @classmethod
-    def from_row(cls, row: dict[str, str]) -> EpisodeResult:
-        """An episode from a row of ``episodes.csv``."""
-        return cls(
-            task=row["task"],
-            episode=int(row["episode"]),
-            seed=int(row["seed"]),
-            init_state=int(row["init_state"]) if row["init_state"] else None,
-            success=row["success"] == "True",
-            episode_return=float(row["episode_return"]),
-            length=int(row["length"]),
-            seconds=float(row["seconds"]),
-            failure=row["failure"],
-        )
-
 
 @dataclass(frozen=True)
 class LostEpisode:
@@ -92,18 +78,6 @@ class LostEpisode:
     init_state: int | None
     length: int
     cause: str
-
-    @classmethod
-    def from_row(cls, row: dict[str, str]) -> LostEpisode:
-        """A lost episode from a row of ``lost.csv``."""
-        return cls(
-            task=row["task"],
-            episode=int(row["episode"]),
-            seed=int(row["seed"]),
-            init_state=int(row["init_state"]) if row["init_state"] else None,
-            length=int(row["length"]),
-            cause=row["cause"],
-        )
 
 
 @dataclass(frozen=True)
@@ -209,12 +183,12 @@ class ResultsLog:
                     "with it, or choose another output directory"
                 )
             with path.open(newline="") as file:
-                self.results = [EpisodeResult.from_row(row) for row in csv.DictReader(file)]
+                self.results = [from_row(EpisodeResult, row) for row in csv.DictReader(file)]
         lost_path = self.directory / LOST_FILE
         self.lost: list[LostEpisode] = []
         if lost_path.exists() and resume:
             with lost_path.open(newline="") as file:
-                self.lost = [LostEpisode.from_row(row) for row in csv.DictReader(file)]
+                self.lost = [from_row(LostEpisode, row) for row in csv.DictReader(file)]
         self._file, self._writer = _appender(path, EpisodeResult, fresh=not self.results)
         self._lost_file, self._lost_writer = _appender(lost_path, LostEpisode, fresh=not self.lost)
 
@@ -249,6 +223,23 @@ class ResultsLog:
     def close(self) -> None:
         self._file.close()
         self._lost_file.close()
+
+
+# How each field type of the rows above reads back from its CSV text.
+_FROM_TEXT: dict[str, Callable[[str], Any]] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": lambda text: text == "True",
+    "int | None": lambda text: int(text) if text else None,
+}
+RowT = TypeVar("RowT")
+
+
+def from_row(row_type: type[RowT], row: dict[str, str]) -> RowT:
+    """A row of ``episodes.csv`` or ``lost.csv`` as the dataclass ``row_type`` it was written from."""
+    fields = dataclasses.fields(row_type)  # type: ignore[arg-type]
+    return row_type(**{field.name: _FROM_TEXT[str(field.type)](row[field.name]) for field in fields})
 
 
 def _appender(path: Path, row_type: type, fresh: bool) -> tuple[Any, csv.DictWriter]:
