@@ -22,6 +22,8 @@ from gym_remote.testing import ServerProcess
 
 CRASHING = "gym_remote_testing/Crashing-v0"
 REPEATS = range(3)  # each fault test runs several times, to flush out races
+# A wedged call's deadline: long enough for a worker to start and make CartPole on a busy machine.
+WEDGE_TIMEOUT = 10
 
 
 def crashing(server, tmp_path, **kwargs):
@@ -134,7 +136,9 @@ def test_a_first_make_that_fails_is_raised_at_once(server):
 def test_a_wedged_worker_is_killed_and_its_slot_freed_then_the_env_restarts(start_server, tmp_path, attempt):
     # One session at most: the restart can only get a worker once the wedged one is gone.
     server = start_server("--import", "gym_remote.testing", "--max-sessions", "1")
-    env = crashing(server, tmp_path, crash_at_step=2, crash="wedge", timeout=3, restart_failed_envs=True)
+    env = crashing(
+        server, tmp_path, crash_at_step=2, crash="wedge", timeout=WEDGE_TIMEOUT, restart_failed_envs=True
+    )
     try:
         env.reset(seed=3)
         wedged = env.pid
@@ -152,7 +156,7 @@ def test_a_wedged_worker_is_killed_and_its_slot_freed_then_the_env_restarts(star
 
 def test_without_restarts_a_wedged_worker_times_out_and_frees_its_slot(start_server, tmp_path):
     server = start_server("--import", "gym_remote.testing", "--max-sessions", "1")
-    env = crashing(server, tmp_path, crash_at_step=1, crash="wedge", timeout=3)
+    env = crashing(server, tmp_path, crash_at_step=1, crash="wedge", timeout=WEDGE_TIMEOUT)
     env.reset(seed=0)
     wedged = env.pid
     with pytest.raises(errors.RemoteTimeout):
