@@ -402,10 +402,10 @@ class RemoteEnv(gym.Env):
         config = self._config
         address = config.address
         if not address:
-            if self._embedded is None or not self._embedded.running:
-                if self._embedded is not None:
-                    self._embedded.stop()
+            if self._embedded is None:
                 self._embedded = EmbeddedServer.start(config.timeout, config.allow_pickle)
+            else:  # a restart: the server again, if it was killed
+                self._embedded.revive(config.timeout)
             address = self._embedded.address
         parsed = parse_address(address)
         connection = self._connected(parsed)

@@ -34,14 +34,15 @@ class EmbeddedServer:
     unstopped, at interpreter exit, or when this process dies.
     """
 
-    def __init__(self, process: subprocess.Popen, directory: str, address: str) -> None:
-        self.process = process
+    def __init__(self, directory: str, address: str, allow_pickle: bool) -> None:
         self.directory = directory
         self.address = address
+        self.allow_pickle = allow_pickle
         self._owner_pid = os.getpid()
+        self.process = _launch(address, allow_pickle)
         _running.add(self)
         # Dropped without stop() (its env was never closed): the server stops all the same.
-        self._finalizer = weakref.finalize(self, _let_go, self._owner_pid, process.stdin, directory)
+        self._finalizer = weakref.finalize(self, _let_go, self._owner_pid, self.process.stdin, directory)
 
     @classmethod
     def start(cls, timeout: float, allow_pickle: bool = False) -> EmbeddedServer:
@@ -51,34 +52,30 @@ class EmbeddedServer:
             ServerUnavailable: the server did not start in time; its error output says why.
         """
         directory = tempfile.mkdtemp(prefix="gym-remote-")
-        address = f"unix://{os.path.join(directory, 'server.sock')}"
-        command = [
-            sys.executable,
-            "-m",
-            "gym_remote",
-            "serve",
-            "--address",
-            address,
-            "--allow",
-            "*",
-            "--idle-timeout",
-            "0",
-            "--watch-stdin",
-            "--log-level",
-            "warning",
-        ]
-        if allow_pickle:
-            command.append("--allow-pickle")
-        process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
-        )
-        server = cls(process, directory, address)
+        server = cls(directory, f"unix://{os.path.join(directory, 'server.sock')}", allow_pickle)
         try:
             server._wait_ready(timeout)
         except BaseException:
             server.stop()
             raise
         return server
+
+    def revive(self, timeout: float) -> None:
+        """Starts the server again on the same address if its process has died (killed, say),
+        so that sessions that used it can be made again there.
+
+        Raises:
+            ServerUnavailable: the new server did not start in time.
+        """
+        if self.running or os.getpid() != self._owner_pid:
+            return
+        self._finalizer.detach()  # the old pipe closes; the directory stays for the new server
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        os.makedirs(self.directory, exist_ok=True)
+        self.process = _launch(self.address, self.allow_pickle)
+        self._finalizer = weakref.finalize(self, _let_go, self._owner_pid, self.process.stdin, self.directory)
+        self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
         try:
@@ -102,6 +99,16 @@ class EmbeddedServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def _launch(address: str, allow_pickle: bool) -> subprocess.Popen:
+    """A private server process listening on ``address``, in its own process group (a Ctrl-C
+    meant for the owner does not reach it), stopping when its stdin closes."""
+    command = [sys.executable, "-m", "gym_remote", "serve", "--address", address, "--allow", "*"]
+    command += ["--idle-timeout", "0", "--watch-stdin", "--log-level", "warning"]
+    if allow_pickle:
+        command.append("--allow-pickle")
+    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
 
 
 def _let_go(owner_pid: int, stdin: Any, directory: str) -> None:

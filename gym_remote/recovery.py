@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from gym_remote.config import ClientConfig, resolve
 from gym_remote.errors import (
@@ -123,10 +123,16 @@ class ResetSchedule:
 
 
 class Recovery:
-    """The restarts of one session (one env): its budget, its history and its reset schedule."""
+    """The restarts of one session (one env): its budget, its history and its reset schedule.
 
-    def __init__(self, policy: RestartPolicy) -> None:
+    Args:
+        revive: Called before each try to make the session again: a vector env's private
+            server, if it was killed, starts again there.
+    """
+
+    def __init__(self, policy: RestartPolicy, revive: Callable[[], None] | None = None) -> None:
         self.policy = policy
+        self._revive = revive
         self.schedule = ResetSchedule()
         self._recent: deque[float] = deque()  # when the restarts in the window happened
         self._history: deque[str] = deque(maxlen=_HISTORY_KEPT)
@@ -146,6 +152,8 @@ class Recovery:
         delay = _FIRST_RETRY_SECONDS
         while True:
             try:
+                if self._revive is not None:
+                    self._revive()
                 steps = session.gym_remote.reopen()
                 for seed, options in self.schedule.replay():
                     steps.reset(seed, options)

@@ -12,7 +12,7 @@ import dataclasses
 import selectors
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from gymnasium.envs.registration import EnvSpec
 
@@ -36,7 +36,8 @@ class SessionGroup:
     over ``addresses``; ``arguments`` and ``env_kwargs`` as for :class:`~gym_remote.RemoteEnv`,
     ``per_env_kwargs`` one dict per env over ``env_kwargs``. With a ``restart`` policy (one env
     per session), a session whose worker fails is made again: a step in flight there comes back
-    as a :class:`~gym_remote.recovery.LostStep`, a reset is made again."""
+    as a :class:`~gym_remote.recovery.LostStep`, a reset is made again (``revive`` is called
+    first: it starts a private server again if it was killed)."""
 
     def __init__(
         self,
@@ -48,6 +49,7 @@ class SessionGroup:
         arguments: dict[str, Any],
         env_kwargs: dict[str, Any],
         restart: RestartPolicy | None = None,
+        revive: Callable[[], None] | None = None,
     ) -> None:
         if restart is not None and envs_per_worker > 1:
             raise ValueError(
@@ -84,7 +86,7 @@ class SessionGroup:
         self._senders: dict[int, StepSender] = {}
         # With restarts: each session's, its request in flight, and the replies of requests
         # whose session was made again as they were sent (nothing to receive from the new one).
-        self._recoveries = None if restart is None else [Recovery(restart) for _ in self.sessions]
+        self._recoveries = None if restart is None else [Recovery(restart, revive) for _ in self.sessions]
         self._requests: dict[int, _Request] = {}
         self._settled: dict[int, dict[int, Any]] = {}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy as copying
 import enum
+import functools
 import itertools
 import logging
 from typing import Any, Iterable, Sequence
@@ -157,6 +158,8 @@ class RemoteVectorEnv(VectorEnv):
             arguments,
             env_kwargs,
             restart_policy(restart_failed_envs),
+            # A restart first starts a killed private server again on its address.
+            None if self._embedded is None else functools.partial(self._embedded.revive, config.timeout),
         )
         self.sessions = self._group.sessions
         try:

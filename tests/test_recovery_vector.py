@@ -10,6 +10,7 @@ import signal
 
 import gymnasium as gym
 import numpy as np
+import psutil
 import pytest
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
@@ -160,5 +161,21 @@ def test_make_vec_passes_restarts_on(server):
         os.kill(envs.get_attr("pid")[0], signal.SIGKILL)
         _, _, _, truncations, infos = envs.step(np.array([0, 0]))
         assert truncations.tolist() == [True, False] and infos["episode_lost"][0]
+    finally:
+        envs.close()
+
+
+def test_a_killed_private_server_is_started_again_on_its_address():
+    envs = gym_remote.RemoteVectorEnv("CartPole-v1", 2, restart_failed_envs=True)
+    try:
+        envs.reset(seed=[5, 6])
+        (private,) = [child for child in psutil.Process().children() if "--watch-stdin" in child.cmdline()]
+        private.kill()
+        private.wait(30)
+        _, _, _, truncations, infos = envs.step(np.array([0, 1]))
+        assert truncations.tolist() == [True, True] and infos["episode_lost"].all()
+        observations, *_ = envs.step(np.array([0, 1]))  # both reset, each on its schedule
+        np.testing.assert_array_equal(observations[0], scheduled_reset(5, 1))
+        np.testing.assert_array_equal(observations[1], scheduled_reset(6, 1))
     finally:
         envs.close()
