@@ -19,6 +19,7 @@ from gym_remote import errors
 from gym_remote.error_envelope import error_from_wire, error_to_wire
 from gym_remote.recovery import ResetSchedule, RestartPolicy, restart_policy
 from gym_remote.testing import ServerProcess
+from tests.fault_helpers import private_servers
 
 CRASHING = "gym_remote_testing/Crashing-v0"
 REPEATS = range(3)  # each fault test runs several times, to flush out races
@@ -236,14 +237,11 @@ def test_a_server_that_stays_away_is_given_up_on_at_the_reconnect_deadline():
 
 
 def test_a_private_server_that_was_killed_is_started_again():
+    earlier = private_servers()  # of envs of earlier tests not yet collected
     env = gym_remote.RemoteEnv("CartPole-v1", restart_failed_envs=True)
     try:
         env.reset(seed=2)
-        servers = [
-            child
-            for child in psutil.Process().children()
-            if "serve" in child.cmdline() and "--watch-stdin" in child.cmdline()
-        ]
+        servers = list(private_servers() - earlier)
         assert len(servers) == 1
         servers[0].kill()
         servers[0].wait(30)
@@ -307,10 +305,11 @@ def test_crash_details_from_a_hostile_peer_are_bounded():
 
 
 def test_a_private_server_says_how_its_worker_ended_too():
+    earlier = private_servers()
     env = gym_remote.RemoteEnv("CartPole-v1")
     try:
         env.reset(seed=0)
-        (private,) = [child for child in psutil.Process().children() if "--watch-stdin" in child.cmdline()]
+        (private,) = private_servers() - earlier
         (worker,) = private.children()
         worker.kill()
         worker.wait(30)

@@ -10,13 +10,13 @@ import signal
 
 import gymnasium as gym
 import numpy as np
-import psutil
 import pytest
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 import gym_remote
 from gym_remote import errors
 from gym_remote.recovery import RestartPolicy
+from tests.fault_helpers import private_servers
 
 CRASHING = "gym_remote_testing/Crashing-v0"
 SEEDS = [1, 2, 3, 4]
@@ -166,10 +166,11 @@ def test_make_vec_passes_restarts_on(server):
 
 
 def test_a_killed_private_server_is_started_again_on_its_address():
+    earlier = private_servers()  # of envs of earlier tests not yet collected
     envs = gym_remote.RemoteVectorEnv("CartPole-v1", 2, restart_failed_envs=True)
     try:
         envs.reset(seed=[5, 6])
-        (private,) = [child for child in psutil.Process().children() if "--watch-stdin" in child.cmdline()]
+        (private,) = private_servers() - earlier
         private.kill()
         private.wait(30)
         _, _, _, truncations, infos = envs.step(np.array([0, 1]))

@@ -553,26 +553,28 @@ def test_an_eval_films_each_tasks_first_episodes_upright_at_the_control_rate(ser
 
 
 class _KillsItsWorker:
-    """A still robot whose policy kills the (only) LIBERO worker of ``server`` at its 3rd call."""
+    """A still robot whose policy kills the LIBERO worker of ``server`` started after it was made
+    (the evaluation's only one), at its 3rd call."""
 
     def __init__(self, server) -> None:
         self.server = server
         self.calls = 0
         self.killed: list[int] = []
+        self.earlier = {process.pid for process in self._libero_workers()}  # may still be ending
+
+    def _libero_workers(self):
+        import psutil
+
+        children = psutil.Process(self.server.pid).children()
+        return [child for child in children if ROUTES["libero"].python in child.cmdline()]
 
     def reset(self, env_index: int) -> None:
         pass
 
     def act(self, observations, env_indices):
-        import psutil
-
         self.calls += 1
         if self.calls == 3:
-            workers = [
-                child
-                for child in psutil.Process(self.server.pid).children()
-                if ROUTES["libero"].python in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE
-            ]
+            workers = [process for process in self._libero_workers() if process.pid not in self.earlier]
             assert len(workers) == 1, workers
             workers[0].kill()
             self.killed.append(workers[0].pid)
