@@ -20,6 +20,12 @@ def remote(server, env_id=FAULTY, **kwargs):
     return gym_remote.RemoteEnv(env_id, address=server.address, **kwargs)
 
 
+def own_address(tmp_path) -> str:
+    """An address no other test's server can take while this test's server is down (a TCP port
+    freed by a killed server may go to the next server that binds port 0)."""
+    return f"unix://{tmp_path / 'server.sock'}"
+
+
 def private_servers() -> set:
     """The private servers this process runs now (psutil processes)."""
     import psutil

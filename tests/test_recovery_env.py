@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pickle
 import signal
-import socket
 import threading
 
 import gymnasium as gym
@@ -19,7 +18,7 @@ from gym_remote import errors
 from gym_remote.error_envelope import error_from_wire, error_to_wire
 from gym_remote.recovery import ResetSchedule, RestartPolicy, restart_policy
 from gym_remote.testing import ServerProcess
-from tests.fault_helpers import private_servers
+from tests.fault_helpers import own_address, private_servers
 
 CRASHING = "gym_remote_testing/Crashing-v0"
 REPEATS = range(3)  # each fault test runs several times, to flush out races
@@ -171,15 +170,9 @@ def test_without_restarts_a_wedged_worker_times_out_and_frees_its_slot(start_ser
         other.close()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.parametrize("attempt", REPEATS)
-def test_a_server_killed_and_restarted_on_its_address_is_reconnected_to(attempt):
-    address = f"tcp://127.0.0.1:{free_port()}"
+def test_a_server_killed_and_restarted_on_its_address_is_reconnected_to(tmp_path, attempt):
+    address = own_address(tmp_path)
     first = ServerProcess("--import", "gym_remote.testing", address=address)
     second: list[ServerProcess] = []
     env = gym_remote.RemoteEnv("CartPole-v1", address=address, restart_failed_envs=True)
@@ -220,8 +213,8 @@ def test_without_restarts_a_killed_server_fails_fast():
         env.close()
 
 
-def test_a_server_that_stays_away_is_given_up_on_at_the_reconnect_deadline():
-    server = ServerProcess("--import", "gym_remote.testing")
+def test_a_server_that_stays_away_is_given_up_on_at_the_reconnect_deadline(tmp_path):
+    server = ServerProcess("--import", "gym_remote.testing", address=own_address(tmp_path))
     env = gym_remote.RemoteEnv(
         "CartPole-v1", address=server.address, restart_failed_envs=RestartPolicy(reconnect_seconds=1.0)
     )

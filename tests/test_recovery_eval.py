@@ -7,13 +7,13 @@ from __future__ import annotations
 import csv
 import json
 import signal
-import socket
 import threading
 
 import pytest
 
 from gym_remote.evaluation import Task, evaluate
 from gym_remote.testing import ServerProcess
+from tests.fault_helpers import own_address
 
 CRASHING = "gym_remote_testing/Crashing-v0"
 EPISODES = 6  # seeds 0..5: episodes 0, 2 and 4 succeed (see CrashingEnv's success_after)
@@ -84,15 +84,9 @@ def test_an_episode_that_crashes_every_time_ends_as_a_failure_after_three_losses
     assert len(evaluation.lost) == 3
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.parametrize("attempt", range(3))
 def test_a_server_killed_and_restarted_mid_eval_still_gives_every_planned_episode(tmp_path, attempt):
-    address = f"tcp://127.0.0.1:{free_port()}"
+    address = own_address(tmp_path)
     servers = [ServerProcess("--import", "gym_remote.testing", address=address)]
     restarted = threading.Event()
 
