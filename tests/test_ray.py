@@ -1,0 +1,126 @@
+"""gym-remote servers on a real local Ray cluster of two nodes, all on 127.0.0.1 (issue 28).
+
+Ray binds the host's network address by default: the nodes get ``node_ip_address``, the driver
+``_node_ip_address``, and every Ray process ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, without
+which the driver rewrites a loopback cluster address to the host's address.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import psutil
+import pytest
+
+import gym_remote
+
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# Read by Ray when it is imported, and by every Ray process it starts.
+os.environ.update(LOOPBACK)
+ray = pytest.importorskip("ray", reason="Ray is in the dev extra (`make test` installs it)")
+
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from gym_remote.ray import start_servers  # noqa: E402
+
+pytestmark = pytest.mark.timeout(600)  # two Ray nodes start in about 10 s here, more on a busy machine
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    nodes = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False},
+    )
+    try:
+        nodes.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        ray.init(address=nodes.address, _node_ip_address="127.0.0.1", log_to_driver=False)
+        nodes.wait_for_nodes(timeout=300)
+        yield nodes
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
+
+
+def assert_gone(pids: list[int], seconds: float = 60.0) -> None:
+    for pid in pids:
+        try:
+            psutil.Process(pid).wait(seconds)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def test_a_server_on_each_node_serves_a_vector_env_that_steps_as_a_local_one(cluster):
+    servers = start_servers()
+    try:
+        assert len(set(servers.node_ids)) == 2 == len(servers.addresses)
+        assert all(address.startswith("tcp://127.0.0.1:") for address in servers.addresses)
+        envs = gym_remote.RemoteVectorEnv("CartPole-v1", 4, address=servers.addresses, token=servers.token)
+        local = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 4)
+        try:
+            observations, _ = envs.reset(seed=3)
+            np.testing.assert_array_equal(observations, local.reset(seed=3)[0])
+            for step in range(30):
+                actions = np.array([(step + index) % 2 for index in range(4)])
+                remote_step, local_step = envs.step(actions), local.step(actions)
+                for remote_value, local_value in zip(remote_step[:4], local_step[:4]):
+                    np.testing.assert_array_equal(remote_value, local_value)
+        finally:
+            envs.close()
+        with pytest.raises(gym_remote.AuthenticationFailed):  # the token is required
+            gym_remote.RemoteEnv("CartPole-v1", address=servers.addresses[0], token="wrong").reset()
+    finally:
+        servers.close()
+    assert_gone(servers.pids)
+
+
+def test_servers_are_placed_by_the_resources_they_ask_for(cluster):
+    # One CPU per node: two servers that hold a CPU each can only go to different nodes.
+    servers = start_servers(2, resources={"CPU": 1})
+    try:
+        assert len(set(servers.node_ids)) == 2
+    finally:
+        servers.close()
+    assert_gone(servers.pids)
+
+
+def test_a_driver_that_dies_leaves_no_server_running(cluster, tmp_path):
+    driver = (
+        "import json, os, sys, ray\n"
+        "from gym_remote.ray import start_servers\n"
+        f"ray.init(address={cluster.address!r}, _node_ip_address='127.0.0.1', log_to_driver=False)\n"
+        "servers = start_servers()\n"
+        "print(json.dumps(servers.pids), flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", driver],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=dict(os.environ, **LOOPBACK),
+    )
+    try:
+        assert process.stdout is not None
+        pids = json.loads(process.stdout.readline())
+        assert len(pids) == 2 and all(psutil.pid_exists(pid) for pid in pids)
+        process.kill()  # no close(): Ray ends the dead driver's actors, and their servers follow
+        process.wait(30)
+        assert_gone(pids)
+        assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_ray_is_needed_only_once_used():
+    code = "import sys, gym_remote; gym_remote.RemoteEnv; assert 'ray' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    code = "import gym_remote.ray as r\ntry:\n    r.start_servers()\nexcept RuntimeError as e:\n    print(e)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "call ray.init()" in result.stdout
