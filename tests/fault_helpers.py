@@ -26,11 +26,21 @@ def own_address(tmp_path) -> str:
     return f"unix://{tmp_path / 'server.sock'}"
 
 
+def command_line(process) -> list[str]:
+    """A psutil process's command line; empty for one that ended meanwhile (a zombie, say)."""
+    import psutil
+
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
 def private_servers() -> set:
     """The private servers this process runs now (psutil processes)."""
     import psutil
 
-    return {child for child in psutil.Process().children() if "--watch-stdin" in child.cmdline()}
+    return {child for child in psutil.Process().children() if "--watch-stdin" in command_line(child)}
 
 
 def assert_serves(server):

@@ -25,6 +25,7 @@ from lerobot.utils.import_utils import register_third_party_plugins  # noqa: E40
 
 import gym_remote  # noqa: E402,F401
 from gym_remote.simulators import recorded_routes  # noqa: E402
+from tests.fault_helpers import command_line  # noqa: E402
 
 IMAGE_SIZE = 64
 
@@ -184,7 +185,7 @@ def test_remote_type_restarts_a_crashed_sub_env(server):
         return {
             child.pid: child
             for child in psutil.Process(server.pid).children()
-            if "gym_remote.worker" in child.cmdline()
+            if "gym_remote.worker" in command_line(child)
         }
 
     earlier = workers()  # those of earlier tests may still be ending

@@ -21,6 +21,7 @@ from gym_remote import errors
 from gym_remote.batches import SharedBatches
 from gym_remote.compliance import EnvCompliance, assert_same_rollout, rollout, rollout_in
 from gym_remote.simulators import recorded_routes
+from tests.fault_helpers import command_line
 from tests.helpers import assert_keys_in_space_order
 
 ROUTES = {route.name: route for route in recorded_routes()}
@@ -566,7 +567,7 @@ class _KillsItsWorker:
         import psutil
 
         children = psutil.Process(self.server.pid).children()
-        return [child for child in children if ROUTES["libero"].python in child.cmdline()]
+        return [child for child in children if ROUTES["libero"].python in command_line(child)]
 
     def reset(self, env_index: int) -> None:
         pass
