@@ -26,7 +26,15 @@ from gym_remote.errors import (
 if TYPE_CHECKING:
     from gym_remote.client import RemoteEnv
 
-__all__ = ["RestartPolicy", "Recovery", "ResetSchedule", "LostStep", "RECOVERABLE", "restart_policy"]
+__all__ = [
+    "RestartPolicy",
+    "Recovery",
+    "ResetSchedule",
+    "LostStep",
+    "RECOVERABLE",
+    "lost_info",
+    "restart_policy",
+]
 
 # The failures that end a session but not the env's usefulness: a restart makes it again.
 RECOVERABLE = (WorkerCrashed, RemoteTimeout, SessionExpired)
