@@ -182,15 +182,14 @@ class RemoteEnv(gym.Env):
         self._seed_locally(seed)
         if self._recovery is None:
             return (self._steps or self._connect()).reset(seed, options)  # set while the session is active
-        while True:
-            try:
-                result = (self._steps or self._connect()).reset(seed, options)
-            except RECOVERABLE as error:
-                self._restart(error)
-                continue
+        try:
+            result = (self._steps or self._connect()).reset(seed, options)
+        except RECOVERABLE as error:
+            result = self._recovery_for(error).reset_again(self, error, seed, options)
+        else:
             self._recovery.schedule.note(seed, options)
-            self._last_observation = result[0]
-            return result
+        self._last_observation = result[0]
+        return result
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         """Steps the remote env with ``action``."""
@@ -345,11 +344,15 @@ class RemoteEnv(gym.Env):
             raise error.renamed(f"{error.message} (the env was made again: reset it to go on)") from None
 
     def _restart(self, error: RemoteEnvError) -> None:
-        """Makes the env again after ``error`` ended its session; raises ``error`` where the env
-        has no restarts or never had a session (a first make that fails is no crash to survive)."""
+        """Makes the env again after ``error`` ended its session (see :meth:`_recovery_for`)."""
+        self._recovery_for(error).restart(self, error)
+
+    def _recovery_for(self, error: RemoteEnvError) -> Recovery:
+        """What makes the env again after ``error``; raises ``error`` where the env has no
+        restarts or never had a session (a first make that fails is no crash to survive)."""
         if self._recovery is None or self._remote is None or self._state is SessionState.CLOSED:
             raise error
-        self._recovery.restart(self, error)
+        return self._recovery
 
     def _reopen(self) -> StepSender:
         """Ends the session (if it is still open) and makes the env again with its arguments,

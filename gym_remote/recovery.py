@@ -178,6 +178,22 @@ class Recovery:
                 self._count(failure)
                 error = failure
 
+    def reset_again(
+        self, session: RemoteEnv, error: RemoteEnvError, seed: int | None, options: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        """After ``error`` ended ``session`` during a reset: makes it again (as :meth:`restart`)
+        and resets it with ``seed`` and ``options``, again after each recoverable failure
+        while the budget lasts; notes the reset in the schedule and returns its result."""
+        while True:
+            self.restart(session, error)
+            try:
+                result = session.gym_remote.steps.reset(seed, options)
+            except RECOVERABLE as failure:
+                error = failure
+                continue
+            self.schedule.note(seed, options)
+            return result
+
     def _count(self, error: RemoteEnvError) -> None:
         """Counts a restart for ``error``, or raises it (renamed) when the budget is spent."""
         now = time.monotonic()

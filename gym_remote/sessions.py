@@ -272,23 +272,17 @@ class SessionGroup:
         """
         assert self._recoveries is not None
         index, op, fields = request
-        while True:
-            try:
-                self._recoveries[number].restart(self.sessions[number], error)
-            except RemoteEnvError as final:
-                raise self.named([index], final) from None
-            if op == "step":
-                return LostStep(error)
-            if op != "reset":
-                again = error.renamed(f"{error.message} (the env was made again: reset it to go on)")
-                raise self.named([index], again) from None
-            try:
-                reply = self.sessions[number].gym_remote.steps.reset(fields["seed"], fields["options"])
-            except RECOVERABLE as failure:
-                error = failure
-                continue
-            self._note_reset(number, request)
-            return reply
+        recovery, session = self._recoveries[number], self.sessions[number]
+        try:
+            if op == "reset":
+                return recovery.reset_again(session, error, fields["seed"], fields["options"])
+            recovery.restart(session, error)
+        except RemoteEnvError as final:
+            raise self.named([index], final) from None
+        if op == "step":
+            return LostStep(error)
+        again = error.renamed(f"{error.message} (the env was made again: reset it to go on)")
+        raise self.named([index], again) from None
 
     def _note_reset(self, number: int, request: _Request) -> None:
         """Adds a reset that worked to its session's schedule, replayed after a restart."""
