@@ -20,7 +20,8 @@ from gym_remote.simulators import RECIPES
 __all__ = ["main"]
 
 _DEFAULT_CLIENT_ADDRESS = "tcp://127.0.0.1:5555"
-_QUERY_OPTIONS = ("address", "timeout", "token", "max_message_size")
+_TLS_OPTIONS = ("tls_ca", "tls_cert", "tls_key")
+_QUERY_OPTIONS = ("address", "timeout", "token", "max_message_size", *_TLS_OPTIONS)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,6 +73,21 @@ def main(argv: list[str] | None = None) -> None:
     setup.add_argument("--list", action="store_true", help="show the environments set up so far")
     setup.set_defaults(run=_setup)
 
+    certs = commands.add_parser(
+        "certs", help="make a CA and server and client certificates for TLS (needs the tls extra)"
+    )
+    certs.add_argument("directory", help="where the PEM files go; a CA already there signs the new ones")
+    certs.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        help="a DNS name or IP address clients reach the server by (repeatable)",
+    )
+    certs.add_argument(
+        "--days", type=int, default=365, help="how long the certificates are valid (default 365)"
+    )
+    certs.set_defaults(run=_certs)
+
     arguments = parser.parse_args(argv)
     config_type = ServerConfig if arguments.command == "serve" else ClientConfig
     options = {
@@ -83,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # the reader of our output left (`gym-remote list | head -1`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush there
         sys.exit(1)
-    except (RemoteEnvError, ValueError, OSError, KeyError, RuntimeError) as error:
+    except (RemoteEnvError, ValueError, OSError, KeyError, RuntimeError, ImportError) as error:
         print(f"gym-remote {arguments.command}: {error}", file=sys.stderr)
         sys.exit(1)
 
@@ -131,6 +147,7 @@ def _server_options(options: dict, default_address: str | None = _DEFAULT_CLIENT
         "timeout": config.timeout,
         "token": config.token,
         "max_message_size": config.max_message_size,
+        **{name: getattr(config, name) for name in _TLS_OPTIONS},
     }
 
 
@@ -293,6 +310,19 @@ def _eval(arguments: argparse.Namespace, options: dict) -> None:
         restart_failed_envs=arguments.restart,
     )
     print(evaluation.table())
+
+
+def _certs(arguments: argparse.Namespace, options: dict) -> None:
+    from gym_remote.certs import make_certificates
+
+    files = make_certificates(arguments.directory, arguments.host, arguments.days)
+    print(
+        f"CA: {files.ca}\n"
+        f"server: gym-remote serve --tls-cert {files.server_cert} --tls-key {files.server_key} "
+        f"[--tls-client-ca {files.ca}]\n"
+        f"client: GYM_REMOTE_TLS_CA={files.ca} "
+        f"[GYM_REMOTE_TLS_CERT={files.client_cert} GYM_REMOTE_TLS_KEY={files.client_key}]"
+    )
 
 
 def _setup(arguments: argparse.Namespace, options: dict) -> None:

@@ -14,7 +14,7 @@ from gymnasium.envs.registration import EnvSpec
 from gym_remote import sharedmem
 from gym_remote.addresses import Address, parse_address
 from gym_remote.config import ClientConfig, resolve
-from gym_remote.connection import Connection
+from gym_remote.connection import Connection, tls_context
 from gym_remote.embedded import EmbeddedServer
 from gym_remote.errors import RemoteEnvError, SessionClosed, VersionMismatch
 from gym_remote.recovery import RECOVERABLE, Recovery, RestartPolicy, lost_info, restart_policy
@@ -125,11 +125,16 @@ class RemoteEnv(gym.Env):
             truncated step of the last observation, ``info["episode_lost"]`` True and
             ``info["lost_cause"]`` saying why; a failed reset is made again. Without it, a
             failure ends the session (later calls raise SessionClosed).
+        tls_ca: A PEM file of the CA certificate(s) that signed the server's certificate: set, a
+            TCP connection uses TLS and checks the server's certificate and host name (default
+            ``GYM_REMOTE_TLS_CA``; a Unix socket stays plain).
+        tls_cert, tls_key: The client's own certificate and key, for a server that asks for one
+            (mutual TLS; default ``GYM_REMOTE_TLS_CERT``, ``GYM_REMOTE_TLS_KEY``).
         **env_kwargs: Keyword arguments of the remote ``gym.make``.
 
     Raises:
-        ValueError: ``address`` (or ``GYM_REMOTE_ADDRESS``) is malformed, or ``timeout`` is not
-            above 0. Nothing connects before the first call.
+        ValueError: ``address`` (or ``GYM_REMOTE_ADDRESS``) is malformed, ``timeout`` is not
+            above 0, or a TLS file is missing or not PEM. Nothing connects before the first call.
 
     Example:
         >>> env = RemoteEnv("CartPole-v1")  # a private local server
@@ -147,6 +152,9 @@ class RemoteEnv(gym.Env):
         token: str | None = None,
         allow_pickle: bool | None = None,
         restart_failed_envs: bool | RestartPolicy | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
         **env_kwargs: Any,
     ) -> None:
         self._env_id = env_id
@@ -157,8 +165,12 @@ class RemoteEnv(gym.Env):
             "timeout": timeout,
             "token": token,
             "allow_pickle": allow_pickle,
+            "tls_ca": tls_ca,
+            "tls_cert": tls_cert,
+            "tls_key": tls_key,
         }
         self._config = resolve(ClientConfig, **self._arguments)
+        self._tls = tls_context(self._config)
         policy = restart_policy(restart_failed_envs)
         if restart_failed_envs is not None:
             self._arguments["restart_failed_envs"] = restart_failed_envs
@@ -418,7 +430,12 @@ class RemoteEnv(gym.Env):
         description = connection.request(
             "make",
             **fields,
-            shared_memory=config.shared_memory and parsed.is_loopback and sharedmem.available(),
+            shared_memory=(
+                config.shared_memory
+                and parsed.is_loopback
+                and not connection.uses_tls
+                and sharedmem.available()
+            ),
             fixed_steps=True,
         )
         asked, made = fields.get("num_envs", 1), description.get("num_envs", 1)
@@ -460,6 +477,7 @@ class RemoteEnv(gym.Env):
                 max_message_size=config.max_message_size,
                 name=name,
                 same_server_as=named_by,
+                tls=self._tls,
             )
 
         connection = connect_to(address)

@@ -71,6 +71,13 @@ class ServerConfig:
     token: str = _option(
         "", "shared secret clients must present; required to listen beyond loopback", secret=True
     )
+    tls_cert: str = _option(
+        "", "PEM certificate (chain) to serve TCP connections with TLS; needs --tls-key (`gym-remote certs`)"
+    )
+    tls_key: str = _option("", "PEM private key of --tls-cert")
+    tls_client_ca: str = _option(
+        "", "PEM CA certificate(s): clients must show a certificate one of them signed (mutual TLS)"
+    )
     tcp_only: bool = _option(
         False,
         "offer clients on this host no local Unix socket beside a TCP address (they use one, "
@@ -97,6 +104,11 @@ class ClientConfig:
     local_socket: bool = _option(
         True, "on one host, reach a loopback TCP server through the Unix socket it offers there"
     )
+    tls_ca: str = _option(
+        "", "PEM CA certificate(s) to check a TLS server's certificate with; set, TCP connections use TLS"
+    )
+    tls_cert: str = _option("", "PEM client certificate, for servers that ask for one (mutual TLS)")
+    tls_key: str = _option("", "PEM private key of tls_cert")
     restart_failed_envs: bool = _option(
         False,
         "make an env again when its worker crashes, is killed or misses its deadline (its "

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import threading
 import weakref
 from typing import Any, Callable
 
 from gym_remote import __version__, peers
 from gym_remote.addresses import Address, connect
+from gym_remote.config import ClientConfig
 from gym_remote.error_envelope import error_from_wire
 from gym_remote.errors import (
     InvalidCall,
@@ -21,6 +23,7 @@ from gym_remote.errors import (
     ServerUnavailable,
     SessionClosed,
     SessionExpired,
+    TlsError,
     VersionMismatch,
     WorkerCrashed,
     shown,
@@ -36,7 +39,7 @@ from gym_remote.protocol import (
 )
 from gym_remote.sharedmem import SharedSegment
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "tls_context"]
 
 logger = logging.getLogger("gym_remote.client")
 
@@ -44,6 +47,19 @@ logger = logging.getLogger("gym_remote.client")
 _FATAL_ERRORS = (SessionExpired, ProtocolError, VersionMismatch, WorkerCrashed)
 # Every open connection of this process, so that a forked child can let go of them.
 _open_connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+
+def tls_context(config: ClientConfig) -> ssl.SSLContext | None:
+    """The TLS context ``config``'s ``tls_ca``, ``tls_cert`` and ``tls_key`` make, or None (no TLS).
+
+    Raises:
+        ValueError: as ``gym_remote.tls.client_context``.
+    """
+    if not (config.tls_ca or config.tls_cert or config.tls_key):
+        return None
+    from gym_remote.tls import client_context
+
+    return client_context(config.tls_ca, config.tls_cert, config.tls_key)
 
 
 # How long a client waits for a server's reply to its hello (or less: its timeout).
@@ -68,10 +84,13 @@ class Connection:
         max_message_size: int,
         name: str | None = None,
         same_server_as: Connection | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """Connects and says hello.
 
         Args:
+            tls: The client's TLS context (``gym_remote.tls.client_context``): a TCP connection
+                makes its TLS handshake first (a Unix socket stays plain).
             same_server_as: A connection to the server that named ``address`` as its local
                 socket: this one must reach that very server (checked before the token is sent).
         """
@@ -89,7 +108,12 @@ class Connection:
         # Held from a request's send until its reply is read (or left to be dropped), so that a
         # call from another thread meanwhile is refused instead of taking that reply.
         self._in_flight = threading.Lock()
-        self._sock = connect(address, timeout)
+        self._sock: Any = connect(address, timeout)
+        self.uses_tls = tls is not None and address.scheme == "tcp"
+        if self.uses_tls:
+            from gym_remote.tls import wrap_client
+
+            self._sock = wrap_client(tls, self._sock, address.host, timeout, self.name)  # type: ignore[arg-type]
         if same_server_as is not None and not same_server_as.is_served_by(peers.listener_pid(self._sock)):
             self._sock.close()
             raise ServerUnavailable(
@@ -126,8 +150,8 @@ class Connection:
         cut_short: OSError | None = None
         try:
             send_buffers(self._sock, encode_frame(hello))
-        except (BrokenPipeError, ConnectionResetError) as error:
-            cut_short = error
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError) as error:
+            cut_short = error  # what the server said before it closed may still be read
         except (RemoteTimeout, OSError) as error:
             raise self._failure("hello", error) from None
         # A gym-remote server answers a hello at once; another service (an HTTP server waiting
@@ -142,7 +166,8 @@ class Connection:
                     f"{self.name} does not answer as a gym-remote server: no reply to the hello "
                     f"within {wait:g} s (another service at that address, or a server too busy to answer)"
                 ) from None
-            failure = self._failure("hello", cut_short or error)
+            said = isinstance(error, ssl.SSLError) and not isinstance(error, ssl.SSLEOFError)
+            failure = self._failure("hello", error if said else cut_short or error)
             if type(failure) is ProtocolError:  # bytes of another protocol (SSH, HTTP, ...)
                 failure = ProtocolError(f"{self.name} does not answer as a gym-remote server: {failure}")
             raise failure from None
@@ -358,6 +383,10 @@ class Connection:
             )
         if isinstance(error, MessageTooLarge):
             return MessageTooLarge(f"reply to {op}: {error.message}")
+        if isinstance(error, ssl.SSLError) and not isinstance(error, ssl.SSLEOFError):
+            from gym_remote.tls import failure_reason
+
+            return TlsError(f"{op} at {self.name}: {failure_reason(error)}")
         if isinstance(error, ProtocolError) and not isinstance(error, PeerClosed):
             return error
         return self._gone(op, error)

@@ -8,7 +8,7 @@ from typing import Any, Iterator, NamedTuple
 
 from gym_remote.addresses import parse_address
 from gym_remote.config import ClientConfig, resolve
-from gym_remote.connection import Connection
+from gym_remote.connection import Connection, tls_context
 from gym_remote.embedded import EmbeddedServer
 from gym_remote.envs import ADAPTER_MODULES
 
@@ -29,6 +29,9 @@ def list_envs(
     timeout: float | None = None,
     token: str | None = None,
     max_message_size: int | None = None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
 ) -> list[str]:
     """The env ids a server serves: its Gymnasium registry filtered by its ``--allow`` patterns, sorted.
 
@@ -39,16 +42,19 @@ def list_envs(
         token: The server's token, when it has one.
         max_message_size: The largest reply accepted, in bytes (default ``GYM_REMOTE_MAX_MESSAGE_SIZE``
             or 256 MiB).
+        tls_ca, tls_cert, tls_key: TLS, as for :class:`~gym_remote.RemoteEnv`.
 
     Raises:
         ServerUnavailable: nothing answers at ``address`` (named in the message).
-        AuthenticationFailed, VersionMismatch, RemoteTimeout: as for a ``RemoteEnv``.
+        AuthenticationFailed, VersionMismatch, RemoteTimeout, TlsError: as for a ``RemoteEnv``.
 
     Example:
         >>> list_envs(address="tcp://127.0.0.1:5555")  # doctest: +SKIP
         ['CartPole-v0', 'CartPole-v1', 'Pendulum-v1']
     """
-    with _server_connection(address, timeout, token, max_message_size) as connection:
+    with _server_connection(
+        address, timeout, token, max_message_size, tls_ca, tls_cert, tls_key
+    ) as connection:
         return list(connection.request("list"))
 
 
@@ -59,6 +65,9 @@ def ping(
     timeout: float | None = None,
     token: str | None = None,
     max_message_size: int | None = None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
 ) -> Pings:
     """Times ``count`` request/reply round trips to a server (after connecting).
 
@@ -66,7 +75,9 @@ def ping(
     """
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
-    with _server_connection(address, timeout, token, max_message_size) as connection:
+    with _server_connection(
+        address, timeout, token, max_message_size, tls_ca, tls_cert, tls_key
+    ) as connection:
         round_trips = []
         for _ in range(count):
             start = time.perf_counter()
@@ -95,12 +106,15 @@ def list_tasks(
     timeout: float | None = None,
     token: str | None = None,
     max_message_size: int | None = None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
 ) -> dict[str, Any]:
     """An adapter's tasks: ``{"env_id": ..., "suites": {suite: [{"task_id", "name", "description", ...}]}}``.
 
     Args:
         env_id: ``Libero-v0``, ``Robosuite-v0`` or their ``remote/`` or ``gym_remote/`` ids.
-        address, timeout, token, max_message_size: As for :func:`list_envs`.
+        address, timeout, token, max_message_size, tls_ca, tls_cert, tls_key: As for :func:`list_envs`.
 
     Example:
         >>> suites = list_tasks("Libero-v0")["suites"]  # doctest: +SKIP
@@ -108,17 +122,32 @@ def list_tasks(
         'pick up the black bowl between the plate and the ramekin and place it on the plate'
     """
     adapter = adapter_id(env_id)
-    with _server_connection(address, timeout, token, max_message_size) as connection:
+    with _server_connection(
+        address, timeout, token, max_message_size, tls_ca, tls_cert, tls_key
+    ) as connection:
         return connection.request("tasks", env_id=adapter)
 
 
 @contextlib.contextmanager
 def _server_connection(
-    address: str | None, timeout: float | None, token: str | None, max_message_size: int | None
+    address: str | None,
+    timeout: float | None,
+    token: str | None,
+    max_message_size: int | None,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> Iterator[Connection]:
     """A connection to the server at ``address`` (or to a private local server, stopped after)."""
     config = resolve(
-        ClientConfig, address=address, timeout=timeout, token=token, max_message_size=max_message_size
+        ClientConfig,
+        address=address,
+        timeout=timeout,
+        token=token,
+        max_message_size=max_message_size,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     embedded = None if config.address else EmbeddedServer.start(config.timeout)
     try:
@@ -127,6 +156,7 @@ def _server_connection(
             timeout=config.timeout,
             token=config.token,
             max_message_size=config.max_message_size,
+            tls=tls_context(config),
         )
         try:
             yield connection

@@ -146,6 +146,13 @@ class ServerUnavailable(RemoteEnvError, ConnectionError):
     code = "server_unavailable"
 
 
+class TlsError(RemoteEnvError):
+    """TLS between client and server failed: the server's certificate is not trusted, the
+    server wants a client certificate it was not shown, or one side speaks TLS and the other not."""
+
+    code = "tls_error"
+
+
 class ServerBusy(RemoteEnvError):
     """The server already runs its maximum number of sessions."""
 
@@ -282,6 +289,7 @@ _ERRORS_BY_CODE: Dict[str, "Type[RemoteEnvError]"] = {
         AuthenticationFailed,
         ServerUnavailable,
         ServerBusy,
+        TlsError,
         RemoteTimeout,
         EnvNotAllowed,
         EnvNotFound,

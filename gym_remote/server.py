@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import gymnasium as gym
 
@@ -47,6 +47,7 @@ from gym_remote.errors import (
     RemoteTimeout,
     ServerBusy,
     SimulatorUnavailable,
+    TlsError,
     VersionMismatch,
     WorkerCrashed,
     shown,
@@ -62,6 +63,9 @@ from gym_remote.protocol import (
     set_send_timeout,
 )
 from gym_remote.simulators import recorded_routes
+
+if TYPE_CHECKING:
+    from gym_remote.tls import TlsTerminator
 
 __all__ = ["Server"]
 
@@ -156,6 +160,14 @@ class Server:
                 _PythonRoute(pattern, simulator.python, f"run `gym-remote setup {simulator.name}`")
                 for pattern in simulator.env_ids
             ]
+        self._tls: TlsTerminator | None = None
+        if config.tls_cert or config.tls_key or config.tls_client_ca:
+            from gym_remote.tls import TlsTerminator, server_context  # ssl: only for TLS
+
+            context = server_context(config.tls_cert, config.tls_key, config.tls_client_ca)
+            if self.address.scheme != "tcp":
+                raise ValueError("--tls-cert serves TCP addresses; a Unix socket stays on this host, plain")
+            self._tls = TlsTerminator(context, config.read_timeout)
         self._workers: dict[int, _Worker] = {}
         self._lock = threading.Lock()
         self._next_session_id = 1
@@ -190,7 +202,17 @@ class Server:
         for listener in listeners:
             selector.register(listener, selectors.EVENT_READ)
         selector.register(self._wakeup_reader, selectors.EVENT_READ)
-        logger.info("serving on %s (allow %s)", self.address, ", ".join(self.config.allow))
+        logger.info(
+            "serving on %s%s (allow %s)",
+            self.address,
+            "" if self._tls is None else " with TLS" + (" (mutual)" if self.config.tls_client_ca else ""),
+            ", ".join(self.config.allow),
+        )
+        if self._tls is None and not self.address.is_loopback:
+            logger.warning(
+                "TCP beyond loopback without TLS: the token and every observation travel in clear "
+                "(--tls-cert and --tls-key encrypt them; `gym-remote certs` makes the files)"
+            )
         if self.local_address is not None:
             logger.info("clients on this host are offered %s (--tcp-only: none)", self.local_address)
         if on_ready is not None:
@@ -305,10 +327,22 @@ class Server:
     # ----------------------------------------------------------------- connections
 
     def _handle_connection(self, connection: socket.socket, peer: str) -> None:
-        reader = MessageReader(connection, _HANDSHAKE_MAX_MESSAGE_SIZE)
+        # Known before TLS puts a relay between: the local socket is offered to such peers.
+        tcp_on_host = connection.family != socket.AF_UNIX and peers.is_on_this_host(connection)
         handed_off = False
         try:
-            allow_pickle = self._handshake(connection, reader)
+            if self._tls is not None and connection.family != socket.AF_UNIX:
+                try:
+                    plain = self._tls.open(connection, self.config.hello_timeout)
+                except TlsError as error:
+                    logger.info("a connection from %s: %s", peer, error.message)
+                    connection.settimeout(None)
+                    _try_send_error(connection, error)  # in clear: a plain client reads it
+                    return
+                connection = plain  # the TLS connection is the relay's now
+                set_send_timeout(connection, self.config.read_timeout)
+            reader = MessageReader(connection, _HANDSHAKE_MAX_MESSAGE_SIZE)
+            allow_pickle = self._handshake(connection, reader, tcp_on_host)
             reader.max_message_size = self.config.max_message_size
             while not handed_off:
                 request = reader.receive(self.config.read_timeout, allow_pickle=allow_pickle)
@@ -342,7 +376,7 @@ class Server:
                 if not self._pending_by_peer[peer]:
                     del self._pending_by_peer[peer]
 
-    def _handshake(self, connection: socket.socket, reader: MessageReader) -> bool:
+    def _handshake(self, connection: socket.socket, reader: MessageReader, tcp_on_host: bool) -> bool:
         hello = reader.receive(None, whole_within=self.config.hello_timeout)
         if not isinstance(hello, dict) or _op_of(hello) != "hello":
             raise ProtocolError("the first message must be a hello")
@@ -368,11 +402,7 @@ class Server:
             "server": f"gym-remote {__version__}",
             "allow_pickle": allow_pickle,
         }
-        if (
-            self.local_address is not None
-            and connection.family != socket.AF_UNIX
-            and peers.is_on_this_host(connection)
-        ):
+        if self.local_address is not None and tcp_on_host:
             # A Unix socket carries a session's messages with less work per message than TCP.
             welcome["local_address"] = str(self.local_address)
         send_message(connection, {"ok": welcome})

@@ -69,7 +69,7 @@ class RemoteVectorEnv(VectorEnv):
         autoreset_mode: ``NEXT_STEP`` (default), ``SAME_STEP`` or ``DISABLED``, as in Gymnasium.
         copy: Return copies of the batched observations (as ``SyncVectorEnv`` does).
         render_mode: Passed to every remote ``gym.make``.
-        timeout, token, allow_pickle: As for :class:`~gym_remote.RemoteEnv`.
+        timeout, token, allow_pickle, tls_ca, tls_cert, tls_key: As for :class:`~gym_remote.RemoteEnv`.
         per_env_kwargs: One dict per env of keyword arguments for its ``gym.make`` (over
             ``env_kwargs``), for example a different LIBERO ``init_state_id`` each.
         envs_per_worker: How many envs each session's worker process hosts (default 1). Light
@@ -110,6 +110,9 @@ class RemoteVectorEnv(VectorEnv):
         per_env_kwargs: Sequence[dict[str, Any]] | None = None,
         envs_per_worker: int = 1,
         restart_failed_envs: bool | RestartPolicy | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
         **env_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -148,6 +151,9 @@ class RemoteVectorEnv(VectorEnv):
             "timeout": timeout,
             "token": token,
             "allow_pickle": allow_pickle,
+            "tls_ca": tls_ca,
+            "tls_cert": tls_cert,
+            "tls_key": tls_key,
         }
         self._group = SessionGroup(
             env_id,
