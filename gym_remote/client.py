@@ -6,7 +6,7 @@ import dataclasses
 import enum
 import logging
 from dataclasses import dataclass
-from typing import Any, NamedTuple, SupportsFloat
+from typing import Any, Callable, NamedTuple, SupportsFloat
 
 import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec
@@ -47,6 +47,8 @@ _LOCAL_ATTRIBUTES = frozenset(
         "_end_reason",
         "_recovery",
         "_last_observation",
+        "_tls",
+        "_locate",
     }
 )
 
@@ -130,6 +132,9 @@ class RemoteEnv(gym.Env):
             ``GYM_REMOTE_TLS_CA``; a Unix socket stays plain).
         tls_cert, tls_key: The client's own certificate and key, for a server that asks for one
             (mutual TLS; default ``GYM_REMOTE_TLS_CERT``, ``GYM_REMOTE_TLS_KEY``).
+        locate: Called with ``address`` each time a session opens: returns where that server
+            listens now (``RayServers.locate``: a server Ray restarted listens on a new port),
+            so that a restart follows its server. Raises ``ServerUnavailable`` when it is gone.
         **env_kwargs: Keyword arguments of the remote ``gym.make``.
 
     Raises:
@@ -155,6 +160,7 @@ class RemoteEnv(gym.Env):
         tls_ca: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
+        locate: Callable[[str], str] | None = None,
         **env_kwargs: Any,
     ) -> None:
         self._env_id = env_id
@@ -171,6 +177,9 @@ class RemoteEnv(gym.Env):
         }
         self._config = resolve(ClientConfig, **self._arguments)
         self._tls = tls_context(self._config)
+        self._locate = locate
+        if locate is not None:
+            self._arguments["locate"] = locate
         policy = restart_policy(restart_failed_envs)
         if restart_failed_envs is not None:
             self._arguments["restart_failed_envs"] = restart_failed_envs
@@ -344,7 +353,9 @@ class RemoteEnv(gym.Env):
         """What makes this env again, less its secret: specs are logged and saved as JSON (a
         spec made without the token reads ``GYM_REMOTE_TOKEN``)."""
         arguments = {
-            key: value for key, value in self._arguments.items() if value is not None and key != "token"
+            key: value
+            for key, value in self._arguments.items()
+            if value is not None and key not in ("token", "locate")
         }
         return {**arguments, **self._env_kwargs}
 
@@ -422,6 +433,8 @@ class RemoteEnv(gym.Env):
             else:  # a restart: the server again, if it was killed
                 self._embedded.revive(config.timeout)
             address = self._embedded.address
+        elif self._locate is not None:
+            address = self._locate(address)
         parsed = parse_address(address)
         connection = self._connected(parsed)
         self._steps = StepSender(connection, self._note_failure)

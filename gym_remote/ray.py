@@ -32,6 +32,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from gym_remote.embedded import wait_until_serving
+from gym_remote.errors import ServerUnavailable
 
 __all__ = ["RayServers", "start_servers"]
 
@@ -60,9 +61,10 @@ class _ServerActor:
             raise
 
     def describe(self) -> dict[str, Any]:
-        """Where the server listens, its process id, and the Ray node it runs on."""
+        """Where the server listens, its process id, the Ray node it runs on and the actor's
+        own process id."""
         node = ray.get_runtime_context().get_node_id()
-        return {"address": self._address, "pid": self._process.pid, "node_id": node}
+        return {"address": self._address, "pid": self._process.pid, "node_id": node, "actor_pid": os.getpid()}
 
     def stop(self) -> int:
         """Stops the server (it ends its workers) and returns its exit code."""
@@ -79,11 +81,17 @@ class _ServerActor:
 class RayServers:
     """Servers started by :func:`start_servers`; a context manager that stops them.
 
+    A server whose actor dies (its process killed, say) is started again by Ray, up to
+    ``max_restarts`` times, on a new port (on another node, unless it was pinned to its node):
+    :meth:`locate` says where; sessions given ``locate=servers.locate`` and
+    ``restart_failed_envs`` follow it there.
+
     Attributes:
-        addresses: Each server's ``tcp://host:port``, for ``RemoteVectorEnv(address=...)``.
+        addresses: Each server's ``tcp://host:port`` when it started, for
+            ``RemoteVectorEnv(address=...)``; also the names :meth:`locate` takes.
         token: The token every server requires.
-        node_ids: The Ray node each server runs on.
-        pids: Each server's process id on its node.
+        node_ids: The Ray node each server started on.
+        pids: Each server's process id on its node, when it started.
     """
 
     addresses: list[str]
@@ -91,15 +99,48 @@ class RayServers:
     node_ids: list[str]
     pids: list[int]
     _actors: list[Any]
+    _timeout: float = _START_SECONDS
+
+    def locate(self, address: str) -> str:
+        """Where the server that started at ``address`` listens now (waiting while Ray restarts it).
+
+        Raises:
+            ServerUnavailable: its actor is gone for good (restarts used up, node lost), or did
+                not answer in time.
+        """
+        if address not in self.addresses:
+            raise ValueError(f"{address} is not one of these servers' addresses: {self.addresses}")
+        if not self._actors:
+            raise ServerUnavailable(f"the servers started at {', '.join(self.addresses)} were closed")
+        actor = self._actors[self.addresses.index(address)]
+        return str(self._describe(actor, address)["address"])
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Each server as it is now: ``address``, ``pid``, ``node_id`` and ``actor_pid``.
+
+        Raises:
+            ServerUnavailable: as :meth:`locate`.
+        """
+        return [self._describe(actor, address) for actor, address in zip(self._actors, self.addresses)]
+
+    def _describe(self, actor: Any, address: str) -> dict[str, Any]:
+        try:
+            return dict(ray.get(actor.describe.remote(), timeout=self._timeout))
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
+            raise ServerUnavailable(
+                f"the Ray actor of the server started at {address} is gone ({error})"
+            ) from None
 
     def close(self) -> None:
         """Stops every server and its actor; idempotent."""
         actors, self._actors = self._actors, []
         try:
             ray.get([actor.stop.remote() for actor in actors], timeout=_STOP_SECONDS + 10)
+        except ray.exceptions.RayActorError:
+            pass  # an actor gone for good took its server with it (the server watches its pipe)
         finally:
             for actor in actors:
-                ray.kill(actor)
+                ray.kill(actor)  # and no restart
 
     def __enter__(self) -> RayServers:
         return self
@@ -115,6 +156,7 @@ def start_servers(
     serve_arguments: Sequence[str] = (),
     token: str | None = None,
     timeout: float = _START_SECONDS,
+    max_restarts: int = 5,
 ) -> RayServers:
     """Starts gym-remote servers as Ray actors, once ``ray.init()`` connected this process.
 
@@ -126,7 +168,10 @@ def start_servers(
             ``{"GPU": 0.5}``. None: nothing (the server itself is light).
         serve_arguments: More ``gym-remote serve`` options, for example ``["--allow", "gym_remote/*"]``.
         token: The token the servers require (None: a fresh random one, in ``RayServers.token``).
-        timeout: Seconds for every server to be placed and to listen.
+        timeout: Seconds for every server to be placed and to listen (and, later, for a
+            restarted one: see :meth:`RayServers.locate`).
+        max_restarts: How many times Ray starts each server's actor again after it died
+            (-1: without end).
 
     Raises:
         RuntimeError: Ray is not initialized, or a server did not start in time.
@@ -139,6 +184,7 @@ def start_servers(
         "num_cpus": resources.pop("CPU", 0),
         "num_gpus": resources.pop("GPU", 0),
         "resources": resources,
+        "max_restarts": max_restarts,
     }
     actor_class: Any = ray.remote(_ServerActor)
     if count is None:
@@ -166,4 +212,5 @@ def start_servers(
         node_ids=[item["node_id"] for item in described],
         pids=[item["pid"] for item in described],
         _actors=actors,
+        _timeout=timeout,
     )

@@ -11,7 +11,7 @@ import enum
 import functools
 import itertools
 import logging
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from gymnasium import spaces
@@ -70,6 +70,9 @@ class RemoteVectorEnv(VectorEnv):
         copy: Return copies of the batched observations (as ``SyncVectorEnv`` does).
         render_mode: Passed to every remote ``gym.make``.
         timeout, token, allow_pickle, tls_ca, tls_cert, tls_key: As for :class:`~gym_remote.RemoteEnv`.
+        locate: Where a server listens now, given its address in ``address``, as for
+            :class:`~gym_remote.RemoteEnv`: with ``restart_failed_envs``, sessions follow a
+            server that was restarted elsewhere (``RayServers.locate``).
         per_env_kwargs: One dict per env of keyword arguments for its ``gym.make`` (over
             ``env_kwargs``), for example a different LIBERO ``init_state_id`` each.
         envs_per_worker: How many envs each session's worker process hosts (default 1). Light
@@ -113,6 +116,7 @@ class RemoteVectorEnv(VectorEnv):
         tls_ca: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
+        locate: Callable[[str], str] | None = None,
         **env_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -154,6 +158,7 @@ class RemoteVectorEnv(VectorEnv):
             "tls_ca": tls_ca,
             "tls_cert": tls_cert,
             "tls_key": tls_key,
+            "locate": locate,
         }
         self._group = SessionGroup(
             env_id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -79,6 +80,45 @@ def test_a_server_on_each_node_serves_a_vector_env_that_steps_as_a_local_one(clu
     finally:
         servers.close()
     assert_gone(servers.pids)
+
+
+def test_a_killed_server_actor_is_restarted_and_its_sessions_follow_it(cluster):
+    servers = start_servers()
+    envs = gym_remote.RemoteVectorEnv(
+        "CartPole-v1",
+        4,
+        address=servers.addresses,
+        token=servers.token,
+        locate=servers.locate,
+        restart_failed_envs=True,
+    )
+    try:
+        envs.reset(seed=0)
+        for _ in range(3):
+            envs.step(np.zeros(4, dtype=np.int64))
+        killed = servers.describe()[0]
+        os.kill(killed["actor_pid"], signal.SIGKILL)  # the actor dies; its server follows it
+        assert_gone([killed["pid"]])
+        lost = np.zeros(4, dtype=bool)
+        for _ in range(200):  # bounded: Ray starts the actor again in seconds
+            _, _, terminated, truncated, infos = envs.step(np.zeros(4, dtype=np.int64))
+            lost |= infos.get("episode_lost", np.zeros(4, dtype=bool))
+            if lost[[0, 2]].all():
+                break
+        # Sessions 0 and 2 were on the killed server: their episodes were lost, the others' not.
+        assert lost.tolist() == [True, False, True, False]
+        now = servers.describe()[0]
+        assert now["address"] != killed["address"] and now["actor_pid"] != killed["actor_pid"]
+        assert servers.locate(servers.addresses[0]) == now["address"]
+        assert {session._connect().connection.address.port for session in envs.sessions[0::2]} == {
+            int(now["address"].rsplit(":", 1)[1])
+        }
+        envs.step(np.zeros(4, dtype=np.int64))
+    finally:
+        envs.close()
+        running = [server["pid"] for server in servers.describe()]
+        servers.close()
+    assert_gone(running)
 
 
 def test_servers_are_placed_by_the_resources_they_ask_for(cluster):

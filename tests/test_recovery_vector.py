@@ -10,6 +10,7 @@ import signal
 
 import gymnasium as gym
 import numpy as np
+import psutil
 import pytest
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
@@ -171,8 +172,11 @@ def test_a_killed_private_server_is_started_again_on_its_address():
     try:
         envs.reset(seed=[5, 6])
         (private,) = private_servers() - earlier
+        workers = private.children()
         private.kill()
         private.wait(30)
+        # Each worker ends once it sees its server's control socket close: not at the same instant.
+        assert not psutil.wait_procs(workers, timeout=30)[1], "a worker outlived its server"
         _, _, _, truncations, infos = envs.step(np.array([0, 1]))
         assert truncations.tolist() == [True, True] and infos["episode_lost"].all()
         observations, *_ = envs.step(np.array([0, 1]))  # both reset, each on its schedule
