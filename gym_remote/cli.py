@@ -194,6 +194,22 @@ def _add_episode_arguments(command: argparse.ArgumentParser) -> None:
         "--address", action="append", help="a server (repeatable: sessions spread over them; none: private)"
     )
     command.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="start servers on a Ray cluster and spread sessions over them: ADDRESS (auto, "
+        "ray://HOST:PORT), else RAY_ADDRESS, else a cluster of this machine on 127.0.0.1 (needs the ray extra)",
+    )
+    command.add_argument(
+        "--ray-servers", type=int, help="with --ray: how many servers, placed by Ray (default one per node)"
+    )
+    command.add_argument(
+        "--ray-resources",
+        default="{}",
+        help="with --ray: JSON resources each server holds, e.g. '{\"CPU\": 4}' for four sessions",
+    )
+    command.add_argument(
         "--policy",
         default="random",
         help="random, zeros, lift (scripted robosuite Lift), ws://HOST:PORT (a policy server) or "
@@ -258,7 +274,7 @@ def _policy_serve(arguments: argparse.Namespace, options: dict) -> None:
 
 
 def _eval(arguments: argparse.Namespace, options: dict) -> None:
-    from gym_remote.evaluation import Task, evaluate, libero_tasks, parse_task_ids, robosuite_task
+    from gym_remote.evaluation import Task, libero_tasks, parse_task_ids, robosuite_task
 
     env_kwargs = json.loads(arguments.env_kwargs)
     if not isinstance(env_kwargs, dict):
@@ -279,6 +295,46 @@ def _eval(arguments: argparse.Namespace, options: dict) -> None:
     if output_dir is None and getattr(arguments, "dataset", None):
         output_dir = os.path.join(arguments.dataset, "results")
 
+    servers = _ray_servers(arguments) if arguments.ray is not None else None
+    try:
+        evaluation = _run_evaluation(arguments, tasks, config, output_dir, dataset, servers)
+    finally:
+        if servers is not None:
+            servers.close()
+    print(evaluation.table())
+
+
+def _ray_servers(arguments: argparse.Namespace) -> Any:
+    """The servers ``--ray`` starts on its cluster (joined, or started on this machine)."""
+    if arguments.address:
+        raise ValueError("give --address or --ray, not both")
+    resources = json.loads(arguments.ray_resources)
+    if not isinstance(resources, dict):
+        raise ValueError(f"--ray-resources must be a JSON object, got {arguments.ray_resources!r}")
+    try:
+        import ray
+
+        from gym_remote.ray import start_servers
+    except ImportError:
+        raise ImportError("--ray needs Ray: pip install '/path/to/gym-remote[ray]' (the ray extra)") from None
+    if not ray.is_initialized():
+        if arguments.ray or os.environ.get("RAY_ADDRESS"):
+            ray.init(address=arguments.ray or None, log_to_driver=False)
+        else:  # a cluster of this machine alone: nothing of it listens beyond loopback
+            ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    return start_servers(arguments.ray_servers, resources=resources or None)
+
+
+def _run_evaluation(
+    arguments: argparse.Namespace,
+    tasks: list[Any],
+    config: ClientConfig,
+    output_dir: str | None,
+    dataset: str | None,
+    servers: Any,
+) -> Any:
+    from gym_remote.evaluation import evaluate
+
     def show_progress(ended: int, planned: int, successes: int) -> None:
         print(
             f"\r{ended}/{planned} episodes, success rate {successes / ended:.3f}",
@@ -287,13 +343,13 @@ def _eval(arguments: argparse.Namespace, options: dict) -> None:
             flush=True,
         )
 
-    evaluation = evaluate(
+    return evaluate(
         tasks,
         arguments.policy,
         observation_keys=arguments.observation_keys,
         episodes=arguments.episodes,
         num_envs=arguments.num_envs,
-        address=arguments.address,
+        address=arguments.address if servers is None else servers.addresses,
         replan_steps=arguments.replan_steps,
         prefetch_steps=arguments.prefetch_steps,
         max_steps=arguments.max_steps,
@@ -306,10 +362,10 @@ def _eval(arguments: argparse.Namespace, options: dict) -> None:
         only_success=arguments.only_success,
         progress=show_progress,
         timeout=config.timeout,
-        token=config.token or None,
+        token=(config.token or None) if servers is None else servers.token,
         restart_failed_envs=arguments.restart,
+        locate=None if servers is None else servers.locate,
     )
-    print(evaluation.table())
 
 
 def _certs(arguments: argparse.Namespace, options: dict) -> None:

@@ -27,6 +27,7 @@ ray = pytest.importorskip("ray", reason="Ray is in the dev extra (`make test` in
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from gym_remote.cli import main  # noqa: E402
 from gym_remote.ray import start_servers  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)  # two Ray nodes start in about 10 s here, more on a busy machine
@@ -48,6 +49,20 @@ def cluster():
         nodes.shutdown()
 
 
+def gym_remote_servers() -> set[int]:
+    """The gym-remote servers Ray actors run on this machine (other tests' servers run apart)."""
+    found = set()
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        command = process.info["cmdline"] or []
+        try:
+            parent = " ".join(process.parent().cmdline()) if process.parent() else ""
+        except psutil.Error:
+            continue
+        if "gym_remote" in command and "serve" in command and "ServerActor" in parent:
+            found.add(process.info["pid"])
+    return found
+
+
 def assert_gone(pids: list[int], seconds: float = 60.0) -> None:
     for pid in pids:
         try:
@@ -63,6 +78,7 @@ def test_a_server_on_each_node_serves_a_vector_env_that_steps_as_a_local_one(clu
     try:
         assert len(set(servers.node_ids)) == 2 == len(servers.addresses)
         assert all(address.startswith("tcp://127.0.0.1:") for address in servers.addresses)
+        assert set(servers.pids) <= gym_remote_servers()
         envs = gym_remote.RemoteVectorEnv("CartPole-v1", 4, address=servers.addresses, token=servers.token)
         local = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 4)
         try:
@@ -80,6 +96,28 @@ def test_a_server_on_each_node_serves_a_vector_env_that_steps_as_a_local_one(clu
     finally:
         servers.close()
     assert_gone(servers.pids)
+
+
+def test_make_vec_spreads_its_sessions_over_the_ray_servers(cluster):
+    with start_servers() as servers:
+        envs = gym.make_vec(
+            "remote/Env-v0",
+            num_envs=2,
+            vectorization_mode="vector_entry_point",
+            env_id="CartPole-v1",
+            address=servers.addresses,
+            token=servers.token,
+            locate=servers.locate,
+        )
+        try:
+            local = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2)
+            np.testing.assert_array_equal(envs.reset(seed=7)[0], local.reset(seed=7)[0])
+            actions = np.array([1, 0])
+            np.testing.assert_array_equal(envs.step(actions)[0], local.step(actions)[0])
+            ports = {session._connect().connection.address.port for session in envs.unwrapped.sessions}
+            assert ports == {int(address.rsplit(":", 1)[1]) for address in servers.addresses}
+        finally:
+            envs.close()
 
 
 def test_a_killed_server_actor_is_restarted_and_its_sessions_follow_it(cluster):
@@ -119,6 +157,21 @@ def test_a_killed_server_actor_is_restarted_and_its_sessions_follow_it(cluster):
         running = [server["pid"] for server in servers.describe()]
         servers.close()
     assert_gone(running)
+
+
+def test_eval_with_ray_runs_its_sessions_on_servers_it_starts_there(cluster, tmp_path, capsys):
+    before = gym_remote_servers()
+    main([
+        "eval", "CartPole-v1", "--policy", "random", "--episodes", "4", "--num-envs", "2",
+        "--max-steps", "15", "--ray", "--output-dir", str(tmp_path),
+    ])  # fmt: skip
+    assert "CartPole-v1" in capsys.readouterr().out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["tasks"]["CartPole-v1"]["episodes"] == 4
+    assert gym_remote_servers() == before  # the servers it started under Ray's actors are gone
+    with pytest.raises(SystemExit):
+        main(["eval", "CartPole-v1", "--ray", "--address", "tcp://127.0.0.1:1"])
+    assert "not both" in capsys.readouterr().err
 
 
 def test_servers_are_placed_by_the_resources_they_ask_for(cluster):

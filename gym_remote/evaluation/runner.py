@@ -82,6 +82,7 @@ def evaluate(
     timeout: float | None = None,
     token: str | None = None,
     restart_failed_envs: bool | RestartPolicy = True,
+    locate: Callable[[str], str] | None = None,
 ) -> Evaluation:
     """Runs ``episodes`` planned episodes of each task with ``policy``, ``num_envs`` at a time.
 
@@ -123,6 +124,9 @@ def evaluate(
             episode it ran is lost (noted in ``lost.csv`` and the summary, counted in no rate)
             and run again from the same seed and initial state; one lost
             three times counts as a failure.
+        locate: Where a server of ``address`` listens now, as for
+            :class:`~gym_remote.RemoteVectorEnv` (``RayServers.locate``: restarts follow a
+            server Ray started again).
 
     Raises:
         FileExistsError: ``output_dir`` holds results and ``resume`` is False.
@@ -182,6 +186,7 @@ def evaluate(
                 timeout=timeout,
                 token=token,
                 restart_failed_envs=restart_failed_envs,
+                locate=locate,
                 **task.env_kwargs,
             )
             try:
