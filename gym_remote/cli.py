@@ -199,7 +199,8 @@ def _add_episode_arguments(command: argparse.ArgumentParser) -> None:
         const="",
         metavar="ADDRESS",
         help="start servers on a Ray cluster and spread sessions over them: ADDRESS (auto, "
-        "ray://HOST:PORT), else RAY_ADDRESS, else a cluster of this machine on 127.0.0.1 (needs the ray extra)",
+        "ray://HOST:PORT), else RAY_ADDRESS, else a cluster of this machine on 127.0.0.1 "
+        "(needs the ray extra)",
     )
     command.add_argument(
         "--ray-servers", type=int, help="with --ray: how many servers, placed by Ray (default one per node)"
