@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from gym_remote.errors import ServerUnavailable
 
-__all__ = ["Address", "parse_address", "connect", "listen"]
+__all__ = ["Address", "parse_address", "server_list", "connect", "listen"]
 
 DEFAULT_PORT = 5555
 
@@ -81,6 +81,21 @@ def parse_address(text: str) -> Address:
     if not 0 <= port <= 65535:
         raise invalid
     return Address("tcp", host=host, port=port)
+
+
+def server_list(text: str) -> list[str]:
+    """The addresses in ``text``: one, or several separated by commas (``GYM_REMOTE_ADDRESS`` can
+    name all the servers a vector env spreads over, as ``gym-remote ray-serve`` prints them).
+
+    Raises:
+        ValueError: an entry is empty or not a valid address.
+    """
+    entries = [entry.strip() for entry in text.split(",")]
+    if not all(entries):
+        raise ValueError(f"address list {text!r} has an empty entry")
+    for entry in entries:
+        parse_address(entry)
+    return entries
 
 
 def connect(address: Address, timeout: float) -> socket.socket:

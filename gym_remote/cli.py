@@ -1,4 +1,5 @@
-"""The ``gym-remote`` command: ``serve``, ``list``, ``ping``, ``tasks``, ``eval`` and ``setup``."""
+"""The ``gym-remote`` command: ``serve``, ``list``, ``ping``, ``tasks``, ``eval``, ``record``,
+``policy-serve``, ``ray-serve``, ``certs`` and ``setup``."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import statistics
 import sys
-from typing import Any
+import threading
+from typing import Any, Sequence
 
 from gym_remote import __version__
-from gym_remote.config import ClientConfig, ServerConfig, add_arguments, resolve
+from gym_remote.config import ClientConfig, ServerConfig, add_arguments, env_var, resolve
 from gym_remote.discovery import list_envs, list_tasks, ping
 from gym_remote.errors import RemoteEnvError
 from gym_remote.simulators import RECIPES
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         command.set_defaults(run=run)
 
     _add_eval_command(commands)
+    _add_ray_serve_command(commands)
 
     setup = commands.add_parser("setup", help="make the environment of a simulator: libero or robosuite")
     setup.add_argument("simulator", nargs="?", choices=sorted(RECIPES), help="the simulator to set up")
@@ -296,7 +300,13 @@ def _eval(arguments: argparse.Namespace, options: dict) -> None:
     if output_dir is None and getattr(arguments, "dataset", None):
         output_dir = os.path.join(arguments.dataset, "results")
 
-    servers = _ray_servers(arguments) if arguments.ray is not None else None
+    if arguments.ray is not None and arguments.address:
+        raise ValueError("give --address or --ray, not both")
+    servers = (
+        _ray_servers(arguments.ray, arguments.ray_servers, arguments.ray_resources)
+        if arguments.ray is not None
+        else None
+    )
     try:
         evaluation = _run_evaluation(arguments, tasks, config, output_dir, dataset, servers)
     finally:
@@ -305,25 +315,62 @@ def _eval(arguments: argparse.Namespace, options: dict) -> None:
     print(evaluation.table())
 
 
-def _ray_servers(arguments: argparse.Namespace) -> Any:
-    """The servers ``--ray`` starts on its cluster (joined, or started on this machine)."""
-    if arguments.address:
-        raise ValueError("give --address or --ray, not both")
-    resources = json.loads(arguments.ray_resources)
+def _ray_servers(
+    cluster: str, count: int | None, resources_json: str, serve_arguments: Sequence[str] = (), token: str = ""
+) -> Any:
+    """Servers started on the Ray cluster at ``cluster`` (empty: ``RAY_ADDRESS``, else a cluster
+    of this machine alone, on 127.0.0.1), ``count`` of them (None: one per node)."""
+    resources = json.loads(resources_json)
     if not isinstance(resources, dict):
-        raise ValueError(f"--ray-resources must be a JSON object, got {arguments.ray_resources!r}")
+        raise ValueError(f"the resources must be a JSON object, got {resources_json!r}")
     try:
         import ray
 
         from gym_remote.ray import start_servers
     except ImportError:
-        raise ImportError("--ray needs Ray: pip install '/path/to/gym-remote[ray]' (the ray extra)") from None
+        raise ImportError("Ray is needed: pip install '/path/to/gym-remote[ray]' (the ray extra)") from None
     if not ray.is_initialized():
-        if arguments.ray or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=arguments.ray or None, log_to_driver=False)
-        else:  # a cluster of this machine alone: nothing of it listens beyond loopback
+        if cluster or os.environ.get("RAY_ADDRESS"):
+            ray.init(address=cluster or None, log_to_driver=False)
+        else:  # nothing of it listens beyond loopback
             ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
-    return start_servers(arguments.ray_servers, resources=resources or None)
+    return start_servers(
+        count, resources=resources or None, serve_arguments=serve_arguments, token=token or None
+    )
+
+
+def _add_ray_serve_command(commands: Any) -> None:
+    command = commands.add_parser(
+        "ray-serve",
+        help="start servers on a Ray cluster and keep them until interrupted (for lerobot-eval, say)",
+    )
+    command.add_argument(
+        "--ray", default="", metavar="ADDRESS", help="the cluster (default RAY_ADDRESS, else this machine)"
+    )
+    command.add_argument("--servers", type=int, help="how many, placed by Ray (default one per node)")
+    command.add_argument("--resources", default="{}", help="JSON resources each holds, e.g. '{\"CPU\": 4}'")
+    command.add_argument(
+        "serve_arguments",
+        nargs=argparse.REMAINDER,
+        help="after --: options of every `gym-remote serve`, e.g. -- --allow 'gym_remote/*'",
+    )
+    command.set_defaults(run=_ray_serve)
+
+
+def _ray_serve(arguments: argparse.Namespace, options: dict) -> None:
+    token = os.environ.get(env_var("token"), "")
+    serve_arguments = [item for item in arguments.serve_arguments if item != "--"]
+    servers = _ray_servers(arguments.ray, arguments.servers, arguments.resources, serve_arguments, token)
+    stop = threading.Event()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, lambda *_: stop.set())
+    try:
+        print(f"export GYM_REMOTE_ADDRESS={','.join(servers.addresses)}", flush=True)
+        if not token:
+            print(f"export GYM_REMOTE_TOKEN={servers.token}", flush=True)
+        stop.wait()
+    finally:
+        servers.close()
 
 
 def _run_evaluation(

@@ -19,6 +19,7 @@ from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
+from gym_remote.addresses import server_list
 from gym_remote.batches import PooledBatches, SharedBatches
 from gym_remote.client import ChunkResult, without_secrets
 from gym_remote.config import ClientConfig, resolve
@@ -64,8 +65,9 @@ class RemoteVectorEnv(VectorEnv):
     Args:
         env_id: The id the servers make, for example ``"CartPole-v1"``.
         num_envs: How many sessions.
-        address: A server address, a list of them (sessions are spread round-robin), or None
-            (``GYM_REMOTE_ADDRESS`` or one private local server for all sessions).
+        address: A server address, a list of them or a string of them separated by commas
+            (sessions are spread round-robin), or None (``GYM_REMOTE_ADDRESS``, which may list
+            several too, or one private local server for all sessions).
         autoreset_mode: ``NEXT_STEP`` (default), ``SAME_STEP`` or ``DISABLED``, as in Gymnasium.
         copy: Return copies of the batched observations (as ``SyncVectorEnv`` does).
         render_mode: Passed to every remote ``gym.make``.
@@ -144,7 +146,7 @@ class RemoteVectorEnv(VectorEnv):
             if not addresses:
                 raise ValueError("address is an empty list: give at least one server address (or None)")
         elif config.address:
-            addresses = [config.address]
+            addresses = server_list(config.address)
         else:
             self._embedded = EmbeddedServer.start(config.timeout, config.allow_pickle)
             addresses = [self._embedded.address]

@@ -171,6 +171,22 @@ def test_remote_type_maps_any_env_into_lerobots_layout(server):
         envs.close()
 
 
+def test_sub_envs_take_the_servers_of_an_address_list_in_turn(server):
+    from gym_remote.testing import ServerProcess
+
+    with ServerProcess("--import", "gym_remote.testing") as second:
+        config = EnvConfig.get_choice_class("remote")(
+            env_id="gym_remote_testing/ImageEnv-v0", address=f"{server.address},{second.address}"
+        )
+        envs = config.create_envs(n_envs=3, use_async_envs=False)["remote"][0]
+        try:
+            envs.reset(seed=[0, 1, 2])
+            used = [view.config.address for view in envs.call("gym_remote")]
+            assert used == [server.address, second.address, server.address]
+        finally:
+            envs.close()
+
+
 def test_remote_type_needs_an_env_id():
     with pytest.raises(ValueError, match="--env.env_id"):
         EnvConfig.get_choice_class("remote")()

@@ -174,6 +174,33 @@ def test_eval_with_ray_runs_its_sessions_on_servers_it_starts_there(cluster, tmp
     assert "not both" in capsys.readouterr().err
 
 
+def test_ray_serve_keeps_servers_for_other_programs_until_interrupted(cluster):
+    command = [sys.executable, "-m", "gym_remote", "ray-serve", "--ray", cluster.address]
+    environment = {key: value for key, value in os.environ.items() if key != "GYM_REMOTE_TOKEN"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=dict(environment, **LOOPBACK))
+    try:
+        assert process.stdout is not None
+        addresses = process.stdout.readline().strip().removeprefix("export GYM_REMOTE_ADDRESS=")
+        token = process.stdout.readline().strip().removeprefix("export GYM_REMOTE_TOKEN=")
+        assert len(addresses.split(",")) == 2 and token
+        running = gym_remote_servers()
+        envs = gym_remote.RemoteVectorEnv("CartPole-v1", 2, address=addresses, token=token)
+        try:
+            assert envs.reset(seed=0)[0].shape == (2, 4)
+            assert {session.gym_remote.config.address for session in envs.sessions} == set(
+                addresses.split(",")
+            )
+        finally:
+            envs.close()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+        assert_gone(list(running))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_servers_are_placed_by_the_resources_they_ask_for(cluster):
     # One CPU per node: two servers that hold a CPU each can only go to different nodes.
     servers = start_servers(2, resources={"CPU": 1})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,7 @@ from lerobot.envs.configs import EnvConfig, LiberoEnv
 from lerobot.envs.utils import parse_camera_names
 
 import gym_remote
+from gym_remote.addresses import server_list
 from lerobot_env_gym_remote.observations import LeRobotObservations, features_of
 from lerobot_env_gym_remote.vectorize import LazyVectorEnv, probe, remote_env_fns
 
@@ -23,9 +25,10 @@ class RemoteLiberoEnv(LiberoEnv):
     Every flag of ``--env.type=libero`` works the same, plus:
 
     Attributes:
-        address: The gym-remote server, for example ``tcp://127.0.0.1:5555`` (None:
-            ``GYM_REMOTE_ADDRESS``, else a private local server). Its token, if any, is read from
-            ``GYM_REMOTE_TOKEN``.
+        address: The gym-remote server, for example ``tcp://127.0.0.1:5555``, or several
+            separated by commas, which sub-env ``i`` takes in turn (``i % count``; those
+            ``gym-remote ray-serve`` started on a Ray cluster, say). None: ``GYM_REMOTE_ADDRESS``,
+            else a private local server. Their token, if any, is read from ``GYM_REMOTE_TOKEN``.
         timeout: Seconds every remote call may take (None: ``GYM_REMOTE_TIMEOUT`` or 60).
         restart_failed_envs: Make a sub-env again when its simulator worker crashes, is killed
             or times out (its rollout ends as truncated, ``info["episode_lost"]`` True), and
@@ -62,7 +65,8 @@ class RemoteLiberoEnv(LiberoEnv):
         """
         if self.is_libero_plus:
             raise ValueError("remote_libero serves LIBERO; LIBERO-plus is not supported")
-        suites = gym_remote.list_tasks("Libero-v0", address=self.address, timeout=self.timeout)["suites"]
+        addresses = _server_addresses(self.address)
+        suites = gym_remote.list_tasks("Libero-v0", address=addresses[0], timeout=self.timeout)["suites"]
         names = [name.strip() for name in str(self.task).split(",") if name.strip()]
         unknown = [name for name in names if name not in suites]
         if not names or unknown:
@@ -84,13 +88,13 @@ class RemoteLiberoEnv(LiberoEnv):
                         "init_state_id": index if self.init_states else None,
                         "init_state_stride": n_envs,
                         "episode_length": self.episode_length or tasks[task_id]["episode_length"],
+                        "address": addresses[index % len(addresses)],
                     }
                     for index in range(n_envs)
                 ]
                 env_fns = remote_env_fns(
                     "remote/Libero-v0",
                     per_env,
-                    address=self.address,
                     timeout=self.timeout,
                     restart_failed_envs=self.restart_failed_envs,
                     **self.gym_kwargs,
@@ -112,7 +116,7 @@ class RemoteEnv(EnvConfig):
     Attributes:
         env_id: The id the server makes, for example ``gym_remote/Robosuite-v0``.
         env_kwargs: Keyword arguments of the remote ``gym.make``.
-        address: The gym-remote server (None: ``GYM_REMOTE_ADDRESS``, else a private local server).
+        address: The gym-remote server, or several separated by commas (as for ``remote_libero``).
         timeout: Seconds every remote call may take (None: ``GYM_REMOTE_TIMEOUT`` or 60).
         restart_failed_envs: As for ``remote_libero``.
         episode_length: Steps before truncation (None: the env's own limit).
@@ -140,11 +144,11 @@ class RemoteEnv(EnvConfig):
 
     def create_envs(self, n_envs: int, use_async_envs: bool = False) -> dict[str, dict[int, LazyVectorEnv]]:
         """``{"remote": {0: vector env}}``; also fills ``features`` and ``features_map``."""
+        addresses = _server_addresses(self.address)
         env_fns = remote_env_fns(
             "remote/Env-v0",
-            [{}] * n_envs,
+            [{"address": addresses[index % len(addresses)]} for index in range(n_envs)],
             wrapper=LeRobotObservations,
-            address=self.address,
             timeout=self.timeout,
             restart_failed_envs=self.restart_failed_envs,
             **self.gym_kwargs,
@@ -152,3 +156,10 @@ class RemoteEnv(EnvConfig):
         spaces = probe(env_fns[0])
         self.features, self.features_map = features_of(spaces[0], spaces[1])
         return {self.type: {0: LazyVectorEnv(env_fns, use_async_envs, spaces)}}
+
+
+def _server_addresses(address: str | None) -> list[str | None]:
+    """The servers sub-envs take in turn: ``address`` (or ``GYM_REMOTE_ADDRESS``) split at its
+    commas; ``[None]`` (a private local server each) where neither names one."""
+    text = address or os.environ.get("GYM_REMOTE_ADDRESS", "")
+    return list(server_list(text)) if text else [None]
