@@ -24,6 +24,10 @@ __all__ = ["main"]
 
 _DEFAULT_CLIENT_ADDRESS = "tcp://127.0.0.1:5555"
 _TLS_OPTIONS = ("tls_ca", "tls_cert", "tls_key")
+# Seconds for Ray to place servers and for them to listen; with `gym-remote setup` on the nodes
+# first, for that too (a first LIBERO install takes several minutes).
+_RAY_START_SECONDS = 120.0
+_RAY_SETUP_SECONDS = 1800.0
 _QUERY_OPTIONS = ("address", "timeout", "token", "max_message_size", *_TLS_OPTIONS)
 
 
@@ -215,6 +219,12 @@ def _add_episode_arguments(command: argparse.ArgumentParser) -> None:
         help="with --ray: JSON resources each server holds, e.g. '{\"CPU\": 4}' for four sessions",
     )
     command.add_argument(
+        "--ray-setup",
+        action="append",
+        choices=sorted(RECIPES),
+        help="with --ray: a simulator every server's node must have (`gym-remote setup` runs there)",
+    )
+    command.add_argument(
         "--policy",
         default="random",
         help="random, zeros, lift (scripted robosuite Lift), ws://HOST:PORT (a policy server) or "
@@ -303,7 +313,7 @@ def _eval(arguments: argparse.Namespace, options: dict) -> None:
     if arguments.ray is not None and arguments.address:
         raise ValueError("give --address or --ray, not both")
     servers = (
-        _ray_servers(arguments.ray, arguments.ray_servers, arguments.ray_resources)
+        _ray_servers(arguments.ray, arguments.ray_servers, arguments.ray_resources, arguments.ray_setup)
         if arguments.ray is not None
         else None
     )
@@ -316,10 +326,16 @@ def _eval(arguments: argparse.Namespace, options: dict) -> None:
 
 
 def _ray_servers(
-    cluster: str, count: int | None, resources_json: str, serve_arguments: Sequence[str] = (), token: str = ""
+    cluster: str,
+    count: int | None,
+    resources_json: str,
+    setup: Sequence[str] | None,
+    serve_arguments: Sequence[str] = (),
+    token: str = "",
 ) -> Any:
     """Servers started on the Ray cluster at ``cluster`` (empty: ``RAY_ADDRESS``, else a cluster
-    of this machine alone, on 127.0.0.1), ``count`` of them (None: one per node)."""
+    of this machine alone, on 127.0.0.1), ``count`` of them (None: one per node), each node
+    with the simulators in ``setup``."""
     resources = json.loads(resources_json)
     if not isinstance(resources, dict):
         raise ValueError(f"the resources must be a JSON object, got {resources_json!r}")
@@ -335,7 +351,12 @@ def _ray_servers(
         else:  # nothing of it listens beyond loopback
             ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     return start_servers(
-        count, resources=resources or None, serve_arguments=serve_arguments, token=token or None
+        count,
+        resources=resources or None,
+        serve_arguments=serve_arguments,
+        token=token or None,
+        setup=setup or (),
+        timeout=_RAY_SETUP_SECONDS if setup else _RAY_START_SECONDS,
     )
 
 
@@ -350,6 +371,12 @@ def _add_ray_serve_command(commands: Any) -> None:
     command.add_argument("--servers", type=int, help="how many, placed by Ray (default one per node)")
     command.add_argument("--resources", default="{}", help="JSON resources each holds, e.g. '{\"CPU\": 4}'")
     command.add_argument(
+        "--setup",
+        action="append",
+        choices=sorted(RECIPES),
+        help="a simulator every server's node must have: `gym-remote setup` runs there first (repeatable)",
+    )
+    command.add_argument(
         "serve_arguments",
         nargs=argparse.REMAINDER,
         help="after --: options of every `gym-remote serve`, e.g. -- --allow 'gym_remote/*'",
@@ -360,7 +387,9 @@ def _add_ray_serve_command(commands: Any) -> None:
 def _ray_serve(arguments: argparse.Namespace, options: dict) -> None:
     token = os.environ.get(env_var("token"), "")
     serve_arguments = [item for item in arguments.serve_arguments if item != "--"]
-    servers = _ray_servers(arguments.ray, arguments.servers, arguments.resources, serve_arguments, token)
+    servers = _ray_servers(
+        arguments.ray, arguments.servers, arguments.resources, arguments.setup, serve_arguments, token
+    )
     stop = threading.Event()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, lambda *_: stop.set())

@@ -33,6 +33,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from gym_remote.embedded import wait_until_serving
 from gym_remote.errors import ServerUnavailable
+from gym_remote import simulators
 
 __all__ = ["RayServers", "start_servers"]
 
@@ -43,7 +44,11 @@ _STOP_SECONDS = 30.0
 class _ServerActor:
     """Runs one ``gym-remote serve`` on its node for as long as the actor lives."""
 
-    def __init__(self, arguments: Sequence[str], token: str, timeout: float) -> None:
+    def __init__(self, arguments: Sequence[str], token: str, timeout: float, setup: Sequence[str]) -> None:
+        for name in setup:  # kept where already set up; made once on a node that lacks it
+            simulators.setup(
+                name, log=lambda line: print(f"gym-remote setup: {line}", file=sys.stderr, flush=True)
+            )
         host = ray.util.get_node_ip_address()
         command = [sys.executable, "-m", "gym_remote", "serve", "--address", f"tcp://{host}:0"]
         command += ["--watch-stdin", "--log-level", "warning", *arguments]
@@ -157,6 +162,7 @@ def start_servers(
     token: str | None = None,
     timeout: float = _START_SECONDS,
     max_restarts: int = 5,
+    setup: Sequence[str] = (),
 ) -> RayServers:
     """Starts gym-remote servers as Ray actors, once ``ray.init()`` connected this process.
 
@@ -172,6 +178,9 @@ def start_servers(
             restarted one: see :meth:`RayServers.locate`).
         max_restarts: How many times Ray starts each server's actor again after it died
             (-1: without end).
+        setup: Simulators (``libero``, ``robosuite``) each server's node must have: ``gym-remote
+            setup NAME`` runs there first, making the environment where it is missing and
+            keeping one that is fine (the first install takes minutes: raise ``timeout``).
 
     Raises:
         RuntimeError: Ray is not initialized, or a server did not start in time.
@@ -199,7 +208,12 @@ def start_servers(
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
         placed = [actor_class.options(**options) for _ in range(count)]
-    actors: list[Any] = [actor.remote(list(serve_arguments), token, timeout) for actor in placed]
+    unknown = [name for name in setup if name not in simulators.RECIPES]
+    if unknown:
+        raise ValueError(
+            f"setup: no simulator called {', '.join(unknown)}; choose from {', '.join(simulators.RECIPES)}"
+        )
+    actors: list[Any] = [actor.remote(list(serve_arguments), token, timeout, list(setup)) for actor in placed]
     try:
         described = ray.get([actor.describe.remote() for actor in actors], timeout=timeout)
     except BaseException:

@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 import gym_remote
+from gym_remote.simulators import recorded_routes
 
 LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # Read by Ray when it is imported, and by every Ray process it starts.
@@ -199,6 +200,31 @@ def test_ray_serve_keeps_servers_for_other_programs_until_interrupted(cluster):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.skipif(
+    "robosuite" not in {route.name for route in recorded_routes()},
+    reason="run `gym-remote setup robosuite` (`make test` does)",
+)
+def test_servers_run_gym_remote_setup_on_their_node_first_and_serve_that_simulator(cluster):
+    with pytest.raises(ValueError, match="no simulator called nonsense"):
+        start_servers(setup=["nonsense"])
+    # Already set up here: the check passes and the environment is kept (a node lacking it makes it).
+    with start_servers(1, setup=["robosuite"], timeout=600) as servers:
+        env = gym_remote.RemoteEnv(
+            "gym_remote/Robosuite-v0",
+            address=servers.addresses[0],
+            token=servers.token,
+            env_name="Lift",
+            camera_names=["agentview"],
+            camera_height=32,
+            camera_width=32,
+        )
+        try:
+            observation, _ = env.reset(seed=0)
+            assert observation["agentview_image"].shape == (32, 32, 3)
+        finally:
+            env.close()
 
 
 def test_servers_are_placed_by_the_resources_they_ask_for(cluster):
