@@ -31,9 +31,9 @@ from typing import Any, Sequence
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from gym_remote import simulators
 from gym_remote.embedded import wait_until_serving
 from gym_remote.errors import ServerUnavailable
-from gym_remote import simulators
 
 __all__ = ["RayServers", "start_servers"]
 
