@@ -77,6 +77,7 @@ bench: $(VENV)/.installed
 	GYM_REMOTE_HOME=$(abspath $(SIM_HOME)) $(VENV)/bin/python -m benchmarks.vector
 	$(VENV)/bin/python -m benchmarks.eval
 	GYM_REMOTE_HOME=$(abspath $(SIM_HOME)) $(VENV)/bin/python -m benchmarks.recording
+	$(VENV)/bin/python -m benchmarks.scale
 
 bench-libero: simulators
 	GYM_REMOTE_HOME=$(abspath $(SIM_HOME)) $(VENV)/bin/python -m benchmarks.libero

@@ -144,3 +144,20 @@ def test_the_recording_benchmark_prints_every_loop_without_recording():
     ]
     assert len(rows) == 3 and rows[0].endswith("| 1.00x |")
     assert all(float(row.split(" | ")[1]) > 0 for row in rows)
+
+
+@pytest.mark.timeout(600)
+def test_the_scale_benchmark_prints_both_tables_without_recording():
+    pytest.importorskip("ray", reason="Ray is in the dev extra (`make test` installs it)")
+    pytest.importorskip("cryptography", reason="cryptography is in the dev extra")
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scale", "--steps", "100", "--rounds", "1", "--no-record"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "x |" in line]
+    assert len(rows) == 4, result.stdout
+    assert rows[0].endswith("| 1.00x |")  # the servers started by hand are the baseline
