@@ -33,3 +33,10 @@ def test_errors_travel_in_one_envelope_both_ways():
     typed = error_from_wire(error_to_wire(errors.InvalidCall("bad action")))
     assert type(typed) is errors.InvalidCall and typed.message == "bad action"
     assert isinstance(error_from_wire("not a map"), errors.ProtocolError)
+
+
+@pytest.mark.parametrize("module", ["gym_remote.server", "gym_remote.client", "gym_remote.vector"])
+def test_tls_and_certificate_code_load_only_when_used(module):
+    imported = modules_imported_by(module)
+    assert "gym_remote.tls" not in imported and "gym_remote.certs" not in imported
+    assert "cryptography" not in imported and "ray" not in imported
