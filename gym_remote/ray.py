@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from gym_remote import simulators
 from gym_remote.embedded import wait_until_serving
@@ -158,6 +158,8 @@ def start_servers(
     count: int | None = None,
     *,
     resources: dict[str, float] | None = None,
+    sessions_per_server: int | None = None,
+    placement_group: Any = None,
     serve_arguments: Sequence[str] = (),
     token: str | None = None,
     timeout: float = _START_SECONDS,
@@ -167,11 +169,17 @@ def start_servers(
     """Starts gym-remote servers as Ray actors, once ``ray.init()`` connected this process.
 
     Args:
-        count: How many servers, placed by Ray where ``resources`` are free; None: one on each
-            alive node.
-        resources: What each server's actor holds while it runs, for Ray's placement: for
-            example ``{"CPU": 4}`` for a server that will run four sessions, or
-            ``{"GPU": 0.5}``. None: nothing (the server itself is light).
+        count: How many servers, placed by Ray where their resources are free; None: one on
+            each alive node (or each bundle of ``placement_group``).
+        resources: What one session needs, for Ray's placement: for example ``{"CPU": 1}`` or
+            ``{"GPU": 0.5}``. Each server's actor holds it ``sessions_per_server`` times while it
+            runs. None: nothing (the server itself is light).
+        sessions_per_server: How many sessions each server may run at once (its
+            ``--max-sessions``), the resources held for them; None: the server's own limit,
+            ``resources`` held once.
+        placement_group: A Ray placement group made beforehand (``ray.util.placement_group``):
+            one server in each of its bundles, holding that bundle's resources (``resources``
+            must then be None).
         serve_arguments: More ``gym-remote serve`` options, for example ``["--allow", "gym_remote/*"]``.
         token: The token the servers require (None: a fresh random one, in ``RayServers.token``).
         timeout: Seconds for every server to be placed and to listen (and, later, for a
@@ -183,31 +191,46 @@ def start_servers(
             keeping one that is fine (the first install takes minutes: raise ``timeout``).
 
     Raises:
-        RuntimeError: Ray is not initialized, or a server did not start in time.
+        RuntimeError: Ray is not initialized, or a server failed to start.
+        TimeoutError: the servers were not placed and serving within ``timeout`` (no node had
+            their resources free, say).
     """
     if not ray.is_initialized():
         raise RuntimeError("start_servers needs Ray: call ray.init() (or ray.init(address=...)) first")
     token = token or secrets.token_urlsafe(32)
-    resources = dict(resources or {})
-    options: dict[str, Any] = {
-        "num_cpus": resources.pop("CPU", 0),
-        "num_gpus": resources.pop("GPU", 0),
-        "resources": resources,
-        "max_restarts": max_restarts,
-    }
-    actor_class: Any = ray.remote(_ServerActor)
-    if count is None:
-        nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
-        placed = [
-            actor_class.options(
-                **options, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+    if sessions_per_server is not None:
+        if sessions_per_server < 1:
+            raise ValueError(f"sessions_per_server must be at least 1, got {sessions_per_server}")
+        serve_arguments = [*serve_arguments, "--max-sessions", str(sessions_per_server)]
+    held = {name: amount * (sessions_per_server or 1) for name, amount in (resources or {}).items()}
+    # Per server: the resources its actor holds, and where Ray may put it (None: anywhere).
+    placements: list[tuple[dict[str, float], Any]]
+    if placement_group is not None:
+        if resources is not None or count is not None:
+            raise ValueError(
+                "a placement group's bundles say where servers go and what they hold: "
+                "give no count or resources with it"
             )
-            for node in nodes
+        placements = [
+            (bundle, PlacementGroupSchedulingStrategy(placement_group, index))
+            for index, bundle in enumerate(placement_group.bundle_specs)
         ]
+    elif count is None:
+        nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+        placements = [(held, NodeAffinitySchedulingStrategy(node, soft=False)) for node in nodes]
+    elif count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
     else:
-        if count < 1:
-            raise ValueError(f"count must be at least 1, got {count}")
-        placed = [actor_class.options(**options) for _ in range(count)]
+        placements = [(held, None)] * count
+    actor_class: Any = ray.remote(_ServerActor)
+    placed = [
+        actor_class.options(
+            max_restarts=max_restarts,
+            **_resource_options(held_here),
+            **({} if strategy is None else {"scheduling_strategy": strategy}),
+        )
+        for held_here, strategy in placements
+    ]
     unknown = [name for name in setup if name not in simulators.RECIPES]
     if unknown:
         raise ValueError(
@@ -216,9 +239,14 @@ def start_servers(
     actors: list[Any] = [actor.remote(list(serve_arguments), token, timeout, list(setup)) for actor in placed]
     try:
         described = ray.get([actor.describe.remote() for actor in actors], timeout=timeout)
-    except BaseException:
+    except BaseException as error:
         for actor in actors:
             ray.kill(actor)
+        if isinstance(error, ray.exceptions.GetTimeoutError):
+            raise TimeoutError(
+                f"{len(actors)} server(s) were not placed and serving within {timeout:g} s: does the "
+                f"cluster have what each holds ({held or 'nothing'}) free, and do they start there?"
+            ) from None
         raise
     return RayServers(
         addresses=[item["address"] for item in described],
@@ -228,3 +256,9 @@ def start_servers(
         _actors=actors,
         _timeout=timeout,
     )
+
+
+def _resource_options(resources: dict[str, float]) -> dict[str, Any]:
+    """Ray's actor options for holding ``resources`` (CPU and GPU have options of their own)."""
+    others = dict(resources)
+    return {"num_cpus": others.pop("CPU", 0), "num_gpus": others.pop("GPU", 0), "resources": others}

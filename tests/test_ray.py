@@ -235,6 +235,30 @@ def test_servers_are_placed_by_the_resources_they_ask_for(cluster):
     finally:
         servers.close()
     assert_gone(servers.pids)
+    with pytest.raises(TimeoutError, match="placed"):  # two sessions of a CPU each fit no node of one CPU
+        start_servers(1, resources={"CPU": 1}, sessions_per_server=2, timeout=5)
+
+
+def test_a_server_runs_at_most_its_sessions_per_server(cluster):
+    with start_servers(1, resources={"CPU": 0.5}, sessions_per_server=2) as servers:
+        envs = gym_remote.RemoteVectorEnv("CartPole-v1", 2, address=servers.addresses, token=servers.token)
+        try:
+            with pytest.raises(gym_remote.ServerBusy, match="maximum of 2 sessions"):
+                gym_remote.RemoteEnv("CartPole-v1", address=servers.addresses[0], token=servers.token).reset()
+        finally:
+            envs.close()
+
+
+def test_one_server_goes_in_each_bundle_of_a_placement_group(cluster):
+    group = ray.util.placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_SPREAD")
+    ray.get(group.ready(), timeout=60)
+    try:
+        with start_servers(placement_group=group) as servers:
+            assert len(set(servers.node_ids)) == 2
+            with pytest.raises(ValueError, match="placement group"):
+                start_servers(placement_group=group, resources={"CPU": 1})
+    finally:
+        ray.util.remove_placement_group(group)
 
 
 def test_a_driver_that_dies_leaves_no_server_running(cluster, tmp_path):
