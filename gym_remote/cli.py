@@ -216,7 +216,8 @@ def _add_episode_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--ray-resources",
         default="{}",
-        help="with --ray: JSON resources each server holds, e.g. '{\"CPU\": 4}' for four sessions",
+        help="with --ray: JSON resources one session needs, e.g. '{\"CPU\": 1}'; with --ray-servers, each "
+        "server holds them for its share of --num-envs",
     )
     command.add_argument(
         "--ray-setup",
@@ -313,7 +314,14 @@ def _eval(arguments: argparse.Namespace, options: dict) -> None:
     if arguments.ray is not None and arguments.address:
         raise ValueError("give --address or --ray, not both")
     servers = (
-        _ray_servers(arguments.ray, arguments.ray_servers, arguments.ray_resources, arguments.ray_setup)
+        _ray_servers(
+            arguments.ray,
+            arguments.ray_servers,
+            arguments.ray_resources,
+            # Each server's share of the sessions, so that their resources are all held.
+            -(-arguments.num_envs // arguments.ray_servers) if arguments.ray_servers else None,
+            arguments.ray_setup,
+        )
         if arguments.ray is not None
         else None
     )
@@ -329,12 +337,14 @@ def _ray_servers(
     cluster: str,
     count: int | None,
     resources_json: str,
+    sessions_per_server: int | None,
     setup: Sequence[str] | None,
     serve_arguments: Sequence[str] = (),
     token: str = "",
 ) -> Any:
     """Servers started on the Ray cluster at ``cluster`` (empty: ``RAY_ADDRESS``, else a cluster
-    of this machine alone, on 127.0.0.1), ``count`` of them (None: one per node), each node
+    of this machine alone, on 127.0.0.1), ``count`` of them (None: one per node), each holding
+    what one session needs (``resources_json``) for ``sessions_per_server`` sessions, each node
     with the simulators in ``setup``."""
     resources = json.loads(resources_json)
     if not isinstance(resources, dict):
@@ -353,6 +363,7 @@ def _ray_servers(
     return start_servers(
         count,
         resources=resources or None,
+        sessions_per_server=sessions_per_server,
         serve_arguments=serve_arguments,
         token=token or None,
         setup=setup or (),
@@ -369,7 +380,12 @@ def _add_ray_serve_command(commands: Any) -> None:
         "--ray", default="", metavar="ADDRESS", help="the cluster (default RAY_ADDRESS, else this machine)"
     )
     command.add_argument("--servers", type=int, help="how many, placed by Ray (default one per node)")
-    command.add_argument("--resources", default="{}", help="JSON resources each holds, e.g. '{\"CPU\": 4}'")
+    command.add_argument(
+        "--resources", default="{}", help="JSON resources one session needs, e.g. '{\"CPU\": 1}'"
+    )
+    command.add_argument(
+        "--sessions-per-server", type=int, help="sessions each server runs at most, their resources held"
+    )
     command.add_argument(
         "--setup",
         action="append",
@@ -388,7 +404,13 @@ def _ray_serve(arguments: argparse.Namespace, options: dict) -> None:
     token = os.environ.get(env_var("token"), "")
     serve_arguments = [item for item in arguments.serve_arguments if item != "--"]
     servers = _ray_servers(
-        arguments.ray, arguments.servers, arguments.resources, arguments.setup, serve_arguments, token
+        arguments.ray,
+        arguments.servers,
+        arguments.resources,
+        arguments.sessions_per_server,
+        arguments.setup,
+        serve_arguments,
+        token,
     )
     stop = threading.Event()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
