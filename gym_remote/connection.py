@@ -109,11 +109,12 @@ class Connection:
         # call from another thread meanwhile is refused instead of taking that reply.
         self._in_flight = threading.Lock()
         self._sock: Any = connect(address, timeout)
-        self.uses_tls = tls is not None and address.scheme == "tcp"
-        if self.uses_tls:
+        self.uses_tls = False
+        if tls is not None and address.scheme == "tcp":
             from gym_remote.tls import wrap_client
 
-            self._sock = wrap_client(tls, self._sock, address.host, timeout, self.name)  # type: ignore[arg-type]
+            self._sock = wrap_client(tls, self._sock, address.host, timeout, self.name)
+            self.uses_tls = True
         if same_server_as is not None and not same_server_as.is_served_by(peers.listener_pid(self._sock)):
             self._sock.close()
             raise ServerUnavailable(

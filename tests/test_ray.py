@@ -20,6 +20,7 @@ import pytest
 
 import gym_remote
 from gym_remote.simulators import recorded_routes
+from tests.vector_helpers import run_both
 
 LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # Read by Ray when it is imported, and by every Ray process it starts.
@@ -51,16 +52,17 @@ def cluster():
 
 
 def gym_remote_servers() -> set[int]:
-    """The gym-remote servers Ray actors run on this machine (other tests' servers run apart)."""
+    """The gym-remote servers Ray actors of this process's cluster run (its nodes, their workers
+    and those workers' servers all descend from this process; other tests' servers run apart)."""
     found = set()
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        command = process.info["cmdline"] or []
+    for process in psutil.Process().children(recursive=True):
         try:
-            parent = " ".join(process.parent().cmdline()) if process.parent() else ""
+            command, parent = process.cmdline(), process.parent()
+            parent_command = " ".join(parent.cmdline()) if parent is not None else ""
         except psutil.Error:
             continue
-        if "gym_remote" in command and "serve" in command and "ServerActor" in parent:
-            found.add(process.info["pid"])
+        if "gym_remote" in command and "serve" in command and "ServerActor" in parent_command:
+            found.add(process.pid)
     return found
 
 
@@ -83,13 +85,7 @@ def test_a_server_on_each_node_serves_a_vector_env_that_steps_as_a_local_one(clu
         envs = gym_remote.RemoteVectorEnv("CartPole-v1", 4, address=servers.addresses, token=servers.token)
         local = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 4)
         try:
-            observations, _ = envs.reset(seed=3)
-            np.testing.assert_array_equal(observations, local.reset(seed=3)[0])
-            for step in range(30):
-                actions = np.array([(step + index) % 2 for index in range(4)])
-                remote_step, local_step = envs.step(actions), local.step(actions)
-                for remote_value, local_value in zip(remote_step[:4], local_step[:4]):
-                    np.testing.assert_array_equal(remote_value, local_value)
+            assert run_both(local, envs, 60) > 0  # episodes ended and autoreset alike
         finally:
             envs.close()
         with pytest.raises(gym_remote.AuthenticationFailed):  # the token is required
