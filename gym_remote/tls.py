@@ -26,7 +26,15 @@ from typing import Any, Iterable
 from gym_remote.errors import TlsError
 from gym_remote.protocol import byte_view
 
-__all__ = ["server_context", "client_context", "TlsSocket", "TlsTerminator", "TLS_HANDSHAKE_BYTE"]
+__all__ = [
+    "server_context",
+    "client_context",
+    "wrap_client",
+    "failure_reason",
+    "TlsSocket",
+    "TlsTerminator",
+    "TLS_HANDSHAKE_BYTE",
+]
 
 # The first byte of every TLS connection (a handshake record): what tells TLS from gym-remote's frames.
 TLS_HANDSHAKE_BYTE = 0x16
