@@ -76,7 +76,9 @@ class ServerConfig:
     )
     tls_key: str = _option("", "PEM private key of --tls-cert")
     tls_client_ca: str = _option(
-        "", "PEM CA certificate(s): clients must show a certificate one of them signed (mutual TLS)"
+        "",
+        "PEM CA certificate(s): clients must show a certificate one of them signed (mutual TLS; "
+        "then no local socket is offered either)",
     )
     tcp_only: bool = _option(
         False,

@@ -192,7 +192,9 @@ class Server:
             host, port = self._listener.getsockname()[:2]
             self.address = Address("tcp", host=host, port=port)
         listeners = [self._listener]
-        if self.address.scheme == "tcp" and sys.platform.startswith("linux") and not self.config.tcp_only:
+        # Not with mutual TLS: a local socket would let a client without a certificate in.
+        offers_local = not (self.config.tcp_only or self.config.tls_client_ca)
+        if self.address.scheme == "tcp" and sys.platform.startswith("linux") and offers_local:
             self.local_address = _local_address()
             self._local_listener = listen(self.local_address)
             listeners.append(self._local_listener)

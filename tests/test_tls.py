@@ -226,6 +226,28 @@ def test_a_tls_client_on_the_servers_host_moves_to_its_plain_local_socket(certs,
             env.close()
 
 
+def test_mutual_tls_offers_no_plain_local_socket_to_go_around_it(certs, monkeypatch):
+    monkeypatch.setenv("GYM_REMOTE_LOCAL_SOCKET", "1")
+    with ServerProcess(
+        "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key),
+        "--tls-client-ca", str(certs.ca), "--token", TOKEN,
+    ) as process:  # fmt: skip
+        env = gym_remote.RemoteEnv(
+            "CartPole-v1",
+            address=process.address,
+            token=TOKEN,
+            tls_ca=str(certs.ca),
+            tls_cert=str(certs.client_cert),
+            tls_key=str(certs.client_key),
+        )
+        try:
+            env.reset(seed=0)
+            connection = env._connect().connection
+            assert connection.address.scheme == "tcp" and connection.uses_tls
+        finally:
+            env.close()
+
+
 def test_incomplete_tls_settings_are_value_errors(certs):
     with pytest.raises(ValueError, match="need tls_ca"):
         gym_remote.RemoteEnv("CartPole-v1", address="tcp://127.0.0.1:1", tls_cert=str(certs.client_cert))
