@@ -258,7 +258,10 @@ class TlsTerminator:
             )
         stream = self.context.wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
         try:
-            stream.do_handshake()  # on failure, OpenSSL has told the client why (an alert)
+            # One deadline for the whole handshake (the socket's timeout counts from the call, not
+            # per read): a peer dribbling it cannot hold the connection past it. On failure,
+            # OpenSSL has told the client why (an alert).
+            stream.do_handshake()
         except (ssl.SSLError, OSError) as error:
             stream.close()
             raise TlsError(f"the TLS handshake failed ({_reason(error)})") from None

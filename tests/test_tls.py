@@ -4,11 +4,14 @@ the right and the wrong CA, mutual TLS, plain and TLS peers meeting each other, 
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import socket
+import ssl
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -201,6 +204,32 @@ def test_hostile_bytes_and_silent_peers_leave_the_server_serving(server, certs):
     finally:
         garbage.close()
         silent.close()
+
+
+def test_a_tls_handshake_dribbled_past_the_hello_deadline_is_cut(certs):
+    # A real ClientHello, from an SSL object writing into memory, sent a byte at a time.
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ssl.create_default_context(cafile=str(certs.ca)).wrap_bio(
+        incoming, outgoing, server_hostname="x"
+    )
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    client_hello = outgoing.read()
+    with tls_server(certs, "--hello-timeout", "1") as process:
+        host, port = process.address.removeprefix("tcp://").rsplit(":", 1)
+        started = time.monotonic()
+        with socket.create_connection((host, int(port)), timeout=30) as dribbler:
+            cut = False
+            for byte in client_hello:  # bounded: a few hundred bytes
+                try:
+                    dribbler.sendall(bytes([byte]))
+                except OSError:
+                    cut = True
+                    break
+                if select.select([dribbler], [], [], 0.2)[0]:  # pacing, and a look for the close
+                    cut = dribbler.recv(1) == b""
+                    break
+        assert cut and time.monotonic() - started < 15.0
 
 
 def test_the_worker_ends_when_its_tls_client_goes(server, certs):
