@@ -48,6 +48,8 @@ __all__ = [
     "send_message",
     "send_frame",
     "set_send_timeout",
+    "timeval",
+    "timeval_seconds",
     "MessageReader",
     "wire_dtype",
     "MAX_NESTING",
@@ -607,7 +609,7 @@ def _send_remaining(sock: socket.socket, buffers: List[Any], sent: int, length: 
                 left = started + timeout - time.monotonic()
                 if left <= 0:
                     raise RemoteTimeout("sending a message timed out")
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(left))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(left))
             sent = sock.sendmsg(views[first:])
             remaining -= sent
     except (BlockingIOError, socket.timeout):
@@ -620,23 +622,28 @@ def _send_remaining(sock: socket.socket, buffers: List[Any], sent: int, length: 
 
 def _send_timeout(sock: socket.socket) -> Optional[float]:
     """The socket's send timeout (``SO_SNDTIMEO``); None where it has none."""
-    whole, micro = _TIMEVAL.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.size))
-    return whole + micro / 1e6 if whole or micro else None
+    return timeval_seconds(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.size))
 
 
 def set_send_timeout(sock: socket.socket, seconds: Optional[float]) -> None:
     """Makes each send on ``sock`` wait up to ``seconds`` (None: forever) for room in the
     socket's buffer; past it the send raises ``BlockingIOError``. Timeouts stay the kernel's
     (``SO_SNDTIMEO``), so the socket stays in blocking mode."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(seconds))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(seconds))
 
 
-def _timeval(seconds: Optional[float]) -> bytes:
+def timeval(seconds: Optional[float]) -> bytes:
     """A ``struct timeval`` for ``SO_RCVTIMEO`` / ``SO_SNDTIMEO``: zero means "no timeout", so the
     smallest real one is a microsecond."""
     seconds_value = 0.0 if seconds is None else max(seconds, 1e-6)
     whole = int(seconds_value)
     return _TIMEVAL.pack(whole, int((seconds_value - whole) * 1e6))
+
+
+def timeval_seconds(value: bytes) -> Optional[float]:
+    """The seconds a ``struct timeval`` from :func:`timeval` holds; None for zero (no timeout)."""
+    whole, micro = _TIMEVAL.unpack(value)
+    return whole + micro / 1e6 if whole or micro else None
 
 
 def byte_view(chunk: Any) -> Any:
@@ -796,7 +803,7 @@ class MessageReader:
     def _set_timeout(self, seconds: Optional[float]) -> None:
         """Makes each receive wait up to ``seconds`` (None: forever); callers skip it when that
         is already so (one system call)."""
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(seconds))
         self._receive_timeout = seconds
 
     def _receive_into(self, view: memoryview, timeout: Optional[float], deadline: Optional[float]) -> None:

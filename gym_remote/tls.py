@@ -19,12 +19,11 @@ import select
 import selectors
 import socket
 import ssl
-import struct
 import threading
 from typing import Any, Iterable
 
 from gym_remote.errors import TlsError
-from gym_remote.protocol import byte_view
+from gym_remote.protocol import byte_view, timeval, timeval_seconds
 
 __all__ = [
     "server_context",
@@ -38,7 +37,6 @@ __all__ = [
 
 # The first byte of every TLS connection (a handshake record): what tells TLS from gym-remote's frames.
 TLS_HANDSHAKE_BYTE = 0x16
-_TIMEVAL = struct.Struct("@ll")
 
 
 def server_context(cert: str, key: str, client_ca: str = "") -> ssl.SSLContext:
@@ -180,8 +178,7 @@ class TlsSocket:
     def setsockopt(self, level: int, option: int, value: Any) -> None:
         """As ``socket.setsockopt``; the receive and send timeouts are kept here."""
         if level == socket.SOL_SOCKET and option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
-            whole, micro = _TIMEVAL.unpack(value)
-            seconds = whole + micro / 1e6 or None  # zero: no timeout
+            seconds = timeval_seconds(value)
             if option == socket.SO_RCVTIMEO:
                 self._receive_timeout = seconds
             else:
@@ -192,8 +189,7 @@ class TlsSocket:
     def getsockopt(self, level: int, option: int, size: int = 0) -> Any:
         """As ``socket.getsockopt``; the send timeout is the one kept here."""
         if level == socket.SOL_SOCKET and option == socket.SO_SNDTIMEO:
-            seconds = self._send_timeout or 0.0
-            return _TIMEVAL.pack(int(seconds), int((seconds - int(seconds)) * 1e6))
+            return timeval(self._send_timeout)
         return (
             self._stream.getsockopt(level, option, size) if size else self._stream.getsockopt(level, option)
         )
