@@ -74,51 +74,47 @@ def make_certificates(
         os.chmod(path, 0o600)  # a file that was there keeps its mode through O_CREAT
 
     ca_path, ca_key_path = folder / "ca.pem", folder / "ca-key.pem"
-    if ca_path.exists() and ca_key_path.exists():
-        ca_cert = x509.load_pem_x509_certificate(ca_path.read_bytes())
-        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+    reused = ca_path.exists() and ca_key_path.exists()
+    if reused:
+        ca_key: Any = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
     else:
         ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_subject = name("gym-remote CA")
-        ca_cert = (
+    authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
+
+    def certificate(subject: Any, issuer: Any, public_key: Any, is_ca: bool) -> Any:
+        """What every certificate here carries: validity, basic constraints, key usage, SKI, AKI."""
+        return (
             x509.CertificateBuilder()
-            .subject_name(ca_subject)
-            .issuer_name(ca_subject)
-            .public_key(ca_key.public_key())
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(hours=1))
             .not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_key_usage(x509, signs_certificates=True), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-            )
-            .sign(ca_key, hashes.SHA256())
+            .add_extension(x509.BasicConstraints(ca=is_ca, path_length=0 if is_ca else None), critical=True)
+            .add_extension(_key_usage(x509, signs_certificates=is_ca), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(authority, critical=False)
+        )
+
+    if reused:
+        ca_cert = x509.load_pem_x509_certificate(ca_path.read_bytes())
+    else:
+        ca_subject = name("gym-remote CA")
+        ca_cert = certificate(ca_subject, ca_subject, ca_key.public_key(), is_ca=True).sign(
+            ca_key, hashes.SHA256()
         )
         write_key(ca_key_path, ca_key)
         ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())  # type: ignore[arg-type]
 
     def issue(common_name: str, usage: Any, alternative_names: list[Any]) -> tuple[Any, Any]:
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (
-            x509.CertificateBuilder()
-            .subject_name(name(common_name))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(x509, signs_certificates=False), critical=True)
+            certificate(name(common_name), ca_cert.subject, key.public_key(), is_ca=False)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(authority, critical=False)
+            .add_extension(x509.SubjectAlternativeName(alternative_names), critical=False)
         )
-        if alternative_names:
-            builder = builder.add_extension(x509.SubjectAlternativeName(alternative_names), critical=False)
-        return builder.sign(ca_key, hashes.SHA256()), key  # type: ignore[arg-type]
+        return builder.sign(ca_key, hashes.SHA256()), key
 
     files = CertificateFiles(
         ca_path,
