@@ -253,12 +253,16 @@ class Server:
                 logger.warning("cannot accept a connection: %s", error)
                 self._stopping.wait(_ACCEPT_RETRY_SECONDS)
             return
-        connection.settimeout(None)
-        if connection.family != socket.AF_UNIX:
-            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # A peer that sends requests and never reads the replies must not hold its slot forever.
-        set_send_timeout(connection, self.config.read_timeout)
-        peer = _peer_of(connection)
+        try:
+            connection.settimeout(None)
+            if connection.family != socket.AF_UNIX:
+                connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # A peer that sends requests and never reads the replies must not hold its slot forever.
+            set_send_timeout(connection, self.config.read_timeout)
+            peer = _peer_of(connection)
+        except OSError:  # the peer reset the connection before it was accepted: nothing to serve
+            connection.close()
+            return
         limit = self.config.max_pending_connections
         with self._lock:
             held = self._pending_by_peer[peer]
@@ -329,10 +333,15 @@ class Server:
     # ----------------------------------------------------------------- connections
 
     def _handle_connection(self, connection: socket.socket, peer: str) -> None:
-        # Known before TLS puts a relay between: the local socket is offered to such peers.
-        tcp_on_host = connection.family != socket.AF_UNIX and peers.is_on_this_host(connection)
         handed_off = False
         try:
+            # Known before TLS puts a relay between: TCP peers on this host are offered the
+            # local socket (a peer that has reset the connection meanwhile is an OSError here).
+            offer_local = (
+                self.local_address is not None
+                and connection.family != socket.AF_UNIX
+                and peers.is_on_this_host(connection)
+            )
             if self._tls is not None and connection.family != socket.AF_UNIX:
                 try:
                     plain = self._tls.open(connection, self.config.hello_timeout)
@@ -344,7 +353,7 @@ class Server:
                 connection = plain  # the TLS connection is the relay's now
                 set_send_timeout(connection, self.config.read_timeout)
             reader = MessageReader(connection, _HANDSHAKE_MAX_MESSAGE_SIZE)
-            allow_pickle = self._handshake(connection, reader, tcp_on_host)
+            allow_pickle = self._handshake(connection, reader, offer_local)
             reader.max_message_size = self.config.max_message_size
             while not handed_off:
                 request = reader.receive(self.config.read_timeout, allow_pickle=allow_pickle)
@@ -378,7 +387,7 @@ class Server:
                 if not self._pending_by_peer[peer]:
                     del self._pending_by_peer[peer]
 
-    def _handshake(self, connection: socket.socket, reader: MessageReader, tcp_on_host: bool) -> bool:
+    def _handshake(self, connection: socket.socket, reader: MessageReader, offer_local: bool) -> bool:
         hello = reader.receive(None, whole_within=self.config.hello_timeout)
         if not isinstance(hello, dict) or _op_of(hello) != "hello":
             raise ProtocolError("the first message must be a hello")
@@ -404,7 +413,7 @@ class Server:
             "server": f"gym-remote {__version__}",
             "allow_pickle": allow_pickle,
         }
-        if self.local_address is not None and tcp_on_host:
+        if offer_local:
             # A Unix socket carries a session's messages with less work per message than TCP.
             welcome["local_address"] = str(self.local_address)
         send_message(connection, {"ok": welcome})

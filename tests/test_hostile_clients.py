@@ -5,6 +5,7 @@ keep serving everyone else and keep nothing of it. Loopback only."""
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 
@@ -359,3 +360,20 @@ def test_a_reply_read_slowly_has_one_deadline_for_all_of_it(start_server, monkey
     assert ended, f"the worker still sent after {received} bytes read slowly"
     assert received < 32 << 20
     assert_serves(server)
+
+
+def test_connections_reset_before_they_are_accepted_leave_the_server_serving(start_server):
+    """The kernel hands over a connection its peer reset (SO_LINGER 0) already; asking who the
+    peer is then fails (ENOTCONN), and must end that connection only, not the server."""
+    server = start_server()
+    host, port = server.address.removeprefix("tcp://").rsplit(":", 1)
+    for _ in range(100):
+        resetting = socket.create_connection((host, int(port)), timeout=10)
+        resetting.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        resetting.close()
+    env = gym_remote.RemoteEnv("CartPole-v1", address=server.address)
+    try:
+        assert env.reset(seed=0)[0].shape == (4,)
+    finally:
+        env.close()
+    assert server.process.poll() is None
