@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +10,7 @@ from lerobot.envs.utils import parse_camera_names
 
 import gym_remote
 from gym_remote.addresses import server_list
+from gym_remote.config import ClientConfig, resolve
 from lerobot_env_gym_remote.observations import LeRobotObservations, features_of
 from lerobot_env_gym_remote.vectorize import LazyVectorEnv, probe, remote_env_fns
 
@@ -161,5 +161,5 @@ class RemoteEnv(EnvConfig):
 def _server_addresses(address: str | None) -> list[str | None]:
     """The servers sub-envs take in turn: ``address`` (or ``GYM_REMOTE_ADDRESS``) split at its
     commas; ``[None]`` (a private local server each) where neither names one."""
-    text = address or os.environ.get("GYM_REMOTE_ADDRESS", "")
+    text = resolve(ClientConfig, address=address).address
     return list(server_list(text)) if text else [None]
