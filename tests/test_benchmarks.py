@@ -53,15 +53,21 @@ def _assert_same(observation, expected) -> None:
         np.testing.assert_array_equal(observation, expected)
 
 
-def test_the_overhead_benchmark_prints_its_table_without_recording():
+def run_benchmark(name: str, *arguments: str, timeout: float) -> subprocess.CompletedProcess:
+    """``python -m benchmarks.NAME ARGUMENTS --no-record``, which must succeed."""
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.overhead", "--steps", "200", "--rounds", "1", "--no-record"],
+        [sys.executable, "-m", f"benchmarks.{name}", *arguments, "--no-record"],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_the_overhead_benchmark_prints_its_table_without_recording():
+    result = run_benchmark("overhead", "--steps", "200", "--rounds", "1", timeout=240)
     rows = [line for line in result.stdout.splitlines() if line.startswith(("| CartPole", "| image"))]
     # Given the TCP address: over TCP alone per reply path, and by default (the local socket);
     # given a Unix socket's: each by its default reply path, also against the bare TCP round trip.
@@ -108,14 +114,7 @@ def test_the_machine_line_says_how_idle_vcpus_wait(
 
 
 def test_the_eval_benchmark_prints_every_loop_without_recording():
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.eval", "--episodes", "4", "--no-record"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_benchmark("eval", "--episodes", "4", timeout=300)
     rows = [
         line for line in result.stdout.splitlines() if line.startswith("| lockstep") or "evaluate`" in line
     ]
@@ -129,14 +128,7 @@ def test_the_eval_benchmark_prints_every_loop_without_recording():
     reason="run `gym-remote setup robosuite` (`make test` does)",
 )
 def test_the_recording_benchmark_prints_every_loop_without_recording():
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.recording", "--episodes", "4", "--rounds", "1", "--no-record"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_benchmark("recording", "--episodes", "4", "--rounds", "1", timeout=900)
     rows = [
         line
         for line in result.stdout.splitlines()
@@ -150,14 +142,7 @@ def test_the_recording_benchmark_prints_every_loop_without_recording():
 def test_the_scale_benchmark_prints_both_tables_without_recording():
     pytest.importorskip("ray", reason="Ray is in the dev extra (`make test` installs it)")
     pytest.importorskip("cryptography", reason="cryptography is in the dev extra")
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.scale", "--steps", "100", "--rounds", "1", "--no-record"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_benchmark("scale", "--steps", "100", "--rounds", "1", timeout=600)
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "x |" in line]
     assert len(rows) == 4, result.stdout
     assert rows[0].endswith("| 1.00x |")  # the servers started by hand are the baseline
