@@ -11,6 +11,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,8 +21,11 @@ import pytest
 
 import gym_remote
 from gym_remote.certs import make_certificates
+from gym_remote.protocol import PREFIX, MessageReader, send_message
 from gym_remote.testing import ServerProcess
+from gym_remote.tls import TlsSocket, server_context
 from tests.helpers import wait_for, worker_pids
+from tests.test_decoder_bounds import nested_tuples
 from tests.vector_helpers import run_both
 
 pytest.importorskip("cryptography", reason="cryptography is in the dev extra (`make test` installs it)")
@@ -308,3 +312,64 @@ def test_python_313s_default_strict_verification_accepts_the_servers_certificate
     result = subprocess.run([str(PYTHON_313), "-c", handshake], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "(3, 13)" in result.stdout
+
+
+class HostileTlsServer:
+    """A TLS server (the real certificates) that answers the hello as gym-remote does and then
+    replies ``reply``'s bytes to the next request; ``reply`` None: it never answers at all."""
+
+    def __init__(self, certs, reply: bytes | None) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.context = server_context(str(certs.server_cert), str(certs.server_key))
+        self.reply = reply
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        try:
+            connection, _ = self.listener.accept()
+            stream = TlsSocket(self.context.wrap_socket(connection, server_side=True))
+            self.connections.append(stream)
+            if self.reply is None:
+                return  # the handshake, then silence
+            reader = MessageReader(stream)
+            reader.receive(30.0)
+            send_message(
+                stream, {"ok": {"version": 1, "server": "gym-remote hostile", "allow_pickle": False}}
+            )
+            reader.receive(30.0)
+            stream.sendall(self.reply)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for connection in self.connections:
+            connection.close()
+        self.listener.close()
+
+
+@pytest.mark.parametrize(
+    "reply, error",
+    [
+        (None, gym_remote.RemoteTimeout),  # silent after the handshake: the deadline still holds
+        (PREFIX.pack(b"GYMR", 16, 1 << 40), gym_remote.MessageTooLarge),
+        (b"nested", gym_remote.ProtocolError),  # 200 nested tuples, framed below
+        (PREFIX.pack(b"GYMR", 8, 0) + b"\xc1" * 8, gym_remote.ProtocolError),
+    ],
+    ids=["silent", "oversized", "deeply-nested", "malformed"],
+)
+def test_a_hostile_tls_server_is_a_typed_error_within_the_deadline(certs, reply, error):
+    if reply == b"nested":
+        header = nested_tuples(200)
+        reply = PREFIX.pack(b"GYMR", len(header), 0) + header
+    hostile = HostileTlsServer(certs, reply)
+    try:
+        started = time.monotonic()
+        with pytest.raises(error):
+            gym_remote.list_envs(
+                address=hostile.address, timeout=2.0, max_message_size=1 << 20, tls_ca=str(certs.ca)
+            )
+        assert time.monotonic() - started < 15.0
+    finally:
+        hostile.close()
